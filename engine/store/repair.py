@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.errors import StoreError
-from engine.store.runstore import default_store_path
+from engine.store.database import default_store_path
 
 
 def check_store_file(path: str | os.PathLike[str] | None = None) -> str | None:

@@ -8,71 +8,27 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from engine.errors import StoreError
-from engine.paths import topoprune_home
 from engine.store import codec
-from engine.store.process import hostname, lock_holders, pid_alive, process_start_ticks
-from engine.store.records import CandidateRecord, EpisodeRecord, RunRecord, SensitivityRecord
-from engine.store.schema import MIGRATIONS, RUN_STATUSES, SCHEMA_VERSION
+from engine.store.database import Database, UnknownRunError
+from engine.store.database import now_iso as _now
+from engine.store.process import hostname, pid_alive, process_start_ticks
+from engine.store.records import EpisodeRecord, RunRecord
+from engine.store.schema import RUN_STATUSES
+from engine.store.tables import CandidateTables, filters
 
-STORE_FILENAME = "runs.sqlite"
-DEFAULT_TIMEOUT_S = 10.0
 RESUMABLE_STATUSES: tuple[str, ...] = ("paused", "interrupted")
 
 
-class StoreLockedError(StoreError):
-    """Another process held the store's write lock for longer than the busy timeout."""
-
-
-class StoreCorruptError(StoreError):
-    """The store file is not a readable SQLite database (or fails its integrity check)."""
-
-
-class UnknownRunError(StoreError):
-    """No run (or candidate) with the given id exists in the store."""
-
-
-def default_store_path() -> Path:
-    """``topoprune_home() / "runs.sqlite"`` ($TOPOPRUNE_HOME overrides the home folder)."""
-    return topoprune_home() / STORE_FILENAME
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def _default_timeout_s() -> float:
-    raw = os.environ.get("TOPOPRUNE_STORE_TIMEOUT_S")
-    try:
-        return float(raw) if raw else DEFAULT_TIMEOUT_S
-    except ValueError:
-        return DEFAULT_TIMEOUT_S
-
-
-def corrupt_message(path: Path, detail: str) -> str:
-    """The one-line explanation shown for a corrupt store file."""
-    return (
-        f"run store {path} is corrupt ({detail}); nothing in it was changed. Move it aside with "
-        f"`topoprune runs --move-corrupt-store` (renamed to {path.name}.corrupt-<timestamp>, never deleted) "
-        f"or point TOPOPRUNE_HOME elsewhere"
-    )
-
-
-_CORRUPT_HINTS = ("not a database", "malformed", "corrupt", "disk image", "file is encrypted")
-
-
-class RunStore:
-    """Thread-safe access to the run store (one connection, serialised by a lock).
+class RunStore(CandidateTables, Database):
+    """Thread-safe access to the run store: runs and their episodes, candidates, sensitivity tables.
 
     Opening checks the file (``PRAGMA quick_check``), applies pending schema migrations and marks runs whose
-    process has died as ``interrupted``.
+    process has died as ``interrupted``. One RunStore may be shared by the threads of a process; several
+    processes may open the same file at once (SQLite WAL; writes wait up to ``timeout_s`` for each other).
 
     Args:
         path: the SQLite file; default ``topoprune_home() / "runs.sqlite"``.
@@ -85,139 +41,6 @@ class RunStore:
         StoreLockedError: a migration could not take the write lock in time.
         StoreError: the file cannot be opened, or was written by a newer TopoPrune.
     """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str] | None = None,
-        *,
-        timeout_s: float | None = None,
-        mark_interrupted: bool = True,
-    ) -> None:
-        self.path = Path(path) if path is not None else default_store_path()
-        self.timeout_s = _default_timeout_s() if timeout_s is None else float(timeout_s)
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._translate():
-            conn = sqlite3.connect(
-                str(self.path), timeout=self.timeout_s, isolation_level=None, check_same_thread=False
-            )
-        self._conn = conn
-        try:
-            with self._translate():
-                conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
-                self._check_integrity()
-                conn.execute("PRAGMA foreign_keys = ON")
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreError(f"run store {self.path} could not switch to WAL mode (got {mode!r})")
-            self._migrate()
-            if mark_interrupted:
-                try:
-                    self.mark_interrupted()
-                except StoreLockedError:
-                    pass  # another process is writing; it (or the next open) will mark them
-        except BaseException:
-            conn.close()
-            self._conn = None
-            raise
-
-    # ----------------------------------------------------------------- plumbing
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> RunStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"RunStore({str(self.path)!r})"
-
-    @property
-    def schema_version(self) -> int:
-        """The store's ``PRAGMA user_version``."""
-        return int(self._read("PRAGMA user_version")[0][0])
-
-    @contextmanager
-    def _translate(self) -> Iterator[None]:
-        """Turn sqlite3 errors a user can cause into StoreError subclasses with one clear message."""
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if "locked" in text or "busy" in text:
-                holders = lock_holders(self.path, Path(f"{self.path}-shm"), Path(f"{self.path}-wal"))
-                who = "pid " + ", ".join(map(str, holders)) if holders else "pid unknown"
-                raise StoreLockedError(
-                    f"run store {self.path} is locked by another process ({who}) for more than "
-                    f"{self.timeout_s:g} s; wait for it to finish or point TOPOPRUNE_HOME elsewhere"
-                ) from None
-            if any(h in text for h in _CORRUPT_HINTS):
-                raise StoreCorruptError(corrupt_message(self.path, str(exc))) from None
-            if "unable to open" in text or "readonly" in text or "disk is full" in text or "i/o" in text:
-                raise StoreError(
-                    f"run store {self.path} cannot be used ({exc}); check that the folder is writable and "
-                    f"has free space, or point TOPOPRUNE_HOME elsewhere"
-                ) from None
-            raise
-        except sqlite3.DatabaseError as exc:
-            if type(exc) is sqlite3.DatabaseError or any(h in str(exc).lower() for h in _CORRUPT_HINTS):
-                raise StoreCorruptError(corrupt_message(self.path, str(exc))) from None
-            raise
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError(f"run store {self.path} is closed; open a new RunStore")
-        return self._conn
-
-    def _read(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock, self._translate():
-            return self._connection().execute(sql, params).fetchall()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: committed on success, rolled back on any exception (Ctrl-C too)."""
-        with self._lock, self._translate():
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
-            conn.execute("COMMIT")
-
-    def _check_integrity(self) -> None:
-        rows = self._connection().execute("PRAGMA quick_check").fetchall()
-        result = "; ".join(str(r[0]) for r in rows[:3])
-        if result != "ok":
-            raise StoreCorruptError(corrupt_message(self.path, f"integrity check: {result}"))
-
-    def _migrate(self) -> None:
-        version = self.schema_version
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"run store {self.path} has schema version {version}, newer than this TopoPrune understands "
-                f"({SCHEMA_VERSION}); upgrade TopoPrune or point TOPOPRUNE_HOME elsewhere"
-            )
-        if version == SCHEMA_VERSION:
-            return
-        with self._write() as conn:
-            # Re-read under the write lock: another process may have migrated meanwhile.
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            for i in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[i]:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ----------------------------------------------------------------- runs
     _RUN_COLUMNS = (
@@ -283,7 +106,7 @@ class RunStore:
         newest_first: bool = True,
     ) -> list[RunRecord]:
         """Runs matching every given filter, newest first by default."""
-        where, params = _filters(status=status, method=method, model=model, prefix="r.")
+        where, params = filters(status=status, method=method, model=model, prefix="r.")
         order = "DESC" if newest_first else "ASC"
         sql = f"SELECT {self._RUN_COLUMNS} FROM runs r{where} ORDER BY r.id {order}"
         if limit is not None:
@@ -393,9 +216,6 @@ class RunStore:
                 )
         return dead
 
-    def _unknown_run_message(self, run_id: Any) -> str:
-        return f"no run with id {run_id} in {self.path}; `topoprune runs` lists the runs there"
-
     # ----------------------------------------------------------------- episodes
     def add_episode(
         self,
@@ -479,125 +299,6 @@ class RunStore:
             for r in rows
         ]
 
-    # ----------------------------------------------------------------- candidates
-    def add_candidate(
-        self,
-        *,
-        method: str,
-        model: str,
-        dataset: str,
-        plan: Any = None,
-        metrics: Mapping[str, Any] | None = None,
-        artifacts: Mapping[str, Any] | None = None,
-        run_id: int | None = None,
-    ) -> int:
-        """Record a pruned candidate (plan, metrics, artifact paths); returns its id."""
-        with self._write() as conn:
-            if run_id is not None and conn.execute(
-                "SELECT 1 FROM runs WHERE id = ?", (int(run_id),)
-            ).fetchone() is None:
-                raise UnknownRunError(self._unknown_run_message(run_id))
-            cur = conn.execute(
-                "INSERT INTO candidates (run_id, method, model, dataset, plan, metrics, artifacts, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    None if run_id is None else int(run_id), method, model, dataset, codec.dumps(plan),
-                    codec.dumps(metrics or {}), codec.dumps(artifacts or {}), _now(),
-                ),
-            )  # fmt: skip
-            return int(cur.lastrowid)
-
-    def update_candidate(
-        self,
-        candidate_id: int,
-        *,
-        metrics: Mapping[str, Any] | None = None,
-        artifacts: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Merge ``metrics`` and ``artifacts`` into a candidate's (e.g. a test accuracy after fine-tuning)."""
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT metrics, artifacts FROM candidates WHERE id = ?", (int(candidate_id),)
-            ).fetchone()
-            if row is None:
-                raise UnknownRunError(f"no candidate with id {candidate_id} in {self.path}")
-            merged_metrics = {**(codec.loads(row[0]) or {}), **codec.to_jsonable(dict(metrics or {}))}
-            merged_artifacts = {**(codec.loads(row[1]) or {}), **codec.to_jsonable(dict(artifacts or {}))}
-            conn.execute(
-                "UPDATE candidates SET metrics = ?, artifacts = ? WHERE id = ?",
-                (codec.dumps(merged_metrics), codec.dumps(merged_artifacts), int(candidate_id)),
-            )
-
-    _CANDIDATE_COLUMNS = "id, run_id, method, model, dataset, plan, metrics, artifacts, created_at"
-
-    @staticmethod
-    def _candidate_from_row(r: tuple[Any, ...]) -> CandidateRecord:
-        return CandidateRecord(
-            id=r[0], run_id=r[1], method=r[2], model=r[3], dataset=r[4], plan=codec.loads(r[5]),
-            metrics=codec.loads(r[6]) or {}, artifacts=codec.loads(r[7]) or {}, created_at=r[8],
-        )  # fmt: skip
-
-    def get_candidate(self, candidate_id: int) -> CandidateRecord:
-        """The candidate with id ``candidate_id`` (UnknownRunError if none)."""
-        rows = self._read(f"SELECT {self._CANDIDATE_COLUMNS} FROM candidates WHERE id = ?", (int(candidate_id),))
-        if not rows:
-            raise UnknownRunError(f"no candidate with id {candidate_id} in {self.path}")
-        return self._candidate_from_row(rows[0])
-
-    def candidates(
-        self,
-        *,
-        run_id: int | None = None,
-        method: str | None = None,
-        model: str | None = None,
-        dataset: str | None = None,
-        limit: int | None = None,
-    ) -> list[CandidateRecord]:
-        """Candidates matching every given filter, oldest first."""
-        where, params = _filters(run_id=run_id, method=method, model=model, dataset=dataset)
-        sql = f"SELECT {self._CANDIDATE_COLUMNS} FROM candidates{where} ORDER BY id"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [self._candidate_from_row(r) for r in self._read(sql, params)]
-
-    def delete_candidate(self, candidate_id: int) -> None:
-        """Delete one candidate (its artifact files are left alone)."""
-        with self._write() as conn:
-            if conn.execute("DELETE FROM candidates WHERE id = ?", (int(candidate_id),)).rowcount == 0:
-                raise UnknownRunError(f"no candidate with id {candidate_id} in {self.path}")
-
-    # ----------------------------------------------------------------- sensitivity
-    def save_sensitivity(
-        self, key: str, *, model: str, dataset: str, settings: Mapping[str, Any] | None = None, table: Any
-    ) -> None:
-        """Store (or overwrite) the sensitivity table cached under ``key``."""
-        with self._write() as conn:
-            conn.execute(
-                'INSERT INTO sensitivity (key, model, dataset, settings, "table", created_at) '
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET model = excluded.model, "
-                'dataset = excluded.dataset, settings = excluded.settings, "table" = excluded."table", '
-                "created_at = excluded.created_at",
-                (key, model, dataset, codec.dumps(settings or {}), codec.dumps(table), _now()),
-            )
-
-    def load_sensitivity(self, key: str) -> SensitivityRecord | None:
-        """The sensitivity table cached under ``key``, or None."""
-        rows = self._read(
-            'SELECT key, model, dataset, settings, "table", created_at FROM sensitivity WHERE key = ?', (key,)
-        )
-        if not rows:
-            return None
-        r = rows[0]
-        return SensitivityRecord(
-            key=r[0], model=r[1], dataset=r[2], settings=codec.loads(r[3]) or {}, table=codec.loads(r[4]),
-            created_at=r[5],
-        )  # fmt: skip
-
-    def sensitivity_keys(self, *, model: str | None = None, dataset: str | None = None) -> list[str]:
-        """Keys of the cached sensitivity tables matching the filters."""
-        where, params = _filters(model=model, dataset=dataset)
-        return [r[0] for r in self._read(f"SELECT key FROM sensitivity{where} ORDER BY created_at", params)]
-
 
 def _check_status(status: str) -> None:
     if status not in RUN_STATUSES:
@@ -606,12 +307,3 @@ def _check_status(status: str) -> None:
 
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _filters(*, prefix: str = "", **equal: Any) -> tuple[str, list[Any]]:
-    clauses, params = [], []
-    for column, value in equal.items():
-        if value is not None:
-            clauses.append(f"{prefix}{column} = ?")
-            params.append(value)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
