@@ -105,6 +105,7 @@ class Database:
             with self._translate():
                 conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
                 self._check_integrity()
+                self._check_version()  # before WAL: a refused file is left byte-for-byte as it was
                 conn.execute("PRAGMA foreign_keys = ON")
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
@@ -200,14 +201,16 @@ class Database:
         if result != "ok":
             raise StoreCorruptError(corrupt_message(self.path, f"integrity check: {result}"))
 
-    def _migrate(self) -> None:
-        version = self.schema_version
+    def _check_version(self) -> None:
+        version = int(self._connection().execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"run store {self.path} has schema version {version}, newer than this TopoPrune understands "
                 f"({SCHEMA_VERSION}); upgrade TopoPrune or point TOPOPRUNE_HOME elsewhere"
             )
-        if version == SCHEMA_VERSION:
+
+    def _migrate(self) -> None:
+        if self.schema_version == SCHEMA_VERSION:
             return
         with self._write() as conn:
             # Re-read under the write lock: another process may have migrated meanwhile.
