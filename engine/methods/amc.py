@@ -1,0 +1,230 @@
+"""`amc`: AutoML for Model Compression (He et al., ECCV 2018) over coupled channel groups, scaled for CPU.
+
+A DDPG agent picks one keep ratio per prunable group in sequence from AMC's 10-feature hand-made state; the
+action wall keeps the MACs budget reachable; the episode's profile is landed on the budget and scored
+(reward = -val error). `amc_state_features` is public: the GNN-RL ablation (engine.rl) reuses it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from engine.errors import BudgetError
+from engine.methods.budget import (
+    baseline_macs,
+    best_candidate,
+    check_on_budget,
+    fit_ratios_to_budget,
+    full_keep,
+    keep_macs,
+    prunable_groups,
+    score_candidate,
+)
+from engine.methods.ddpg import DDPGAgent, DDPGConfig, truncated_normal
+from engine.methods.registry import Candidate, MethodContext, MethodResult, MethodSpec, OptionSpec
+
+NAME = "amc"
+AMC_FEATURES: tuple[str, ...] = (
+    "index", "type", "in_channels", "out_channels", "stride", "kernel", "weights",
+    "reduced_macs", "rest_macs", "prev_action",
+)
+
+
+def _producer(topology: Any, group: Any, modules: dict[str, nn.Module] | None) -> dict[str, float]:
+    """in_channels, stride, kernel and type (conv 0 / linear 1) of the first conv/linear producing `group`."""
+    for name, role in group.members:
+        if role != "out":
+            continue
+        module = modules.get(name) if modules is not None else None
+        if isinstance(module, nn.Conv2d):
+            return {"type": 0.0, "in_channels": float(module.in_channels), "stride": float(module.stride[0]),
+                    "kernel": float(module.kernel_size[0])}
+        if isinstance(module, nn.Linear):
+            return {"type": 1.0, "in_channels": float(module.in_features), "stride": 1.0, "kernel": 1.0}
+        if module is None:
+            graph = getattr(topology, "graph", None)
+            for _, data in (graph.nodes(data=True) if graph is not None else []):
+                if data.get("module") == name and data.get("op") in ("conv", "linear"):
+                    kernel = data.get("kernel") or 1
+                    stride = data.get("stride") or 1
+                    return {
+                        "type": 1.0 if data["op"] == "linear" else 0.0,
+                        "in_channels": float(data.get("in_channels") or 0),
+                        "stride": float(stride[0] if isinstance(stride, Sequence) else stride),
+                        "kernel": float(kernel[0] if isinstance(kernel, Sequence) else kernel),
+                    }
+    return {"type": 0.0, "in_channels": float(group.channels), "stride": 1.0, "kernel": 1.0}
+
+
+class AmcFeatures:
+    """AMC's per-group state: static columns computed once, dynamic columns per partial profile."""
+
+    def __init__(self, topology: Any, *, model: nn.Module | None = None) -> None:
+        self.topology = topology
+        self.groups = prunable_groups(topology)
+        modules = dict(model.named_modules()) if model is not None else None
+        self.base = baseline_macs(topology)
+        rows = []
+        for t, g in enumerate(self.groups):
+            p = _producer(topology, g, modules)
+            rows.append([t, p["type"], p["in_channels"], float(g.channels), p["stride"], p["kernel"],
+                         float(getattr(g, "params_per_channel", 0) or 0) * g.channels])
+        static = np.asarray(rows, dtype=np.float64).reshape(len(self.groups), 7)  # (groups, 7)
+        lo, hi = static.min(0), static.max(0)
+        self.static = (static - lo) / np.where(hi > lo, hi - lo, 1.0)
+        macs = np.asarray([float(getattr(g, "macs_per_channel", 0) or 0) * g.channels for g in self.groups])
+        total = macs.sum() or 1.0
+        self.rest = np.asarray([macs[t + 1 :].sum() / total for t in range(len(self.groups))])
+
+    def row(self, t: int, keep_ratios: Mapping[str, float]) -> np.ndarray:
+        """State of step t: groups before t pruned to `keep_ratios`, group t and later untouched."""
+        keep = full_keep(self.topology)
+        for g in self.groups[:t]:
+            keep[g.name] = max(1, int(round(keep_ratios.get(g.name, 1.0) * g.channels)))
+        reduced = (self.base - keep_macs(self.topology, keep)) / self.base
+        prev = keep_ratios.get(self.groups[t - 1].name, 1.0) if t > 0 else 1.0
+        return np.concatenate([self.static[t], [reduced, self.rest[t], prev]]).astype(np.float32)
+
+
+def amc_state_features(
+    topology: Any,
+    *,
+    model: nn.Module | None = None,
+    keep_ratios: Mapping[str, float] | Sequence[float] | None = None,
+) -> torch.Tensor:
+    """AMC's 10 hand-made features for every prunable group (rows in topology order).
+
+    Columns (see AMC_FEATURES): index, type (conv 0 / linear 1), in_channels, out_channels, stride, kernel and
+    #weights of the group's first producing layer (min-max normalised over groups), then MACs already removed
+    by the groups before it / total, MACs share of the groups after it, and the previous group's keep ratio.
+
+    Args:
+        topology: The baseline's Topology.
+        model: The model (for kernel/stride/in_channels); read from the topology graph when None.
+        keep_ratios: Keep ratios of groups already decided (name -> ratio, or a sequence in prunable-group
+            order); row t only uses the ratios of groups before t. None = nothing pruned yet.
+
+    Returns:
+        Float tensor (n_prunable_groups, 10).
+    """
+    feats = AmcFeatures(topology, model=model)
+    if keep_ratios is None:
+        ratios: dict[str, float] = {}
+    elif isinstance(keep_ratios, Mapping):
+        ratios = {k: float(v) for k, v in keep_ratios.items()}
+    else:
+        ratios = {g.name: float(r) for g, r in zip(feats.groups, keep_ratios, strict=False)}
+    rows = [feats.row(t, ratios) for t in range(len(feats.groups))]
+    return torch.as_tensor(np.stack(rows) if rows else np.zeros((0, 10)), dtype=torch.float32)
+
+
+def action_wall(
+    topology: Any, groups: Sequence[Any], t: int, ratios: Mapping[str, float], target_macs: float, *, lbound: float
+) -> float:
+    """Largest keep ratio of group t that still lets the budget be met if every later group keeps `lbound`."""
+    g = groups[t]
+    keep = full_keep(topology)
+    for h in groups[:t]:
+        keep[h.name] = max(1, int(round(ratios[h.name] * h.channels)))
+    for h in groups[t + 1 :]:
+        keep[h.name] = max(1, int(math.ceil(lbound * h.channels)))
+    lo, hi = max(1, int(math.ceil(lbound * g.channels))), int(g.channels)
+    if keep_macs(topology, {**keep, g.name: hi}) <= target_macs:
+        return 1.0
+    while lo < hi:  # largest count whose MACs fit
+        mid = (lo + hi + 1) // 2
+        if keep_macs(topology, {**keep, g.name: mid}) <= target_macs:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo / g.channels
+
+
+def run_amc(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
+    """DDPG search over per-group keep ratios; returns the best candidate on val."""
+    lbound, rbound = options["lbound"], options["rbound"]
+    if lbound >= rbound:
+        raise ValueError(f"lbound ({lbound}) must be below rbound ({rbound})")
+    feats = AmcFeatures(ctx.topology, model=ctx.model)
+    groups = feats.groups
+    if not groups:
+        raise BudgetError("the model has no prunable channel group; AMC has nothing to act on")
+    target = ctx.budget * feats.base
+    agent = DDPGAgent(
+        DDPGConfig(hidden=options["hidden"], lr_actor=options["lr_actor"], lr_critic=options["lr_critic"],
+                   tau=options["tau"], batch_size=options["batch_size"], discount=options["discount"],
+                   memory_size=100 * len(groups)),
+        seed=ctx.seed,
+    )
+    rng = np.random.default_rng(ctx.seed)
+    episodes, warmup = options["episodes"], options["warmup"]
+    history: list[Candidate] = []
+    for episode in range(episodes):
+        if ctx.stopped() and history:
+            break
+        ratios: dict[str, float] = {}
+        transitions: list[tuple[np.ndarray, float, np.ndarray, bool]] = []
+        sigma = options["init_delta"] * options["delta_decay"] ** max(0, episode - warmup)
+        state = feats.row(0, ratios)
+        for t, g in enumerate(groups):
+            if episode < warmup:
+                action = float(rng.uniform(lbound, rbound))
+            else:
+                action = truncated_normal(agent.act(state), sigma, lbound, rbound, rng)
+            action = min(action, action_wall(ctx.topology, groups, t, {**ratios, g.name: action}, target,
+                                             lbound=lbound))
+            ratios[g.name] = action
+            done = t == len(groups) - 1
+            next_state = state if done else feats.row(t + 1, ratios)
+            transitions.append((state, action, next_state, done))
+            state = next_state
+        try:
+            plan = fit_ratios_to_budget(ctx, ratios, method=NAME, min_keep_ratio=min(lbound, 0.05),
+                                        meta={"episode": episode})
+        except BudgetError:
+            continue
+        cand = score_candidate(ctx, NAME, plan, history, step=episode + 1, total=episodes,
+                               meta={"episode": episode, "sigma": sigma, "warmup": episode < warmup})
+        reward = -(100.0 - cand.val_acc) / 100.0  # -val error
+        shaped = agent.baseline_reward(reward)
+        for s, a, s2, d in transitions:
+            agent.observe(s, a, shaped, s2, d)
+        if episode >= warmup:
+            for _ in range(len(transitions)):
+                agent.update()
+    if not history:
+        raise BudgetError(f"no AMC episode reached the budget {ctx.budget}; lower lbound or raise the budget")
+    best = best_candidate(history)
+    ratio = check_on_budget(ctx, best.plan, NAME)
+    return MethodResult(method=NAME, plan=best.plan, val_acc=best.val_acc, macs_ratio=ratio, candidates=history,
+                        meta={"best_episode": best.meta.get("episode"), "episodes": len(history)})
+
+
+SPEC = MethodSpec(
+    name=NAME,
+    description="AMC: a DDPG agent sets each group's keep ratio in sequence from a 10-feature state, with the "
+    "action wall guaranteeing the MACs budget and reward = -val error.",
+    kind="search",
+    options={
+        "episodes": OptionSpec("episodes", int, 40, "episodes (scored candidates); AMC used 800", min=1),
+        "warmup": OptionSpec("warmup", int, 10, "episodes of uniform-random actions first; AMC used 100", min=0),
+        "lbound": OptionSpec("lbound", float, 0.2, "smallest keep ratio of a group", min=0.01, max=1.0),
+        "rbound": OptionSpec("rbound", float, 1.0, "largest keep ratio of a group", min=0.01, max=1.0),
+        "init_delta": OptionSpec("init_delta", float, 0.5, "initial std of the truncated-normal noise", min=0.0),
+        "delta_decay": OptionSpec("delta_decay", float, 0.95, "noise decay per episode after warm-up",
+                                  min=0.0, max=1.0),
+        "hidden": OptionSpec("hidden", int, 300, "hidden units of actor and critic", min=1),
+        "lr_actor": OptionSpec("lr_actor", float, 1e-4, "actor learning rate", min=0.0),
+        "lr_critic": OptionSpec("lr_critic", float, 1e-3, "critic learning rate", min=0.0),
+        "tau": OptionSpec("tau", float, 0.01, "soft target update rate", min=0.0, max=1.0),
+        "batch_size": OptionSpec("batch_size", int, 64, "DDPG minibatch size", min=1),
+        "discount": OptionSpec("discount", float, 1.0, "discount factor", min=0.0, max=1.0),
+    },
+    fn=run_amc,
+)

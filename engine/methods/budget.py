@@ -1,0 +1,127 @@
+"""Budget and candidate bookkeeping shared by the methods: MACs ratios, landing on budget, scoring a candidate.
+
+Plans are landed on the MACs budget by H1's `plan_for_budget`; nothing here chooses channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from engine.errors import BudgetError
+from engine.methods.registry import Candidate, MethodContext
+
+BUDGET_TOLERANCE = 0.01  # |macs_ratio / budget - 1|, the contract's "within 1% of the budget"
+
+
+def prunable_groups(topology: Any) -> list[Any]:
+    """The topology's prunable channel groups, in topology order."""
+    return [g for g in topology.groups if g.prunable]
+
+
+def full_keep(topology: Any) -> dict[str, int]:
+    """Group name -> all channels kept (every group, prunable or not)."""
+    return {g.name: int(g.channels) for g in topology.groups}
+
+
+def baseline_macs(topology: Any) -> int:
+    """Analytic MACs of the unpruned topology."""
+    from engine.cost import plan_macs
+
+    return int(plan_macs(topology, full_keep(topology)))
+
+
+def keep_macs(topology: Any, keep: Mapping[str, int] | Any) -> int:
+    """Analytic MACs of a keep map (group name -> channels kept) or a PruningPlan."""
+    from engine.cost import plan_macs
+
+    if isinstance(keep, Mapping):
+        keep = {**full_keep(topology), **{k: int(v) for k, v in keep.items()}}
+    return int(plan_macs(topology, keep))
+
+
+def macs_ratio(topology: Any, plan: Any, *, base: int | None = None) -> float:
+    """MACs of `plan` / MACs of the baseline."""
+    base = base or baseline_macs(topology)
+    return keep_macs(topology, plan) / base
+
+
+def on_budget(topology: Any, plan: Any, budget: float, *, tolerance: float = BUDGET_TOLERANCE) -> bool:
+    """True when the plan's MACs ratio is within `tolerance` (relative) of `budget`."""
+    return abs(macs_ratio(topology, plan) / budget - 1.0) <= tolerance
+
+
+def fit_ratios_to_budget(
+    ctx: MethodContext,
+    keep_ratios: Mapping[str, float] | None,
+    *,
+    method: str,
+    min_keep_ratio: float = 0.05,
+    scores: Mapping[str, float] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Any:
+    """A plan on `ctx.budget` shaped like `keep_ratios` (or `scores`), via H1's plan_for_budget.
+
+    Raises:
+        BudgetError: The budget cannot be met under the keep bounds.
+    """
+    from engine.pruning import plan_for_budget
+
+    kwargs: dict[str, Any] = {"min_keep_ratio": min_keep_ratio, "round_to": ctx.round_to}
+    if keep_ratios is not None:
+        kwargs["keep_ratios"] = dict(keep_ratios)
+    if scores is not None:
+        kwargs["scores"] = dict(scores)
+    plan = plan_for_budget(ctx.topology, ctx.budget, **kwargs)
+    return stamp(plan, method=method, budget=ctx.budget, meta=meta)
+
+
+def stamp(plan: Any, *, method: str, budget: float, meta: dict[str, Any] | None = None) -> Any:
+    """Record the method, the budget and extra metadata on a plan (in place) and return it."""
+    plan.method = method
+    plan.budget = budget
+    if meta:
+        plan.meta = {**(plan.meta or {}), **meta}
+    return plan
+
+
+def check_on_budget(ctx: MethodContext, plan: Any, method: str) -> float:
+    """The plan's MACs ratio, after checking it is within 1% of the budget.
+
+    Raises:
+        BudgetError: The plan misses the budget by more than 1% (a method bug or an unreachable budget).
+    """
+    ratio = macs_ratio(ctx.topology, plan)
+    if abs(ratio / ctx.budget - 1.0) > BUDGET_TOLERANCE:
+        raise BudgetError(
+            f"method '{method}' produced a plan keeping {ratio:.4f} of the MACs for a budget of {ctx.budget}; "
+            "the budget may be unreachable under the minimum keep ratio: raise the budget or lower min_keep_ratio"
+        )
+    return ratio
+
+
+def score_candidate(
+    ctx: MethodContext,
+    method: str,
+    plan: Any,
+    history: list[Candidate],
+    *,
+    step: int,
+    total: int,
+    meta: dict[str, Any] | None = None,
+) -> Candidate:
+    """Score `plan` with the shared scorer, append it to `history` and report it to the callback."""
+    acc = ctx.get_scorer().score(plan)
+    cand = Candidate(
+        index=len(history), plan=plan, val_acc=acc, macs_ratio=macs_ratio(ctx.topology, plan), meta=dict(meta or {})
+    )
+    history.append(cand)
+    ctx.emit(method, step, total, f"candidate {cand.index}: val {acc:.2f}% at {cand.macs_ratio:.3f} MACs", cand)
+    return cand
+
+
+def best_candidate(history: list[Candidate]) -> Candidate:
+    """The candidate with the highest val accuracy (earliest on ties)."""
+    if not history:
+        raise ValueError("no candidate was scored; give the search at least one step")
+    return max(history, key=lambda c: (c.val_acc, -c.index))

@@ -1,0 +1,345 @@
+"""The method registry: every pruning method behind one name, with its description and typed options.
+
+The CLI and the GUI list and validate options from here; the methods themselves live in sibling modules.
+This module knows nothing about any particular method and does no scoring itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from engine.errors import TopoPruneError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from engine.data import DataSplits
+    from engine.evaluate import Scorer, ScoringConfig
+    from engine.pruning import PruningPlan
+
+MethodKind = Literal["oneshot", "search"]
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class MethodError(TopoPruneError, ValueError):
+    """An unknown method name or an invalid method option (message lists the accepted ones)."""
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of a method: its type, default, help text and accepted values.
+
+    Attributes:
+        name: Option name as written in Python (`n_candidates`); the CLI spells it `--n-candidates`.
+        type: One of `int`, `float`, `str`, `bool`.
+        default: Value used when the option is not given.
+        help: One sentence for `--help` and GUI tooltips.
+        choices: Accepted values, or None for any value of `type`.
+        min: Smallest accepted value (numbers only), inclusive.
+        max: Largest accepted value (numbers only), inclusive.
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def coerce(self, value: Any, *, method: str = "") -> Any:
+        """Convert `value` (possibly a CLI string) to this option's type and check its range.
+
+        Raises:
+            MethodError: The value has the wrong type, is not among `choices`, or is outside [min, max].
+        """
+        where = f"option '{self.name}' of method '{method}'" if method else f"option '{self.name}'"
+        try:
+            if self.type is bool:
+                if isinstance(value, str):
+                    low = value.strip().lower()
+                    if low not in _TRUE | _FALSE:
+                        raise ValueError(value)
+                    out: Any = low in _TRUE
+                elif isinstance(value, bool | int):
+                    out = bool(value)
+                else:
+                    raise ValueError(value)
+            elif self.type is int:
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError(value)
+                out = int(value)
+            elif self.type is float:
+                if isinstance(value, bool):
+                    raise ValueError(value)
+                out = float(value)
+            else:
+                out = self.type(value)
+        except (TypeError, ValueError):
+            raise MethodError(
+                f"{where} expects a {self.type.__name__}, got {value!r}; {self.help}"
+            ) from None
+        if self.choices is not None and out not in self.choices:
+            raise MethodError(f"{where} got {out!r}; accepted values: {', '.join(map(str, self.choices))}")
+        if self.min is not None and out < self.min:
+            raise MethodError(f"{where} got {out!r}; it must be >= {self.min}")
+        if self.max is not None and out > self.max:
+            raise MethodError(f"{where} got {out!r}; it must be <= {self.max}")
+        return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scored plan produced during a method run.
+
+    Attributes:
+        index: 0-based position in the run's candidate history.
+        plan: The pruning plan.
+        val_acc: Val top-1 (%) under the shared scoring protocol.
+        macs_ratio: MACs of the plan / MACs of the baseline.
+        meta: Method-specific extras (episode, reward, noise, ...), JSON-serialisable.
+    """
+
+    index: int
+    plan: PruningPlan
+    val_acc: float
+    macs_ratio: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "index": self.index,
+            "plan": self.plan.to_dict(),
+            "val_acc": self.val_acc,
+            "macs_ratio": self.macs_ratio,
+            "meta": dict(self.meta),
+        }
+
+
+@dataclass(frozen=True)
+class MethodEvent:
+    """Progress report sent to `MethodContext.callback`.
+
+    Attributes:
+        method: Method name.
+        step: Steps done so far (episodes, candidates, removals, groups ...).
+        total: Expected number of steps, or 0 when unknown.
+        message: Short human-readable status.
+        candidate: The candidate just scored, if this event reports one.
+    """
+
+    method: str
+    step: int
+    total: int
+    message: str
+    candidate: Candidate | None = None
+
+
+@dataclass
+class MethodContext:
+    """Everything a method needs; the same for every method.
+
+    Attributes:
+        model: The unpruned baseline. Methods never modify it (they work on copies).
+        topology: `build_topology(model, ...)` of that baseline.
+        data: Dataset splits; methods use train and val only, never test.
+        budget: Fraction of the baseline's MACs the plan may keep, in (0, 1].
+        seed: Seed for every random choice of the method.
+        scoring: Scoring settings used when `scorer` is None.
+        scorer: Shared scorer; built lazily from `scoring` when None.
+        callback: Receives a `MethodEvent` for progress and for every scored candidate.
+        should_stop: Polled between steps; a method returns its best-so-far plan when it says True.
+        store: Optional run store (engine.store.RunStore) for methods that record episodes.
+        run_id: Run id in `store`, if any.
+        round_to: Channel counts are rounded to multiples of this.
+    """
+
+    model: nn.Module
+    topology: Any
+    data: DataSplits
+    budget: float
+    seed: int = 0
+    scoring: ScoringConfig | None = None
+    scorer: Scorer | None = None
+    callback: Callable[[MethodEvent], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    store: Any | None = None
+    run_id: int | None = None
+    round_to: int = 1
+
+    def get_scorer(self) -> Scorer:
+        """The shared scorer, created on first use from `scoring`."""
+        if self.scorer is None:
+            from engine.evaluate import Scorer, ScoringConfig
+
+            self.scorer = Scorer(self.model, self.topology, self.data, self.scoring or ScoringConfig())
+        return self.scorer
+
+    def emit(self, method: str, step: int, total: int, message: str, candidate: Candidate | None = None) -> None:
+        """Send a progress event to the callback, if any."""
+        if self.callback is not None:
+            self.callback(MethodEvent(method, step, total, message, candidate))
+
+    def stopped(self) -> bool:
+        """True when the caller asked the method to stop early."""
+        return bool(self.should_stop is not None and self.should_stop())
+
+
+@dataclass
+class MethodResult:
+    """What every method returns.
+
+    Attributes:
+        method: Method name.
+        plan: The chosen plan, on budget (within 1% of the MACs budget).
+        val_acc: Its val top-1 (%) under the shared scoring protocol.
+        macs_ratio: MACs of the plan / MACs of the baseline.
+        candidates: Every candidate scored during the run, in order (search methods: one per episode/sample).
+        seconds: Wall time of the run.
+        n_scored: Number of plans scored (including sensitivity analysis for `sensitivity`).
+        options: The validated options the method ran with.
+        meta: Method-specific extras (JSON-serialisable).
+    """
+
+    method: str
+    plan: PruningPlan
+    val_acc: float
+    macs_ratio: float
+    candidates: list[Candidate] = field(default_factory=list)
+    seconds: float = 0.0
+    n_scored: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def history(self) -> list[Candidate]:
+        """Alias of `candidates` (the contract's name)."""
+        return self.candidates
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "method": self.method,
+            "plan": self.plan.to_dict(),
+            "val_acc": self.val_acc,
+            "macs_ratio": self.macs_ratio,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "seconds": self.seconds,
+            "n_scored": self.n_scored,
+            "options": dict(self.options),
+            "meta": dict(self.meta),
+        }
+
+
+MethodFn = Callable[[MethodContext, dict[str, Any]], MethodResult]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method.
+
+    Attributes:
+        name: Registry name (`uniform`, `amc`, ...).
+        description: One or two sentences for listings.
+        kind: "oneshot" (one plan, `topoprune prune`) or "search" (many scored candidates, `topoprune search`).
+        options: Option name -> OptionSpec.
+        fn: `fn(ctx, options) -> MethodResult`, called with validated options.
+    """
+
+    name: str
+    description: str
+    kind: MethodKind
+    options: dict[str, OptionSpec]
+    fn: MethodFn
+
+    def defaults(self) -> dict[str, Any]:
+        """Option name -> default value."""
+        return {k: o.default for k, o in self.options.items()}
+
+    def validate(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults overlaid with `options`, each coerced and range-checked.
+
+        Raises:
+            MethodError: An option is unknown (the message lists the accepted ones) or invalid.
+        """
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            accepted = ", ".join(sorted(self.options)) or "(none)"
+            raise MethodError(
+                f"method '{self.name}' has no option {', '.join(repr(u) for u in unknown)}; "
+                f"accepted options: {accepted}"
+            )
+        out = self.defaults()
+        for key, value in options.items():
+            out[key] = self.options[key].coerce(value, method=self.name)
+        return out
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
+    """Add a method to the registry (engine.rl uses this for `gnnrl` and `gnnrl-nognn`).
+
+    Raises:
+        ValueError: A method of that name exists and `replace` is False, or `kind` is not oneshot/search.
+    """
+    if spec.kind not in ("oneshot", "search"):
+        raise ValueError(f"method kind must be 'oneshot' or 'search', got {spec.kind!r}")
+    if spec.name in _REGISTRY and not replace:
+        raise ValueError(f"method '{spec.name}' is already registered; pass replace=True to override it")
+    for key, opt in spec.options.items():
+        if key != opt.name:
+            raise ValueError(f"option key {key!r} of method '{spec.name}' differs from its name {opt.name!r}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_methods() -> list[MethodSpec]:
+    """Every registered method, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def get_method(name: str) -> MethodSpec:
+    """The method registered under `name`.
+
+    Raises:
+        MethodError: Unknown name (the message lists the registered ones).
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise MethodError(
+            f"unknown pruning method {name!r}; available methods: {', '.join(_REGISTRY) or '(none)'}"
+        ) from None
+
+
+def run_method(name: str, ctx: MethodContext, **options: Any) -> MethodResult:
+    """Run the method `name` on `ctx` with `options` (validated against its OptionSpecs).
+
+    Returns:
+        The method's result with `seconds`, `options` and (if the method left it 0) `n_scored` filled in.
+
+    Raises:
+        MethodError: Unknown method or invalid option.
+        BudgetError: The budget is outside (0, 1] or unreachable.
+    """
+    from engine.errors import BudgetError
+
+    spec = get_method(name)
+    opts = spec.validate(options)
+    if not (0.0 < float(ctx.budget) <= 1.0):
+        raise BudgetError(f"budget must be a fraction of the baseline MACs in (0, 1], got {ctx.budget!r}")
+    start = time.perf_counter()
+    scored_before = ctx.scorer.n_scored if ctx.scorer is not None else 0
+    result = spec.fn(ctx, opts)
+    result.seconds = time.perf_counter() - start
+    result.options = opts
+    if result.n_scored == 0 and ctx.scorer is not None:
+        result.n_scored = ctx.scorer.n_scored - scored_before
+    return result
