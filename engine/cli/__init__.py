@@ -1,0 +1,183 @@
+"""The ``topoprune`` command: argument parsing, dispatch to the command modules, output and exit codes.
+
+Exit codes: 0 success, 2 usage error, 1 a user-fixable failure (one ``topoprune: error: ...`` line on
+stderr, no traceback), 130 interrupted. With ``--json`` stdout carries exactly one JSON object; progress and
+logs go to stderr. Engine modules are imported inside the commands, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.errors import TopoPruneError
+
+DATASET_CHOICES = ("shapes10", "cifar10", "cifar100", "imagefolder")
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("common options")
+    g.add_argument("--dataset", choices=DATASET_CHOICES, default="shapes10", help="dataset (default: shapes10)")
+    g.add_argument("--data-dir", metavar="PATH", help="folder of CIFAR batches or an ImageFolder tree")
+    g.add_argument(
+        "--checkpoint", metavar="PATH|shipped", help="weights file (.safetensors / state_dict) or 'shipped'"
+    )
+    g.add_argument("--input-size", type=_positive_int, metavar="N", help="square input size in pixels")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: 0)")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default: cpu)")
+    g.add_argument("--num-classes", type=_positive_int, metavar="N", help="classifier size (default: dataset's)")
+    g.add_argument("--width", type=_positive_float, default=1.0, metavar="W", help="width multiplier (default: 1)")
+    g.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
+    return common
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``topoprune`` argument parser (one sub-command per DESIGN.md command)."""
+    from engine import __version__
+    from engine.cli import model_cmds, prune_cmds, run_cmds
+
+    parser = argparse.ArgumentParser(
+        prog="topoprune",
+        description="Topology-aware, FLOPs-constrained channel pruning of CNNs (GNN-RL and baselines).",
+        epilog="Runs and caches live under $TOPOPRUNE_HOME (default: ~/.local/share/topoprune).",
+    )
+    parser.add_argument("--version", action="version", version=f"topoprune {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _common_options()
+    for module in (model_cmds, prune_cmds, run_cmds):
+        module.register(commands, common)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------- output
+def format_human(result: dict[str, Any]) -> str:
+    """Default text rendering of a result: one ``key: value`` line per scalar, nested values summarised."""
+    lines = []
+    for key, value in result.items():
+        if isinstance(value, float):
+            lines.append(f"{key}: {value:.4g}")
+        elif isinstance(value, dict):
+            lines.append(f"{key}: {{{len(value)} entries}}" if len(value) > 6 else f"{key}: {value}")
+        elif isinstance(value, list):
+            lines.append(f"{key}: [{len(value)} items]" if len(value) > 6 else f"{key}: {value}")
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def emit(result: dict[str, Any], *, as_json: bool, human: Callable[[dict[str, Any]], str] | None = None,
+         stream: Any = None) -> None:
+    """Print a command's result: one strict JSON object, or its human rendering."""
+    from engine.store.codec import strict_json
+
+    out = stream or sys.stdout
+    if as_json:
+        out.write(json.dumps(strict_json(result), sort_keys=False) + "\n")
+    else:
+        out.write((human or format_human)(result).rstrip("\n") + "\n")
+    out.flush()
+
+
+def _fail(message: str) -> int:
+    first = " ".join(str(message).split())  # exactly one line
+    sys.stderr.write(f"topoprune: error: {first}\n")
+    sys.stderr.flush()
+    return EXIT_FAILURE
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM like Ctrl-C (so a killed search is marked interrupted); main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``topoprune`` with ``argv`` (default: sys.argv[1:]); returns the exit code."""
+    from engine.cli.context import CommandContext
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    ctx = CommandContext(args)
+    debug = bool(os.environ.get("TOPOPRUNE_DEBUG"))
+    try:
+        with _sigterm_as_interrupt():
+            # With --json, anything a library prints goes to stderr so stdout holds only the JSON object.
+            redirect = contextlib.redirect_stdout(sys.stderr) if ctx.json else contextlib.nullcontext()
+            with redirect:
+                result, human = args.handler(ctx)
+    except KeyboardInterrupt:
+        ctx.mark_interrupted()
+        sys.stderr.write("topoprune: interrupted" + (
+            f"; run {ctx.active_run_id} is marked interrupted (`topoprune resume {ctx.active_run_id}` continues it)"
+            if ctx.active_run_id is not None else "") + "\n")
+        return EXIT_INTERRUPTED
+    except (TopoPruneError, ValueError) as exc:
+        ctx.mark_failed(exc)
+        if debug:
+            raise
+        return _fail(str(exc) or type(exc).__name__)
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        ctx.mark_failed(exc)
+        if debug:
+            raise
+        return _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with TOPOPRUNE_DEBUG=1 for the traceback")
+    finally:
+        ctx.close()
+    emit(result, as_json=ctx.json, human=human)
+    return EXIT_OK
+
+
+__all__ = ["build_parser", "emit", "format_human", "main"]

@@ -1,0 +1,179 @@
+"""CLI commands about one model: ``info`` (costs and topology summary), ``graph`` (export the op graph) and
+``train`` (train a baseline and save a checkpoint). Pruning lives in prune_cmds, searches in run_cmds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.cli.context import CommandContext
+from engine.errors import TopoPruneError
+
+
+def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add ``info``, ``graph`` and ``train`` to the sub-command parser."""
+    from engine.cli import _non_negative_int, _positive_float, _positive_int
+
+    p = commands.add_parser("info", parents=[common], help="a model's params, MACs, layers, groups and stages",
+                            description="Print a model's parameter count, MACs/FLOPs and topology summary.")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="zoo name (cifar_resnet20, resnet50, ...)")
+    p.add_argument("--list", action="store_true", help="list every model name and exit")
+    p.add_argument("--methods", action="store_true", help="list every pruning method and exit")
+    p.set_defaults(handler=cmd_info)
+
+    p = commands.add_parser("graph", parents=[common], help="export a model's op graph (.json or .graphml)",
+                            description="Build the topology graph of a model and write it to a file.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--export", required=True, metavar="FILE", help="output file: .json (node-link) or .graphml")
+    p.set_defaults(handler=cmd_graph)
+
+    p = commands.add_parser("train", parents=[common], help="train a model and save a checkpoint",
+                            description="Train a model on the dataset, evaluate on test, save a checkpoint.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--epochs", type=_positive_int, required=True, metavar="N")
+    p.add_argument("--out", required=True, metavar="FILE", help="checkpoint file to write")
+    p.add_argument("--lr", type=_positive_float, default=0.1, help="peak learning rate (default: 0.1)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, metavar="N")
+    p.add_argument("--max-batches-per-epoch", type=_positive_int, metavar="N", help="cap each epoch (quick runs)")
+    p.add_argument("--no-augment", action="store_true", help="train without crop/flip augmentation")
+    p.add_argument("--eval-limit", type=_non_negative_int, metavar="N", help="evaluate on the first N test images")
+    p.set_defaults(handler=cmd_train)
+
+
+# ----------------------------------------------------------------------------------------------- info
+def cmd_info(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
+    """``topoprune info MODEL``: params, macs, flops, layers, groups, stages, graph_build_s."""
+    a = ctx.args
+    if a.list:
+        from engine.zoo import list_models
+
+        models = list_models()
+        return {"models": models}, lambda r: "\n".join(r["models"])
+    if a.methods:
+        from engine.methods import list_methods
+
+        methods = [{"name": m.name, "kind": m.kind, "description": m.description,
+                    "options": {k: o.default for k, o in m.options.items()}} for m in list_methods()]
+        return {"methods": methods}, lambda r: "\n".join(
+            f"{m['name']:<14} {m['kind']:<8} {m['description']}" for m in r["methods"])
+    if not a.model:
+        raise TopoPruneError("info needs a MODEL name (or --list to see them)")
+    import torch
+
+    from engine.cost import count_costs
+    from engine.graph import build_topology
+
+    loaded = ctx.load_model(a.model)
+    model = loaded.model.eval()
+    example = ctx.example_inputs(loaded)
+    costs = count_costs(model, example)
+    start = time.perf_counter()
+    topology = build_topology(model, example)
+    graph_build_s = time.perf_counter() - start
+    groups = list(getattr(topology, "groups", []))
+    result = {
+        "model": a.model,
+        "weights": loaded.weights,
+        "input_size": loaded.input_size,
+        "num_classes": loaded.num_classes,
+        "params": int(costs.params),
+        "macs": int(costs.macs),
+        "flops": int(getattr(costs, "flops", 2 * costs.macs)),
+        "memory_bytes": int(getattr(costs, "memory_bytes", 0) or 0),
+        "layers": len(getattr(topology, "layers", [])),
+        "groups": len(groups),
+        "prunable_groups": sum(1 for g in groups if getattr(g, "prunable", False)),
+        "stages": len(getattr(topology, "stages", [])),
+        "nodes": topology.graph.number_of_nodes(),
+        "edges": topology.graph.number_of_edges(),
+        "graph_build_s": graph_build_s,
+        "torch": torch.__version__,
+    }
+    return result, _human_info
+
+
+def _human_info(r: dict[str, Any]) -> str:
+    return "\n".join([
+        f"{r['model']} ({r['weights']} weights, {r['input_size']}x{r['input_size']} input, {r['num_classes']} classes)",
+        f"  params     {r['params']:,}",
+        f"  MACs       {r['macs']:,}  ({r['macs'] / 1e6:.2f} M; FLOPs = 2 x MACs = {r['flops'] / 1e6:.2f} M)",
+        f"  layers     {r['layers']}   groups {r['groups']} ({r['prunable_groups']} prunable)   stages {r['stages']}",
+        f"  graph      {r['nodes']} nodes, {r['edges']} edges, built in {r['graph_build_s']:.3f} s",
+    ])
+
+
+# ----------------------------------------------------------------------------------------------- graph
+def cmd_graph(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
+    """``topoprune graph MODEL --export FILE``: nodes, edges, groups, path."""
+    from engine.graph import build_topology, export_graph
+
+    a = ctx.args
+    path = Path(a.export).expanduser()
+    if path.suffix.lower() not in (".json", ".graphml"):
+        raise TopoPruneError(f"--export {path} must end in .json or .graphml")
+    if not path.parent.is_dir():
+        raise TopoPruneError(f"folder {path.parent} does not exist; create it or choose another --export path")
+    loaded = ctx.load_model(a.model)
+    topology = build_topology(loaded.model.eval(), ctx.example_inputs(loaded))
+    written = Path(export_graph(topology, path))
+    result = {
+        "model": a.model,
+        "nodes": topology.graph.number_of_nodes(),
+        "edges": topology.graph.number_of_edges(),
+        "groups": len(topology.groups),
+        "prunable_groups": sum(1 for g in topology.groups if g.prunable),
+        "path": str(written.resolve()),
+    }
+    return result, lambda r: f"wrote {r['path']}: {r['nodes']} nodes, {r['edges']} edges, {r['groups']} groups"
+
+
+# ----------------------------------------------------------------------------------------------- train
+def cmd_train(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
+    """``topoprune train MODEL --epochs N --out FILE``: test_acc, path."""
+    from engine.checkpoints import save_checkpoint
+    from engine.train import TrainConfig, evaluate, train_model
+
+    a = ctx.args
+    out = Path(a.out).expanduser()
+    if not out.parent.is_dir():
+        raise TopoPruneError(f"folder {out.parent} does not exist; create it or choose another --out path")
+    data = ctx.data()
+    loaded = ctx.load_model(a.model, need_data=True)
+    model = loaded.model.to(ctx.device())
+    config = TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, seed=a.seed,
+                         max_batches_per_epoch=a.max_batches_per_epoch, augment=not a.no_augment)
+    bar = ctx.progress(total=a.epochs, desc=f"train {a.model}")
+
+    def on_progress(p: Any) -> None:
+        steps = max(1, int(getattr(p, "steps_per_epoch", 1) or 1))
+        done = (p.epoch - 1 + (p.step / steps)) if p.epoch >= 1 else p.step / steps
+        bar.update_to(int(done), a.epochs, f"loss {p.loss:.3f} lr {p.lr:.3g}")
+
+    start = time.perf_counter()
+    trained = train_model(model, data, config, callback=on_progress)
+    bar.close()
+    test = evaluate(model, data, "test", limit=a.eval_limit)
+    val = evaluate(model, data, "val", limit=a.eval_limit)
+    seconds = time.perf_counter() - start
+    recipe = {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size, "seed": a.seed,
+              "max_batches_per_epoch": a.max_batches_per_epoch, "augment": not a.no_augment,
+              "dataset": a.dataset, "seconds": seconds}
+    metrics = {"test_acc": test.top1, "test_top5": test.top5, "val_acc": val.top1}
+    path = save_checkpoint(out, model.cpu(), arch=a.model, dataset=a.dataset, num_classes=loaded.num_classes,
+                           width=loaded.width, metrics=metrics, recipe=recipe)
+    result = {
+        "model": a.model,
+        "dataset": a.dataset,
+        "epochs": a.epochs,
+        "test_acc": test.top1,
+        "val_acc": val.top1,
+        "final_loss": getattr(trained, "final_loss", None),
+        "seconds": seconds,
+        "path": str(Path(path).resolve()),
+    }
+    return result, lambda r: (f"trained {r['model']} on {r['dataset']} for {r['epochs']} epochs in "
+                              f"{r['seconds']:.1f} s: test top-1 {r['test_acc']:.2f}%, val {r['val_acc']:.2f}%\n"
+                              f"saved {r['path']}")

@@ -1,0 +1,227 @@
+"""CLI commands about recorded runs: ``search`` (a search method, every episode written to the run store),
+``resume`` (continue an interrupted or paused run) and ``runs`` (list runs, show one, move a corrupt store
+aside). The search algorithms themselves live in engine.methods and engine.rl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from engine.cli.context import CommandContext
+from engine.cli.prune_cmds import apply_run_config, build_topology_for, check_budget, parse_options, scoring_config
+from engine.errors import TopoPruneError
+
+#: Methods whose driver writes its own episodes (and resumable state) to the store given in its context.
+SELF_RECORDING_METHODS = frozenset({"gnnrl", "gnnrl-nognn"})
+
+
+def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add ``search``, ``resume`` and ``runs`` to the sub-command parser."""
+    from engine.cli import _positive_int
+
+    p = commands.add_parser("search", parents=[common], help="run a search method; episodes go to the run store",
+                            description="Search for a plan on budget; every episode is recorded in the run store.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--method", required=True, metavar="M", help="search method (gnnrl, amc, random, ...)")
+    p.add_argument("--budget", type=float, required=True, metavar="B",
+                   help="fraction of the baseline's MACs to keep, in (0, 1]")
+    p.add_argument("--episodes", type=_positive_int, metavar="N", help="episodes (scored candidates)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option (repeatable)")
+    p.add_argument("--val-size", type=_positive_int, default=512, metavar="N", help="val images scored (default 512)")
+    p.add_argument("--round-to", type=_positive_int, default=1, metavar="N", help="round channel counts to N")
+    p.set_defaults(handler=cmd_search)
+
+    p = commands.add_parser("resume", parents=[common], help="continue an interrupted or paused search run",
+                            description="Continue a run from its last recorded episode and saved state.")
+    p.add_argument("run_id", type=int, metavar="RUN_ID")
+    p.set_defaults(handler=cmd_resume)
+
+    p = commands.add_parser("runs", parents=[common], help="list the recorded runs (or show one)",
+                            description="List the runs in the run store, or show one run with its episodes.")
+    p.add_argument("run_id", nargs="?", type=int, metavar="RUN_ID", help="show this run and its episodes")
+    p.add_argument("--status", choices=("running", "paused", "interrupted", "completed", "failed"))
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="at most N runs (newest first)")
+    p.add_argument("--move-corrupt-store", action="store_true",
+                   help="rename a corrupt runs.sqlite to runs.sqlite.corrupt-<timestamp> (never deletes it)")
+    p.set_defaults(handler=cmd_runs)
+
+
+# ----------------------------------------------------------------------------------------------- search
+def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
+    """``topoprune search MODEL --method M --budget B --episodes N``: run_id, episodes, best_val_acc, ..."""
+    from engine.methods import get_method
+
+    a = ctx.args
+    budget = check_budget(a.budget)
+    spec = get_method(a.method)
+    if spec.kind != "search":
+        raise TopoPruneError(f"method {a.method!r} is one-shot; use `topoprune prune {a.model} --method {a.method}`")
+    options = parse_options(a.option)
+    if a.episodes is not None:
+        if "episodes" not in spec.options:
+            raise TopoPruneError(f"method {a.method!r} has no episode count; drop --episodes")
+        options["episodes"] = a.episodes
+    options = spec.validate(options)
+    data = ctx.data()
+    loaded = ctx.load_model(a.model, need_data=True)
+    config = {
+        "model": a.model, "method": a.method, "budget": budget, "options": options, "val_size": a.val_size,
+        "round_to": a.round_to, "dataset": a.dataset, "data_dir": a.data_dir, "checkpoint": a.checkpoint,
+        "input_size": loaded.input_size, "seed": a.seed, "num_classes": loaded.num_classes, "width": loaded.width,
+        "weights": loaded.weights,
+    }
+    store = ctx.store()
+    run_id = store.create_run(method=a.method, model=a.model, dataset=data.name, budget=budget, config=config)
+    ctx.active_run_id = run_id
+    ctx.log(f"topoprune: run {run_id} started ({a.method} on {a.model}, budget {budget:g}); "
+            f"`topoprune resume {run_id}` continues it if stopped")
+    return _drive(ctx, run_id, loaded, config, resume=False)
+
+
+def _drive(ctx: CommandContext, run_id: int, loaded: Any, config: dict[str, Any], *, resume: bool):
+    """Run (or continue) the search of ``run_id`` and return the ``search`` result."""
+    from engine.cost import plan_macs
+    from engine.methods import MethodContext, run_method
+
+    store = ctx.store()
+    data = ctx.data()
+    topology = build_topology_for(ctx, loaded)
+    method = config["method"]
+    self_recording = method in SELF_RECORDING_METHODS
+    if resume and not self_recording:
+        raise TopoPruneError(
+            f"run {run_id} used method {method!r}, which keeps no resumable state; start a new "
+            f"`topoprune search` (its {store.get_run(run_id).n_episodes} recorded episodes stay in the store)"
+        )
+    total = int(config["options"].get("episodes") or 0) or None
+    bar = ctx.progress(total=total, desc=f"{method} run {run_id}")
+    baseline_macs = plan_macs(topology, {g.name: g.channels for g in topology.groups})
+
+    def on_event(event: Any) -> None:
+        bar.update_to(int(event.step), int(event.total) or total, event.message)
+        cand = event.candidate
+        if cand is None or self_recording:
+            return
+        meta = dict(cand.meta or {})
+        store.add_episode(
+            run_id, index=int(cand.index), reward=meta.get("reward", cand.val_acc - 100.0),
+            macs=int(plan_macs(topology, cand.plan)), macs_ratio=cand.macs_ratio, val_acc=cand.val_acc,
+            plan=cand.plan, extra=meta, replace=True,
+        )
+
+    mctx = MethodContext(
+        model=loaded.model, topology=topology, data=data, budget=config["budget"], seed=int(config["seed"]),
+        scoring=scoring_config(ctx, int(config["val_size"])), callback=on_event,
+        store=store if self_recording else None, run_id=run_id if self_recording else None,
+        round_to=int(config.get("round_to", 1)),
+    )
+    start = time.perf_counter()
+    options = dict(config["options"])
+    if resume:
+        options["resume"] = True
+    result = run_method(method, mctx, **options)
+    bar.close()
+    seconds = time.perf_counter() - start
+    previous = store.get_run(run_id)
+    total_seconds = float(previous.extra.get("seconds", 0.0)) + seconds
+    store.update_run(
+        run_id, status="completed", best_score=result.val_acc, best_plan=result.plan,
+        extra={"seconds": total_seconds, "macs_ratio": result.macs_ratio, "n_scored": result.n_scored,
+               "baseline_macs": baseline_macs},
+    )
+    ctx.active_run_id = None
+    return run_result(store.get_run(run_id)), _human_search
+
+
+def run_result(run: Any) -> dict[str, Any]:
+    """The ``search``/``resume`` JSON of a stored run."""
+    return {
+        "run_id": run.id,
+        "status": run.status,
+        "method": run.method,
+        "model": run.model,
+        "budget": run.budget,
+        "episodes": run.n_episodes,
+        "best_val_acc": run.best_score,
+        "best_plan": run.best_plan,
+        "macs_ratio": run.extra.get("macs_ratio"),
+        "seconds": run.extra.get("seconds"),
+    }
+
+
+def _human_search(r: dict[str, Any]) -> str:
+    best = "-" if r["best_val_acc"] is None else f"{r['best_val_acc']:.2f}%"
+    ratio = "-" if r["macs_ratio"] is None else f"{100 * r['macs_ratio']:.1f}%"
+    return (f"run {r['run_id']} {r['status']}: {r['method']} on {r['model']}, {r['episodes']} episodes in "
+            f"{r['seconds'] or 0:.1f} s; best val acc {best} at {ratio} of the MACs (budget {r['budget']:g})\n"
+            f"`topoprune export {r['run_id']} --format state_dict` writes the pruned model")
+
+
+# ----------------------------------------------------------------------------------------------- resume
+def cmd_resume(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
+    """``topoprune resume RUN_ID``: continue the run; output as ``search``."""
+    a = ctx.args
+    store = ctx.store()
+    run = store.get_run(a.run_id)
+    if run.method not in SELF_RECORDING_METHODS:
+        raise TopoPruneError(
+            f"run {run.id} used method {run.method!r}, which keeps no resumable state; start a new "
+            f"`topoprune search` (its {run.n_episodes} recorded episodes stay in the store)"
+        )
+    run = store.claim_run(a.run_id)
+    ctx.active_run_id = run.id
+    config = dict(run.config)
+    apply_run_config(ctx, config)
+    loaded = ctx.load_model(run.model, need_data=True)
+    ctx.log(f"topoprune: resuming run {run.id} after {run.n_episodes} recorded episodes")
+    return _drive(ctx, run.id, loaded, config, resume=True)
+
+
+# ----------------------------------------------------------------------------------------------- runs
+def cmd_runs(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
+    """``topoprune runs``: ``runs`` (id, method, model, status, best score); with RUN_ID, one run + episodes."""
+    from engine.store import move_corrupt_store
+
+    a = ctx.args
+    if a.move_corrupt_store:
+        moved = move_corrupt_store()
+        return {"moved_to": str(moved)}, lambda r: f"moved the corrupt store to {r['moved_to']}; a new one starts empty"
+    store = ctx.store()
+    if a.run_id is not None:
+        run = store.get_run(a.run_id)
+        episodes = [e.to_dict() for e in store.episodes(run.id)]
+        return {"run": _run_row(run) | {"config": run.config, "best_plan": run.best_plan, "extra": run.extra},
+                "episodes": episodes}, _human_run
+    runs = [_run_row(r) for r in store.list_runs(status=a.status, limit=a.limit)]
+    return {"runs": runs, "store": str(store.path)}, _human_runs
+
+
+def _run_row(run: Any) -> dict[str, Any]:
+    return {"id": run.id, "method": run.method, "model": run.model, "dataset": run.dataset, "budget": run.budget,
+            "status": run.status, "best_score": run.best_score, "episodes": run.n_episodes,
+            "created_at": run.created_at, "updated_at": run.updated_at}
+
+
+def _human_runs(r: dict[str, Any]) -> str:
+    if not r["runs"]:
+        return f"no runs recorded in {r['store']}"
+    lines = [f"{'id':>4}  {'status':<11} {'method':<12} {'model':<22} {'budget':>6} {'episodes':>8} {'best':>7}"]
+    for run in r["runs"]:
+        best = "-" if run["best_score"] is None else f"{run['best_score']:.2f}"
+        budget = "-" if run["budget"] is None else f"{run['budget']:g}"
+        lines.append(f"{run['id']:>4}  {run['status']:<11} {run['method']:<12} {run['model'][:22]:<22} "
+                     f"{budget:>6} {run['episodes']:>8} {best:>7}")
+    return "\n".join(lines)
+
+
+def _human_run(r: dict[str, Any]) -> str:
+    run = r["run"]
+    lines = [_human_runs({"runs": [run], "store": ""}), "", f"{'episode':>7} {'reward':>9} {'val acc':>8} {'MACs %':>7}"]
+    for e in r["episodes"]:
+        def fmt(v: Any, scale: float = 1.0) -> str:
+            return "-" if v is None else f"{scale * v:.2f}"
+
+        lines.append(f"{e['index']:>7} {fmt(e['reward']):>9} {fmt(e['val_acc']):>8} {fmt(e['macs_ratio'], 100):>7}")
+    return "\n".join(lines)
