@@ -1,0 +1,151 @@
+"""Agent page: launch any registered method in the background, pause/resume/step it, watch the policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from gui import cache, components, jobs
+from gui.plots import agent as ap
+from gui.plots import topology as tp
+from gui.state import REOPEN_RUN, SEARCH_JOB, SELECTED_PLAN, model_ref
+
+st.title("Agent")
+ref = model_ref()
+
+
+def draw_episodes(events: list[dict[str, Any]], topology: Any, *, prefix: str) -> None:
+    """Reward curve, best plan, last action (bars + state graph), embeddings PCA, keep-ratio heatmap."""
+    if not events:
+        st.caption("No episode finished yet.")
+        return
+    rewards = [e.get("reward") if e.get("reward") is not None else e.get("val_acc") for e in events]
+    st.plotly_chart(ap.reward_curve_figure(rewards, val_accs=[e.get("val_acc") for e in events]),
+                    key=f"{prefix}_reward")
+    best = max(events, key=lambda e: e.get("val_acc") if e.get("val_acc") is not None else float("-inf"))
+    last = events[-1]
+    components.metric_cards([
+        ("Episodes", str(len(events)), None),
+        ("Best val top-1", f"{best.get('val_acc', float('nan')):.2f} %", "after BN recalibration, val split"),
+        ("Best MACs kept", f"{best.get('macs_ratio', float('nan')):.1%}", "fraction of the baseline's MACs"),
+        ("Last reward", f"{rewards[-1]:.3f}" if rewards[-1] is not None else "n/a", None),
+    ])
+    if best.get("plan") and st.button("Colour the Topology page by the best plan", key=f"{prefix}_use_best"):
+        st.session_state[SELECTED_PLAN] = best["plan"]
+        st.toast("Best plan selected: Topology > Colour by > keep ratio")
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(ap.action_bars_figure(last.get("keep_ratios", {}),
+                                              title=f"Action of episode {len(events)} (keep ratio per group)"),
+                        key=f"{prefix}_actions")
+    with right:
+        layout = cache.topology_layout(ref, "layers")
+        values = tp.node_values(layout["view"], "keep ratio", module_to_group=tp.module_groups(topology.groups),
+                                group_values=last.get("keep_ratios", {}))
+        st.markdown("**State graph coloured by the last action**")
+        st.plotly_chart(tp.topology_figure(layout["view"], layout["pos"], values=values, metric="keep ratio",
+                                           height_px=300), key=f"{prefix}_state_graph")
+    left, right = st.columns(2)
+    with left:
+        emb = last.get("embeddings")
+        if emb:
+            names = last.get("embedding_groups") or list(last.get("keep_ratios", {}))[: len(emb)]
+            stage_of = {g.name: g.stage for g in topology.groups}
+            st.plotly_chart(ap.embedding_pca_figure(emb, names=names, stages=[stage_of.get(n, 0) for n in names]),
+                            key=f"{prefix}_pca")
+        else:
+            st.caption("This method reports no per-group embeddings (only the GNN agents do).")
+    with right:
+        groups = [g.name for g in topology.groups if g.prunable]
+        st.plotly_chart(ap.keep_ratio_heatmap_figure([e.get("keep_ratios", {}) for e in events], groups=groups),
+                        key=f"{prefix}_heatmap")
+
+
+with components.engine_errors("agent"):
+    specs = cache.method_specs()
+    loaded = cache.load_model(ref)
+    topology = cache.get_topology(ref)
+    components.baseline_badge(loaded.trained, loaded.source)
+    job = st.session_state.get(SEARCH_JOB)
+    busy = bool(job and job.active)
+    with st.expander("Search settings", expanded=not busy):
+        c1, c2 = st.columns(2)
+        with c1:
+            spec = components.method_picker(specs, key="agent_method")
+            budget = components.budget_slider(key="agent_budget")
+        with c2:
+            episodes = None
+            if spec and "episodes" in spec["options"]:
+                episodes = st.number_input("Episodes", 1, 2000, int(min(20, spec["options"]["episodes"]["default"] or 20)),
+                                           key="agent_episodes")
+            seed = st.number_input("Seed", 0, 10_000, 0, key="agent_seed")
+            options = components.option_inputs(spec, key_prefix="agent_opt", skip=("episodes",)) if spec else {}
+    if episodes is not None:
+        options["episodes"] = int(episodes)
+
+    def launch(steps: int | None) -> None:
+        st.session_state[SEARCH_JOB] = jobs.start_method(
+            method=spec["name"], model=loaded.model, topology=topology, data=cache.dataset_for(ref),
+            budget=budget, options=options, model_name=ref.arch, dataset=ref.dataset, seed=int(seed), steps=steps,
+            store_factory=cache.run_store if cache.engine_available("store") else None)
+        st.session_state[REOPEN_RUN] = None
+
+    b1, b2, b3, b4 = st.columns(4)
+    if b1.button("Launch", type="primary", key="agent_launch", disabled=busy or spec is None):
+        launch(None)
+        st.rerun()
+    paused = bool(job and job.active and job.status == "paused")
+    if b2.button("Resume" if paused else "Pause", key="agent_pause", disabled=not busy):
+        job.resume() if paused else job.pause()
+        st.rerun()
+    if b3.button("Step", key="agent_step", disabled=spec is None or (busy and not paused),
+                 help="Run one episode and pause (starts a new search in step mode when none is running)."):
+        if busy and paused:
+            job.step(1)
+        else:
+            launch(1)
+        st.rerun()
+    if b4.button("Stop", key="agent_stop", disabled=not busy):
+        job.stop()
+        st.rerun()
+
+    def live_panel() -> None:
+        job = st.session_state.get(SEARCH_JOB)
+        snap = job.snapshot() if job else None
+        components.job_status(snap, idle_text="Press Launch to run a search, or Step to run one episode at a time.")
+        if snap is None:
+            return
+        if snap.status == "error" and not snap.user_error and job.exception is not None:
+            raise job.exception
+        if snap.status == "done" and snap.result:
+            r = snap.result
+            st.success(f"Search finished: best val top-1 {r['val_acc']:.2f}% at {r['macs_ratio']:.1%} of the MACs"
+                       + (f" (run {snap.info['run_id']}; candidate on the Compare page)" if "run_id" in snap.info else ""))
+        draw_episodes(snap.events, topology, prefix="live")
+        # one full rerun when the job ends or pauses, so the buttons update and polling stops
+        marker = (id(job), snap.status)
+        if snap.status != "running" and st.session_state.get("_agent_seen") != marker:
+            st.session_state["_agent_seen"] = marker
+            st.rerun()
+
+    reopen = st.session_state.get(REOPEN_RUN)
+    if reopen is not None and not busy:
+        store = cache.run_store()
+        run = store.get_run(int(reopen))
+        st.subheader(f"Run {run.id}: {run.method} on {run.model}, budget {run.budget}, {run.status}")
+        events = []
+        for ep in store.episodes(run.id):
+            keep_ratios = jobs.plan_keep_ratios(ep.plan, topology) if ep.plan and run.model == ref.arch else {}
+            events.append({"episode": ep.index, "reward": ep.reward, "val_acc": ep.val_acc,
+                           "macs_ratio": ep.macs_ratio, "keep_ratios": keep_ratios, "plan": ep.plan,
+                           **{k: v for k, v in (ep.extra or {}).items() if k in ("embeddings", "embedding_groups")}})
+        if run.model != ref.arch:
+            st.warning(f"This run pruned `{run.model}`, but the chosen model is `{ref.arch}`; choose it on the "
+                       "Model & data page to see its plans on the graph.")
+        draw_episodes(events, topology, prefix="reopened")
+        if st.button("Close this run", key="agent_close_run"):
+            st.session_state[REOPEN_RUN] = None
+            st.rerun()
+    else:
+        components.poll_while(bool(job and job.active and job.status == "running"), live_panel, key="agent_live")

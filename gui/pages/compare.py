@@ -1,0 +1,177 @@
+"""Compare page: every candidate in the run store, Pareto scatter, latency/params, kept channels, fine-tune, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from engine.paths import topoprune_home
+from gui import cache, components, jobs
+from gui.plots import compare as cp
+from gui.state import EXPORTS, FINETUNE_JOB, REOPEN_RUN, SELECTED_PLAN, model_ref
+
+st.title("Compare")
+ref = model_ref()
+
+EXPORT_FORMATS = {"state_dict": ".pt", "pt2": ".pt2", "onnx": ".onnx"}
+
+
+def candidate_rows(records: list[Any], *, baseline_macs: int | None, baseline_params: int | None,
+                   topology: Any) -> list[dict[str, Any]]:
+    """Plain dicts per candidate for the table and the charts (analytic MACs/params where not measured)."""
+    rows = []
+    plan_costs = None
+    try:
+        plan_costs = cache.engine_attr("cost", "plan_costs")
+    except cache.EngineGap:
+        pass
+    for rec in records:
+        m = dict(rec.metrics or {})
+        keep = (rec.plan or {}).get("keep", {}) if isinstance(rec.plan, dict) else {}
+        macs = m.get("macs_after")
+        params = m.get("params_after")
+        if (macs is None or params is None) and plan_costs is not None and keep:
+            try:
+                costs = plan_costs(topology, keep)
+                macs = macs if macs is not None else int(costs.macs)
+                params = params if params is not None else int(costs.params)
+            except (ValueError, KeyError):
+                pass
+        if macs is None and m.get("macs_ratio") is not None and baseline_macs:
+            macs = int(m["macs_ratio"] * baseline_macs)
+        rows.append({
+            "id": rec.id, "label": f"#{rec.id} {rec.method}", "method": rec.method, "run": rec.run_id,
+            "macs": macs, "macs_ratio": m.get("macs_ratio", macs / baseline_macs if macs and baseline_macs else None),
+            "params": params, "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc"),
+            "latency_ms": m.get("latency_ms_after"), "finetune_epochs": m.get("finetune_epochs", 0),
+            "keep": keep, "plan": rec.plan, "created": rec.created_at,
+        })
+    return rows
+
+
+with components.engine_errors("compare"):
+    store = cache.run_store()
+    loaded = cache.load_model(ref)
+    topology = cache.get_topology(ref)
+    summary = cache.model_summary(ref)
+    components.baseline_badge(loaded.trained, loaded.source)
+    only_this = st.toggle(f"Only candidates of `{ref.arch}` on `{ref.dataset}`", value=True, key="cmp_only")
+    reopen = st.session_state.get(REOPEN_RUN)
+    records = store.candidates(model=ref.arch if only_this else None, dataset=ref.dataset if only_this else None,
+                               run_id=int(reopen) if reopen is not None else None)
+    if reopen is not None:
+        st.info(f"Showing run {reopen} only.")
+        if st.button("Show every run", key="cmp_all_runs"):
+            st.session_state[REOPEN_RUN] = None
+            st.rerun()
+    rows = candidate_rows(records, baseline_macs=summary.get("macs"), baseline_params=summary.get("params"),
+                          topology=topology)
+    if not rows:
+        st.info("No candidates yet. Run a method on the Agent page; its best plan lands here.")
+        st.stop()
+
+    table = [{k: r[k] for k in ("id", "method", "run", "macs_ratio", "val_acc", "test_acc", "latency_ms", "params",
+                                "finetune_epochs", "created")} for r in rows]
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={"macs_ratio": st.column_config.ProgressColumn("MACs kept", min_value=0.0, max_value=1.0,
+                                                                                format="percent"),
+                                "val_acc": st.column_config.NumberColumn("val top-1 %", format="%.2f"),
+                                "test_acc": st.column_config.NumberColumn("test top-1 %", format="%.2f"),
+                                "latency_ms": st.column_config.NumberColumn("latency ms", format="%.2f")})
+    acc_key = st.radio("Accuracy", ["val_acc", "test_acc"], horizontal=True, key="cmp_acc",
+                       format_func={"val_acc": "val (search score)", "test_acc": "test (measured/fine-tuned)"}.get)
+    base = {"macs": summary.get("macs"), "params": summary.get("params")}
+    with components.engine_errors("baseline accuracy"):
+        if acc_key == "test_acc":
+            base["test_acc"] = cache.test_accuracy(ref)
+    base_val = (loaded.meta.get("metrics") or {}).get("val_acc")
+    if base_val is not None:
+        base["val_acc"] = base_val
+    st.plotly_chart(cp.pareto_figure(rows, baseline=base, acc_key=acc_key,
+                                     acc_label="val top-1 %" if acc_key == "val_acc" else "test top-1 %"),
+                    key="cmp_pareto")
+    left, right = st.columns(2)
+    left.plotly_chart(cp.metric_bars_figure(rows, "latency_ms", title="CPU latency (batch 1, this machine)", unit="ms"),
+                      key="cmp_latency")
+    if not any(r["latency_ms"] is not None for r in rows):
+        left.caption("Latency is measured when a candidate is measured or fine-tuned below.")
+    right.plotly_chart(cp.metric_bars_figure(rows, "params", title="Parameters", baseline=base.get("params")),
+                       key="cmp_params")
+
+    labels = {r["id"]: r["label"] for r in rows}
+    chosen = st.multiselect("Candidates side by side", list(labels), default=list(labels)[-3:],
+                            format_func=labels.get, key="cmp_chosen")
+    channels = {g.name: g.channels for g in topology.groups if g.prunable}
+    st.plotly_chart(cp.kept_channels_figure([r for r in rows if r["id"] in chosen], baseline_channels=channels),
+                    key="cmp_kept")
+
+    st.subheader("One candidate")
+    cid = st.selectbox("Candidate", list(labels), index=len(labels) - 1, format_func=labels.get, key="cmp_one")
+    row = next(r for r in rows if r["id"] == cid)
+    if row["plan"] and st.button("Colour the Topology page by this plan", key="cmp_use_plan"):
+        st.session_state[SELECTED_PLAN] = row["plan"]
+        st.toast("Plan selected: Topology > Colour by > keep ratio")
+
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Measure / fine-tune** (test accuracy, latency; 0 epochs = measure only)")
+        epochs = st.number_input("Fine-tune epochs", 0, 100, 0, key="cmp_ft_epochs")
+        distill = st.checkbox("Distill from the unpruned baseline", key="cmp_ft_distill")
+        ft_job = st.session_state.get(FINETUNE_JOB)
+        ft_busy = bool(ft_job and ft_job.active)
+        if st.button("Measure" if epochs == 0 else "Fine-tune", key="cmp_ft_run", disabled=ft_busy or not row["plan"]):
+            report = cache.engine_attr("evaluate", "report_candidate")
+            plan_cls = cache.engine_attr("pruning", "PruningPlan")
+
+            def on_done(out: dict[str, Any], cid: int = cid, row: dict[str, Any] = row) -> None:
+                metrics = {k: out.get(k) for k in ("val_acc", "test_acc", "test_acc_before_finetune", "macs_before",
+                                                   "macs_after", "params_before", "params_after", "latency_ms_before",
+                                                   "latency_ms_after", "finetune_epochs", "distill", "macs_ratio")}
+                cache.run_store().update_candidate(cid, metrics=metrics)
+
+            st.session_state[FINETUNE_JOB] = jobs.start_finetune(
+                model=loaded.model, topology=topology, plan=plan_cls.from_dict(row["plan"]), data=cache.dataset_for(ref),
+                epochs=int(epochs), distill=distill, report=report, on_done=on_done)
+            st.rerun()
+
+        def ft_panel() -> None:
+            job = st.session_state.get(FINETUNE_JOB)
+            snap = job.snapshot() if job else None
+            components.job_status(snap, idle_text="Runs in the background.")
+            if snap and snap.status == "done" and snap.result:
+                r = snap.result
+                st.success(f"test top-1 {r.get('test_acc', float('nan')):.2f}%, latency "
+                           f"{r.get('latency_ms_after') or float('nan'):.2f} ms (was {r.get('latency_ms_before') or float('nan'):.2f})")
+            if snap and not snap.active and st.session_state.get("_ft_seen") is not job:
+                st.session_state["_ft_seen"] = job
+                st.rerun()
+            if snap and snap.status == "error" and not snap.user_error and job.exception is not None:
+                raise job.exception
+
+        components.poll_while(ft_busy, ft_panel, key="cmp_ft_panel")
+    with c2:
+        st.markdown("**Download**")
+        if row["plan"]:
+            st.download_button("Plan JSON", json.dumps(row["plan"], indent=2), file_name=f"plan-{cid}.json",
+                               mime="application/json", key="cmp_dl_plan")
+        fmt = st.selectbox("Pruned model format", list(EXPORT_FORMATS), key="cmp_fmt",
+                           format_func={"state_dict": "state_dict (.pt)", "pt2": "torch.export (.pt2)",
+                                        "onnx": "ONNX (.onnx)"}.get)
+        exports: dict = st.session_state[EXPORTS]
+        if st.button("Prepare file", key="cmp_export", disabled=not row["plan"]):
+            with st.spinner("Pruning and exporting..."):
+                pruning = cache.engine("pruning")
+                plan = pruning.PruningPlan.from_dict(row["plan"])
+                pruned = pruning.apply_plan(loaded.model, topology, plan)  # a new model; the cached one is untouched
+                out_dir = topoprune_home() / "exports"
+                out_dir.mkdir(parents=True, exist_ok=True)
+                path = out_dir / f"{ref.arch}-candidate{cid}{EXPORT_FORMATS[fmt]}"
+                exports[(cid, fmt)] = str(pruning.export_pruned(pruned, path, format=fmt,
+                                                                example_inputs=cache.example_inputs(ref)))
+        ready = exports.get((cid, fmt))
+        if ready and Path(ready).exists():
+            st.download_button(f"Download {Path(ready).name}", Path(ready).read_bytes(), file_name=Path(ready).name,
+                               key="cmp_dl_model")

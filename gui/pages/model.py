@@ -1,0 +1,129 @@
+"""Model & data page: choose the model, dataset and weights every other page works on; summary cards."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from engine.paths import topoprune_home
+from gui import cache, components, jobs
+from gui.state import TRAIN_JOB, ModelRef, model_ref, set_model_ref
+
+DATASETS = ("shapes10", "cifar10", "cifar100", "imagefolder")
+WEIGHTS = {"shipped": "Shipped baseline", "random": "Untrained (random init)", "upload": "Upload weights",
+           "train": "Train a baseline here"}
+
+st.title("Model & data")
+st.caption("Everything on the other pages uses the model chosen here. Built-in default: "
+           "`cifar_resnet20` on the procedural `shapes10` dataset with the shipped checkpoint.")
+
+ref = model_ref()
+with components.engine_errors("model list"):
+    names = cache.model_names()
+    shipped = cache.shipped_models()
+    left, right = st.columns(2)
+    with left:
+        arch = st.selectbox("Model", names, index=names.index(ref.arch) if ref.arch in names else 0, key="arch",
+                            format_func=lambda n: n + ("  (shipped baseline)" if n in shipped else ""))
+        dataset = st.selectbox("Dataset", DATASETS, index=DATASETS.index(ref.dataset), key="dataset")
+        data_dir = None
+        if dataset != "shapes10":
+            data_dir = st.text_input("Dataset folder", value=ref.data_dir or "", key="data_dir",
+                                     help="CIFAR python batches, or an ImageFolder tree with train/ and test/.") or None
+    with right:
+        current = "shipped" if ref.weights == "shipped" else "random" if ref.weights == "random" else "upload"
+        source = st.radio("Weights", list(WEIGHTS), format_func=WEIGHTS.get, key="weights_source",
+                          index=list(WEIGHTS).index(current), horizontal=False)
+    num_classes = 100 if dataset == "cifar100" else ref.num_classes if dataset == "imagefolder" else 10
+    weights = ref.weights if source == "upload" and ref.weights not in ("shipped", "random") else source
+    if source in ("upload", "train") and weights in ("upload", "train"):
+        weights = "random"
+
+    if source == "upload":
+        upload = st.file_uploader("Weights for the chosen architecture (.safetensors or a weights-only state_dict .pt)",
+                                  type=["safetensors", "pt", "pth"], key="upload")
+        if upload is not None:
+            blob = upload.getvalue()
+            digest = hashlib.sha256(blob).hexdigest()[:16]
+            folder = topoprune_home() / "uploads"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{digest}{Path(upload.name).suffix}"
+            if not path.exists():
+                path.write_bytes(blob)
+            weights = str(path)
+    if source == "train":
+        epochs = st.number_input("Epochs", 1, 200, 5, key="train_epochs")
+        job = st.session_state.get(TRAIN_JOB)
+        if st.button("Train", type="primary", key="train_start", disabled=bool(job and job.active)):
+            train = cache.engine("train")
+            ckpt = cache.engine("checkpoints")
+            data = cache.load_dataset(dataset, data_dir, None)
+            zoo = cache.engine("zoo")
+            out_dir = topoprune_home() / "baselines"
+            out_dir.mkdir(parents=True, exist_ok=True)
+
+            def save(model, result, arch=arch, dataset=dataset, num_classes=num_classes, data=data):
+                path = out_dir / f"{arch}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+                acc = train.evaluate(model, data, "test").top1
+                return ckpt.save_checkpoint(path, model, arch=arch, dataset=dataset, num_classes=num_classes,
+                                            metrics={"test_acc": acc}, recipe=result.config.to_dict())
+
+            st.session_state[TRAIN_JOB] = jobs.start_training(
+                model_factory=lambda: zoo.build_model(arch, num_classes=num_classes), data=data, epochs=int(epochs),
+                save=save, train_model=train.train_model, train_config=train.TrainConfig)
+            st.rerun()
+
+        def train_panel() -> None:
+            job = st.session_state.get(TRAIN_JOB)
+            snap = job.snapshot() if job else None
+            components.job_status(snap, idle_text="Training runs in the background; the page stays usable.")
+            if snap and snap.status == "done" and snap.result:
+                st.success(f"Trained and saved to {snap.result['path']}")
+                if st.button("Use the trained weights", key="use_trained"):
+                    set_model_ref(ModelRef(arch=arch, dataset=dataset, data_dir=data_dir, num_classes=num_classes,
+                                           weights=snap.result["path"]))
+                    st.rerun()
+            if snap and not snap.active and st.session_state.get("_train_seen") is not job:
+                st.session_state["_train_seen"] = job
+                st.rerun()
+
+        job = st.session_state.get(TRAIN_JOB)
+        components.poll_while(bool(job and job.active), train_panel, key="train_panel")
+
+    new_ref = ModelRef(arch=arch, dataset=dataset, data_dir=data_dir, weights=weights, num_classes=num_classes)
+    if new_ref != ref:
+        set_model_ref(new_ref)
+        ref = new_ref
+
+st.divider()
+loaded = None
+with components.engine_errors("loading the model"):
+    loaded = cache.load_model(ref)
+if loaded is None:
+    st.stop()
+components.baseline_badge(loaded.trained, loaded.source)
+with components.engine_errors("model summary"):
+    summary = cache.model_summary(ref)
+    cards = [("Params", components.human(summary.get("params")), "trainable parameters"),
+             ("MACs", components.human(summary.get("macs")), "conv + linear multiply-accumulates, batch 1; FLOPs = 2 x MACs"),
+             ("Groups", str(summary.get("groups", "n/a")), "coupled channel groups (units the policies act on)")]
+    components.metric_cards(cards)
+    cheap = ref.arch.startswith("cifar_")
+    measure = cheap or st.button("Measure test accuracy and CPU latency", key="measure")
+    if measure or st.session_state.get(f"_measured_{ref.key}"):
+        st.session_state[f"_measured_{ref.key}"] = True
+        acc = lat = None
+        with components.engine_errors("test accuracy"):
+            acc = cache.test_accuracy(ref)
+        with components.engine_errors("latency"):
+            lat = cache.latency_ms(ref)
+        components.metric_cards([
+            ("Test top-1", f"{acc:.2f} %" if acc is not None else "n/a", "on the dataset's test split"),
+            ("CPU latency", f"{lat:.2f} ms" if lat is not None else "n/a", "median, batch 1, this machine"),
+        ])
+    data = cache.dataset_for(ref)
+    st.caption(f"Dataset `{data.name}`: {data.num_classes} classes, {data.input_size}x{data.input_size} images; "
+               f"train {data.size('train')}, val {data.size('val')} (carved from train), test {data.size('test')}.")

@@ -1,0 +1,60 @@
+"""Sensitivity page: run the per-group analysis in the background; heatmap, curves, MACs share vs drop."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from gui import cache, components, jobs
+from gui.plots import sensitivity as sp
+from gui.state import SENS_JOB, SENS_RESULT, model_ref
+
+st.title("Sensitivity")
+ref = model_ref()
+st.caption("Prune one channel group at a time to each keep ratio (fraction of channels kept) and measure the val "
+           "accuracy after BN recalibration. The test split is never read here.")
+
+with components.engine_errors("sensitivity"):
+    analyze = cache.engine_attr("sensitivity", "analyze_sensitivity")
+    loaded = cache.load_model(ref)
+    components.baseline_badge(loaded.trained, loaded.source)
+    ratios = st.multiselect("Keep ratios", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
+                            default=[0.9, 0.7, 0.5, 0.3, 0.1], key="sens_ratios")
+    job = st.session_state.get(SENS_JOB)
+    busy = bool(job and job.active)
+    c1, c2 = st.columns([1, 4])
+    if c1.button("Run analysis", type="primary", key="sens_run", disabled=busy or not ratios):
+        st.session_state[SENS_JOB] = jobs.start_sensitivity(
+            model=loaded.model, topology=cache.get_topology(ref), data=cache.dataset_for(ref),
+            keep_ratios=sorted(ratios, reverse=True), analyze=analyze)
+        st.session_state["_sens_ref"] = ref
+        st.rerun()
+    if busy and c2.button("Stop", key="sens_stop"):
+        job.stop()
+
+    def panel() -> None:
+        job = st.session_state.get(SENS_JOB)
+        snap = job.snapshot() if job else None
+        components.job_status(snap, idle_text="Not run yet for this model (results are cached on disk per weights).")
+        if snap and snap.status == "done" and snap.result and st.session_state.get("_sens_ref") == ref:
+            if st.session_state.get(SENS_RESULT) is not snap.result:
+                st.session_state[SENS_RESULT] = snap.result
+        if snap and not snap.active and st.session_state.get("_sens_seen") is not job:
+            st.session_state["_sens_seen"] = job
+            st.rerun()
+        elif snap and snap.status == "error" and not snap.user_error and job.exception is not None:
+            raise job.exception
+
+    components.poll_while(busy, panel, key="sens_panel")
+
+table = st.session_state.get(SENS_RESULT)
+if table:
+    st.caption(f"Unpruned val top-1: {table['base_acc']:.2f}%; {len(table['groups'])} prunable groups; "
+               f"{table.get('n_scored', 0)} plans scored in {table.get('seconds', 0.0):.1f} s"
+               + (" (from cache)" if table.get("from_cache") else ""))
+    st.plotly_chart(sp.sensitivity_heatmap_figure(table), key="sens_heatmap")
+    left, right = st.columns(2)
+    names = [g["name"] for g in table["groups"]]
+    picked = left.multiselect("Groups in the curve plot", names, default=names[: min(6, len(names))],
+                              key="sens_curve_groups")
+    left.plotly_chart(sp.sensitivity_curves_figure(table, groups=picked), key="sens_curves")
+    right.plotly_chart(sp.share_vs_sensitivity_figure(table), key="sens_scatter")
