@@ -1,0 +1,208 @@
+"""Coupled channel groups: channels that must be pruned together, with each member's channel index map.
+
+Uses Torch-Pruning's DependencyGraph on a meta copy of the model (residual adds, concat/split, flatten,
+depthwise convs and BN are all handled there). Where DepGraph fails (channel shuffle in ShuffleNet raises
+ZeroDivisionError) it falls back to block-internal chains conv -> BN/act -> [dwconv -> BN/act] -> conv.in,
+read off the traced op graph. It does not compute costs (cost.py) nor edit weights (engine.pruning).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import networkx as nx
+import torch
+from torch import nn
+
+from engine.graph.trace import LayerCall
+
+_SUPPORTED = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+_CHANNELWISE_OPS = ("batchnorm", "activation", "dropout", "identity", "pool")
+
+
+@dataclass
+class MemberMap:
+    """Which of a member module's channels (along `dim`) carry each group channel.
+
+    `channels[j * mult:(j + 1) * mult]` are the member's channels for group channel j (mult > 1 after a
+    flatten into a linear layer).
+    """
+
+    module: str
+    dim: str  # "out" (conv/linear outputs, BN channels) or "in" (conv/linear inputs)
+    channels: tuple[int, ...]
+    mult: int = 1
+
+
+@dataclass
+class ChannelGroup:
+    """Channels pruned together: keep k of `channels` and every member keeps the matching k (x mult)."""
+
+    index: int
+    name: str
+    channels: int
+    members: list[tuple[str, str]]
+    prunable: bool
+    stage: int = 0
+    block: str | None = None
+    macs_per_channel: int = 0
+    params_per_channel: int = 0
+    memory_bytes_per_channel: int = 0
+    reason: str | None = None  # why the group is not prunable
+    maps: list[MemberMap] = field(default_factory=list, repr=False)
+
+    def layers(self) -> list[str]:
+        """Conv/linear/BN modules of the group, in member order, without duplicates."""
+        return list(dict.fromkeys(name for name, _ in self.members))
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
+
+
+def _unsupported_reason(module: nn.Module, name: str) -> str | None:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if module.transposed:
+            return f"{name} is a transposed conv, which the pruner does not edit"
+        if module.groups > 1 and not _is_depthwise(module):
+            return f"{name} is a grouped conv (groups={module.groups}) that is not depthwise"
+        return None
+    if isinstance(module, _SUPPORTED):
+        return None
+    return f"{name} is a {type(module).__name__}, which the pruner does not edit"
+
+
+def _finish_maps(pairs: dict[tuple[str, str], set[tuple[int, int]]], channels: int,
+                 modules: dict[str, nn.Module]) -> tuple[list[MemberMap], str | None]:
+    """Turn (member channel, group channel) pairs into MemberMaps; say why if they are not one-to-mult."""
+    maps, reason = [], None
+    for (name, dim), members in pairs.items():
+        per_root: dict[int, list[int]] = defaultdict(list)
+        for idx, root in members:
+            per_root[root].append(idx)
+        mults = {len(v) for v in per_root.values()}
+        if len(per_root) != channels or len(mults) != 1:
+            reason = reason or f"{name} ({dim}) sees only part of the group's channels (split or slice)"
+            mult = max(mults) if mults else 1
+        else:
+            mult = mults.pop()
+        flat = tuple(i for root in sorted(per_root) for i in sorted(per_root[root]))
+        maps.append(MemberMap(name, dim, flat, mult))
+        reason = reason or _unsupported_reason(modules[name], name)
+    return maps, reason
+
+
+@dataclass
+class RawGroup:
+    """A group before costs and hierarchy are attached."""
+
+    name: str
+    channels: int
+    maps: list[MemberMap]
+    reason: str | None
+
+
+def depgraph_groups(meta_model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict[str, LayerCall],
+                    ignored: list[str]) -> list[RawGroup]:
+    """Groups from Torch-Pruning's DependencyGraph, rooted at each conv/linear's outputs in forward order."""
+    import torch_pruning as tp
+
+    modules = dict(meta_model.named_modules())
+    names = {module: name for name, module in modules.items()}
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(
+            meta_model, example_inputs=inputs[0] if len(inputs) == 1 else inputs,
+            verbose=False)
+    roots = [c.name for c in sorted(calls.values(), key=lambda c: c.order)
+             if isinstance(modules.get(c.name), (nn.modules.conv._ConvNd, nn.Linear)) and c.name not in ignored]
+    covered: dict[str, int] = {}
+    groups: list[RawGroup] = []
+    for root in roots:
+        module = modules[root]
+        if root in covered or module not in graph.module2node:
+            continue
+        n = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
+        pruner = graph.get_pruner_of_module(module)
+        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
+        pairs: dict[tuple[str, str], set[tuple[int, int]]] = defaultdict(set)
+        reason = None
+        for item in group.items:
+            target = item.dep.target.module
+            if isinstance(target, nn.Parameter):
+                reason = "an unwrapped nn.Parameter shares these channels"
+                continue
+            name = names.get(target)
+            if name is None:  # element-wise / concat / reshape ops: no weights of their own
+                continue
+            dim = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
+            pairs[(name, dim)].update(zip(item.idxs, item.root_idxs, strict=True))
+        maps, map_reason = _finish_maps(pairs, n, modules)
+        reason = reason or map_reason
+        for m in maps:
+            if m.dim == "out" and m.module in ignored:
+                reason = reason or f"it feeds the model output through {m.module}"
+        # the group's stable name: its first conv/linear (forward order) whose outputs it holds
+        outs = [m.module for m in maps if m.dim == "out" and isinstance(modules[m.module], _SUPPORTED[:3])]
+        outs.sort(key=lambda name: calls[name].order if name in calls else 1 << 30)
+        name = outs[0] if outs else root
+        for out in outs:
+            if out in covered:
+                reason = reason or f"{out} outputs are split over several groups"
+            covered[out] = len(groups)
+        groups.append(RawGroup(name, n, maps, reason))
+    return groups
+
+
+def chain_groups(graph: nx.DiGraph, meta_model: nn.Module, ignored: list[str]) -> list[RawGroup]:
+    """Block-internal chains conv -> BN/act -> [dwconv -> BN/act] -> conv.in that touch no add/cat/shuffle."""
+    modules = dict(meta_model.named_modules())
+    call_sites: dict[str, int] = defaultdict(int)
+    for _, data in graph.nodes(data=True):
+        if data.get("module"):
+            call_sites[data["module"]] += 1
+    groups: list[RawGroup] = []
+    order = sorted(graph.nodes, key=lambda n: graph.nodes[n].get("order", 0))
+    for node in order:
+        data = graph.nodes[node]
+        name = data.get("module")
+        if data["op"] != "conv" or name in ignored or call_sites[name] != 1:
+            continue
+        start = modules[name]
+        if start.groups != 1 or start.transposed:
+            continue
+        n = start.out_channels
+        members: list[tuple[str, str]] = [(name, "out")]
+        current, ok = node, False
+        while True:
+            succ = list(graph.successors(current))
+            if len(succ) != 1:
+                break
+            current = succ[0]
+            cdata = graph.nodes[current]
+            cname = cdata.get("module")
+            if cdata["op"] in ("batchnorm", "conv", "linear") and call_sites[cname] != 1:
+                break
+            if cdata["op"] == "batchnorm":
+                members.append((cname, "out"))
+            elif cdata["op"] in _CHANNELWISE_OPS:
+                continue
+            elif cdata["op"] == "flatten" and cdata["in_shape"] and len(cdata["in_shape"]) > 2 and \
+                    torch.Size(cdata["in_shape"][2:]).numel() == 1:
+                continue
+            elif cdata["op"] == "conv" and _is_depthwise(modules[cname]) and modules[cname].in_channels == n:
+                members.append((cname, "out"))
+            elif cdata["op"] in ("conv", "linear"):
+                module = modules[cname]
+                in_channels = module.in_channels if cdata["op"] == "conv" else module.in_features
+                if in_channels == n and getattr(module, "groups", 1) == 1:
+                    members.append((cname, "in"))
+                    ok = True
+                break
+            else:
+                break
+        if ok:
+            maps = [MemberMap(m, d, tuple(range(n)), 1) for m, d in members]
+            groups.append(RawGroup(name, n, maps, None))
+    return groups
