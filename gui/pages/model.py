@@ -111,19 +111,24 @@ with components.engine_errors("model summary"):
              ("MACs", components.human(summary.get("macs")), "conv + linear multiply-accumulates, batch 1; FLOPs = 2 x MACs"),
              ("Groups", str(summary.get("groups", "n/a")), "coupled channel groups (units the policies act on)")]
     components.metric_cards(cards)
-    cheap = ref.arch.startswith("cifar_")
-    measure = cheap or st.button("Measure test accuracy and CPU latency", key="measure")
-    if measure or st.session_state.get(f"_measured_{ref.key}"):
-        st.session_state[f"_measured_{ref.key}"] = True
-        acc = lat = None
+    recorded = (loaded.meta.get("metrics") or {}).get("test_acc")
+    measured = st.session_state.get(f"_measured_{ref.key}", False)
+    if not measured and st.button("Measure test accuracy and CPU latency", key="measure",
+                                  help="Evaluates the test split and times batch-1 inference on this machine."):
+        st.session_state[f"_measured_{ref.key}"] = measured = True
+    acc = lat = None
+    if measured:
         with components.engine_errors("test accuracy"):
             acc = cache.test_accuracy(ref)
         with components.engine_errors("latency"):
             lat = cache.latency_ms(ref)
-        components.metric_cards([
-            ("Test top-1", f"{acc:.2f} %" if acc is not None else "n/a", "on the dataset's test split"),
-            ("CPU latency", f"{lat:.2f} ms" if lat is not None else "n/a", "median, batch 1, this machine"),
-        ])
+    if acc is None and recorded is not None:
+        acc = float(recorded)
+    components.metric_cards([
+        ("Test top-1", f"{acc:.2f} %" if acc is not None else "not measured",
+         "on the dataset's test split" + (" (recorded with the checkpoint)" if not measured else "")),
+        ("CPU latency", f"{lat:.2f} ms" if lat is not None else "not measured", "median, batch 1, this machine"),
+    ])
     data = cache.dataset_for(ref)
     st.caption(f"Dataset `{data.name}`: {data.num_classes} classes, {data.input_size}x{data.input_size} images; "
                f"train {data.size('train')}, val {data.size('val')} (carved from train), test {data.size('test')}.")
