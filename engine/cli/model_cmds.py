@@ -71,7 +71,7 @@ def cmd_info(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     example = ctx.example_inputs(loaded)
     costs = count_costs(model, example)
     start = time.perf_counter()
-    topology = build_topology(model, example)
+    topology = build_topology(model, example, model_name=a.model)
     graph_build_s = time.perf_counter() - start
     groups = list(getattr(topology, "groups", []))
     result = {
@@ -117,7 +117,7 @@ def cmd_graph(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     if not path.parent.is_dir():
         raise TopoPruneError(f"folder {path.parent} does not exist; create it or choose another --export path")
     loaded = ctx.load_model(a.model)
-    topology = build_topology(loaded.model.eval(), ctx.example_inputs(loaded))
+    topology = build_topology(loaded.model.eval(), ctx.example_inputs(loaded), model_name=a.model)
     written = Path(export_graph(topology, path))
     result = {
         "model": a.model,

@@ -100,11 +100,20 @@ def plan_from_dict(data: dict[str, Any]):
     return PruningPlan.from_dict(data)
 
 
+def check_plan_model(plan: Any, model: str, source: str) -> None:
+    """Refuse a plan saved for another zoo model (plans naming a class, not a zoo model, pass)."""
+    from engine.zoo import list_models
+
+    named = getattr(plan, "model", None)
+    if named and named != model and named in list_models():
+        raise TopoPruneError(f"plan {source} is for model {named!r}, not {model!r}; pass the matching MODEL")
+
+
 def build_topology_for(ctx: CommandContext, loaded: Any):
     """The topology of a loaded model (traced on CPU with a zero batch)."""
     from engine.graph import build_topology
 
-    return build_topology(loaded.model.eval(), ctx.example_inputs(loaded))
+    return build_topology(loaded.model.eval(), ctx.example_inputs(loaded), model_name=loaded.name)
 
 
 def scoring_config(ctx: CommandContext, val_size: int):
@@ -201,8 +210,7 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     method_result = None
     if a.plan is not None:
         plan = load_plan_file(a.plan)
-        if getattr(plan, "model", None) and plan.model not in (a.model, getattr(topology, "model_name", a.model)):
-            raise TopoPruneError(f"plan {a.plan} is for model {plan.model!r}, not {a.model!r}")
+        check_plan_model(plan, a.model, a.plan)
         method = a.method or getattr(plan, "method", None) or "plan"
     else:
         from engine.methods import MethodContext, run_method
@@ -296,8 +304,6 @@ def _human_prune(r: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------- export
 def cmd_export(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     """``topoprune export RUN_ID|--plan FILE --format F``: path."""
-    from engine.pruning import apply_plan, export_pruned
-
     a = ctx.args
     if (a.run_id is None) == (a.plan is None):
         raise TopoPruneError("export needs exactly one of RUN_ID or --plan FILE")
@@ -311,15 +317,20 @@ def cmd_export(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         default_name = f"{model_name}-pruned-run{run.id}"
     else:
         plan = load_plan_file(a.plan)
+        from engine.zoo import list_models
+
         model_name = a.model or getattr(plan, "model", None)
-        if not model_name:
-            raise TopoPruneError(f"plan {a.plan} does not name its model; pass --model MODEL")
+        if not model_name or model_name not in list_models():
+            raise TopoPruneError(f"plan {a.plan} does not name a zoo model ({model_name!r}); pass --model MODEL")
+        check_plan_model(plan, model_name, a.plan)
         default_name = f"{model_name}-pruned"
         if a.checkpoint is None:
             ctx.log("topoprune: warning: no --checkpoint given; exporting randomly initialised weights")
     out = Path(a.out).expanduser() if a.out else Path.cwd() / (default_name + EXPORT_SUFFIX[a.format])
     if not out.parent.is_dir():
         raise TopoPruneError(f"folder {out.parent} does not exist; create it or choose another --out path")
+    from engine.pruning import apply_plan, export_pruned
+
     loaded = ctx.load_model(model_name)
     topology = build_topology_for(ctx, loaded)
     start = time.perf_counter()
