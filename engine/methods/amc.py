@@ -47,18 +47,12 @@ def _producer(topology: Any, group: Any, modules: dict[str, nn.Module] | None) -
                     "kernel": float(module.kernel_size[0])}
         if isinstance(module, nn.Linear):
             return {"type": 1.0, "in_channels": float(module.in_features), "stride": 1.0, "kernel": 1.0}
-        if module is None:
-            graph = getattr(topology, "graph", None)
-            for _, data in (graph.nodes(data=True) if graph is not None else []):
-                if data.get("module") == name and data.get("op") in ("conv", "linear"):
-                    kernel = data.get("kernel") or 1
-                    stride = data.get("stride") or 1
-                    return {
-                        "type": 1.0 if data["op"] == "linear" else 0.0,
-                        "in_channels": float(data.get("in_channels") or 0),
-                        "stride": float(stride[0] if isinstance(stride, Sequence) else stride),
-                        "kernel": float(kernel[0] if isinstance(kernel, Sequence) else kernel),
-                    }
+        info = (getattr(topology, "layer_info", None) or {}).get(name) if module is None else None
+        if info is not None:
+            kernel, stride = info.get("kernel") or (1,), info.get("stride") or (1,)
+            return {"type": 1.0 if info.get("kind") == "linear" else 0.0,
+                    "in_channels": float(info.get("in_channels") or 0),
+                    "stride": float(stride[0]), "kernel": float(kernel[0])}
     return {"type": 0.0, "in_channels": float(group.channels), "stride": 1.0, "kernel": 1.0}
 
 

@@ -125,3 +125,36 @@ def best_candidate(history: list[Candidate]) -> Candidate:
     if not history:
         raise ValueError("no candidate was scored; give the search at least one step")
     return max(history, key=lambda c: (c.val_acc, -c.index))
+
+
+def refill_to_budget(
+    topology: Any,
+    keep: dict[str, int],
+    removed: list[tuple[str, int]],
+    budget: float,
+) -> tuple[dict[str, int], list[tuple[str, int]]]:
+    """Give back removed channels, most recently removed first, while MACs stay <= budget x baseline.
+
+    Removing one channel of a large coupled group can overshoot the budget by more than 1%; this fills the slack.
+
+    Args:
+        topology: The topology.
+        keep: Channels kept per group after the removals.
+        removed: (group, channel) in removal order.
+        budget: Fraction of baseline MACs allowed.
+
+    Returns:
+        (keep, removed) after the refill.
+    """
+    target = budget * baseline_macs(topology)
+    keep = dict(keep)
+    still: list[tuple[str, int]] = []
+    macs = keep_macs(topology, keep)
+    for name, channel in reversed(removed):
+        trial = {**keep, name: keep[name] + 1}
+        trial_macs = keep_macs(topology, trial) if macs < target * (1 - 1e-4) else target + 1
+        if trial_macs <= target:
+            keep, macs = trial, trial_macs
+        else:
+            still.append((name, channel))
+    return keep, list(reversed(still))

@@ -115,4 +115,4 @@ class DDPGAgent:
             with torch.no_grad():
                 for p, tp in zip(net.parameters(), target_net.parameters(), strict=True):
                     tp.mul_(1 - cfg.tau).add_(cfg.tau * p)
-        return float(critic_loss), float(actor_loss)
+        return float(critic_loss.detach()), float(actor_loss.detach())

@@ -17,7 +17,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.methods.budget import baseline_macs, check_on_budget, full_keep, keep_macs, prunable_groups
+from engine.methods.budget import (
+    baseline_macs,
+    check_on_budget,
+    full_keep,
+    keep_macs,
+    prunable_groups,
+    refill_to_budget,
+)
 from engine.methods.budget import score_candidate as _score
 from engine.methods.plans import plan_with_indices
 from engine.methods.registry import MethodContext, MethodResult, MethodSpec, OptionSpec
@@ -25,26 +32,40 @@ from engine.methods.registry import MethodContext, MethodResult, MethodSpec, Opt
 NAME = "fisher"
 
 
-def _reads_group(module: nn.Module, channels: int) -> bool:
+def _input_width(module: nn.Module) -> int | None:
     if isinstance(module, nn.Conv2d):
-        return module.in_channels == channels
+        return module.in_channels
     if isinstance(module, nn.Linear):
-        return module.in_features == channels
-    return False
+        return module.in_features
+    return None
+
+
+def consumer_sites(model: nn.Module, group: Any) -> list[tuple[str, list[int], int]]:
+    """Where a group's channels enter convs/linears: (module name, input channel indices, mult) per consumer.
+
+    Indices follow the group's member maps (concat offsets, flatten multiplicity); a depthwise conv of the group
+    reads the same channels it writes.
+    """
+    modules = dict(model.named_modules())
+    maps = getattr(group, "maps", None) or []
+    sites: dict[str, tuple[str, list[int], int]] = {}
+    entries = [(m.module, m.dim, list(m.channels), int(m.mult)) for m in maps] or [
+        (name, role, list(range(int(group.channels))), 1) for name, role in group.members
+    ]
+    for name, role, channels, mult in entries:
+        module = modules.get(name)
+        width = _input_width(module) if module is not None else None
+        if width is None or name in sites or len(channels) != int(group.channels) * mult:
+            continue
+        depthwise = isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
+        if (role == "in" or depthwise) and max(channels) < width:
+            sites[name] = (name, channels, mult)
+    return list(sites.values())
 
 
 def group_consumers(model: nn.Module, group: Any) -> list[str]:
-    """Names of the convs/linears whose input channels are `group`'s channels (depthwise convs included)."""
-    modules = dict(model.named_modules())
-    names: list[str] = []
-    for name, role in group.members:
-        module = modules.get(name)
-        if module is None or name in names or not _reads_group(module, int(group.channels)):
-            continue
-        depthwise = isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels
-        if role == "in" or depthwise:
-            names.append(name)
-    return names
+    """Names of the convs/linears that read `group`'s channels (depthwise convs included)."""
+    return [name for name, _, _ in consumer_sites(model, group)]
 
 
 class FisherHooks:
@@ -58,17 +79,19 @@ class FisherHooks:
         self.model = model
         groups = groups if groups is not None else prunable_groups(topology)
         modules = dict(model.named_modules())
-        self.consumers = {g.name: group_consumers(model, g) for g in groups}
-        self.groups = [g for g in groups if self.consumers[g.name]]
+        sites = {g.name: consumer_sites(model, g) for g in groups}
+        self.consumers = {name: [s[0] for s in found] for name, found in sites.items()}
+        self.groups = [g for g in groups if sites[g.name]]
         self.masks = {g.name: torch.ones(int(g.channels)) for g in self.groups}
         self.fisher = {g.name: torch.zeros(int(g.channels), dtype=torch.float64) for g in self.groups}
         self._batch: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
-        self._sites = [(modules[n], g.name) for g in self.groups for n in self.consumers[g.name]]
+        self._sites = [(modules[name], g.name, torch.tensor(idx), mult)
+                       for g in self.groups for name, idx, mult in sites[g.name]]
 
     def __enter__(self) -> FisherHooks:
-        for module, group in self._sites:
-            self._handles.append(module.register_forward_pre_hook(self._make_hook(group)))
+        for module, group, idx, mult in self._sites:
+            self._handles.append(module.register_forward_pre_hook(self._make_hook(group, idx, mult)))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -76,16 +99,21 @@ class FisherHooks:
             h.remove()
         self._handles.clear()
 
-    def _make_hook(self, group: str):
+    def _make_hook(self, group: str, idx: torch.Tensor, mult: int):
+        channels = int(self.masks[group].shape[0])
+
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             x = inputs[0]
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            masked = x * self.masks[group].to(x.dtype).view(shape)
+            full = torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
+            full[idx] = self.masks[group].to(x.dtype).repeat_interleave(mult)
+            masked = x * full.view((1, -1) + (1,) * (x.dim() - 2))
             if masked.requires_grad:
                 saved = x.detach()
 
                 def on_grad(grad: torch.Tensor) -> None:
-                    per_sample = (saved * grad).flatten(2).sum(-1) if grad.dim() > 2 else saved * grad  # (N, C)
+                    prod = saved * grad
+                    per_input = prod.flatten(2).sum(-1) if prod.dim() > 2 else prod  # (N, C_in)
+                    per_sample = per_input[:, idx].reshape(-1, channels, mult).sum(-1)  # (N, channels)
                     prev = self._batch.get(group)
                     self._batch[group] = per_sample if prev is None else prev + per_sample
 
@@ -125,7 +153,7 @@ def fisher_channel_scores(
     with FisherHooks(model, topology, groups=groups) as hooks:
         for x, y in batches:
             model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(model(x), y, reduction="sum").backward()  # sum: exact per-sample gradients
             hooks.collect()
     model.zero_grad(set_to_none=True)
     return {k: v.clone() for k, v in hooks.fisher.items()}
@@ -163,6 +191,7 @@ def run_fisher(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
         estimate = sum(g.channels for g in groups) * (1.0 - math.sqrt(ctx.budget))
         per_step = max(1, math.ceil(estimate / options["steps"]))
     rounds = 0
+    history_removed: list[tuple[str, int]] = []
     work.train(options["train"])
     with FisherHooks(work, ctx.topology, groups=groups) as hooks:
         active = {g.name for g in hooks.groups}
@@ -183,32 +212,40 @@ def run_fisher(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
                     opt.step()
                 it += 1
             removed = 0
+            active_groups = [g for g in groups if g.name in active]
+            costs = _removal_costs(ctx.topology, active_groups, keep, options["normalize"])
+            queues = {  # alive channels of each group, least important first
+                name: [c for c in torch.argsort(hooks.fisher[name]).tolist() if hooks.masks[name][c] > 0]
+                for name in costs
+            }
             while removed < per_step and macs > target:
-                costs = _removal_costs(ctx.topology, [g for g in groups if g.name in active], keep,
-                                       options["normalize"])
-                best: tuple[float, str, int] | None = None
-                for name, cost in costs.items():
-                    if keep[name] <= min_keep[name]:
+                best: tuple[float, str] | None = None
+                for name, queue in queues.items():
+                    if keep[name] <= min_keep[name] or not queue or name not in costs:
                         continue
-                    alive = hooks.masks[name] > 0
-                    scores = torch.where(alive, hooks.fisher[name], torch.full_like(hooks.fisher[name], math.inf))
-                    c = int(scores.argmin())
-                    value = float(scores[c]) / cost
+                    value = float(hooks.fisher[name][queue[0]]) / costs[name]
                     if best is None or value < best[0]:
-                        best = (value, name, c)
+                        best = (value, name)
                 if best is None:
                     break
-                _, name, c = best
+                name = best[1]
+                c = queues[name].pop(0)
                 hooks.masks[name][c] = 0.0
                 keep[name] -= 1
+                history_removed.append((name, c))
                 macs = keep_macs(ctx.topology, keep)
                 removed += 1
+                if options["normalize"] == "macs":
+                    costs = _removal_costs(ctx.topology, active_groups, keep, "macs")
             hooks.reset()
             rounds += 1
             ctx.emit(NAME, rounds, 0, f"round {rounds}: MACs ratio {macs / (target / ctx.budget):.3f}")
             if removed == 0:
                 break
         masks = {k: v.clone() for k, v in hooks.masks.items()}
+    keep, still_removed = refill_to_budget(ctx.topology, keep, history_removed, ctx.budget)
+    for name, c in set(history_removed) - set(still_removed):
+        masks[name][c] = 1.0
     indices = {name: torch.nonzero(m > 0).flatten().tolist() for name, m in masks.items()}
     plan = plan_with_indices(ctx, keep, indices, method=NAME, criterion="fisher",
                              meta={"rounds": rounds, "iterations": it, "normalize": options["normalize"]})
@@ -237,7 +274,7 @@ SPEC = MethodSpec(
         "batch_size": OptionSpec("batch_size", int, 64, "images per training iteration", min=2),
         "train_size": OptionSpec("train_size", int, 4096, "train images cycled through", min=2),
         "min_keep_ratio": OptionSpec("min_keep_ratio", float, 0.1, "smallest fraction of a group's channels kept",
-                                     min=0.0, max=1.0),
+                                     min=0.01, max=1.0),
     },
     fn=run_fisher,
 )

@@ -19,6 +19,7 @@ from engine.methods.budget import (
     full_keep,
     keep_macs,
     prunable_groups,
+    refill_to_budget,
     score_candidate,
 )
 from engine.methods.plans import plan_with_indices
@@ -27,35 +28,15 @@ from engine.methods.registry import MethodContext, MethodResult, MethodSpec, Opt
 NAME = "magnitude"
 
 
-def group_channel_norms(model: nn.Module, group: Any, *, norm: str = "l1") -> torch.Tensor:
-    """Importance of each channel of `group`: weight norm of the producing convs/linears, summed over members.
-
-    Args:
-        model: The model the topology was built from.
-        group: A ChannelGroup; its ("name", "out") members produce the channels.
-        norm: "l1" (sum of |w|) or "l2" (sqrt of sum of w^2) over (in, kh, kw).
+def group_channel_norms(model: nn.Module, topology: Any, group_name: str, *, norm: str = "l1") -> torch.Tensor:
+    """Importance of each channel of a group: weight norm of its producing convs/linears (H1's channel_scores).
 
     Returns:
-        Tensor of shape (channels,); BN |gamma| when no conv/linear produces the group.
+        Tensor of shape (channels,); each member's norms are mean-normalised before they are summed.
     """
-    modules = dict(model.named_modules())
-    channels = int(group.channels)
-    total = torch.zeros(channels, dtype=torch.float64)
-    bn_total = torch.zeros(channels, dtype=torch.float64)
-    found = False
-    for name, role in group.members:
-        module = modules.get(name)
-        if role != "out" or module is None:
-            continue
-        if isinstance(module, nn.Conv2d | nn.Linear) and module.weight.shape[0] == channels:
-            w = module.weight.detach().double().reshape(channels, -1)  # (channels, fan_in)
-            total += w.abs().sum(1) if norm == "l1" else w.pow(2).sum(1)
-            found = True
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine and module.weight.shape[0] == channels:
-            bn_total += module.weight.detach().double().abs()
-    if not found:
-        return bn_total.float()
-    return (total if norm == "l1" else total.sqrt()).float()
+    from engine.pruning import channel_scores
+
+    return channel_scores(model, topology, group_name, criterion=norm).float()
 
 
 def normalise_scores(scores: torch.Tensor, how: str) -> torch.Tensor:
@@ -80,7 +61,7 @@ def remove_lowest(
     """
     target = budget * baseline_macs(topology)
     keep = full_keep(topology)
-    removed: dict[str, set[int]] = {name: set() for name in scores}
+    removed: list[tuple[str, int]] = []
     min_keep = {
         g.name: max(1, math.ceil(min_keep_ratio * g.channels)) for g in topology.groups if g.name in scores
     }
@@ -95,9 +76,13 @@ def remove_lowest(
         if keep[name] <= min_keep[name]:
             continue
         keep[name] -= 1
-        removed[name].add(channel)
+        removed.append((name, channel))
         macs = keep_macs(topology, keep)
-    indices = {name: [c for c in range(len(vec)) if c not in removed[name]] for name, vec in scores.items()}
+    keep, removed = refill_to_budget(topology, keep, removed, budget)
+    gone: dict[str, set[int]] = {name: set() for name in scores}
+    for name, channel in removed:
+        gone[name].add(channel)
+    indices = {name: [c for c in range(len(vec)) if c not in gone[name]] for name, vec in scores.items()}
     return keep, indices
 
 
@@ -105,7 +90,8 @@ def run_magnitude(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
     """Global channel ranking by normalised weight norm, pruned to the budget."""
     groups = prunable_groups(ctx.topology)
     scores = {
-        g.name: normalise_scores(group_channel_norms(ctx.model, g, norm=options["norm"]), options["normalize"])
+        g.name: normalise_scores(group_channel_norms(ctx.model, ctx.topology, g.name, norm=options["norm"]),
+                                   options["normalize"])
         for g in groups
     }
     keep, indices = remove_lowest(ctx.topology, scores, ctx.budget, min_keep_ratio=options["min_keep_ratio"])
@@ -131,7 +117,7 @@ SPEC = MethodSpec(
         "normalize": OptionSpec("normalize", str, "mean", "per-group score normalisation",
                                 choices=("mean", "max", "l2", "none")),
         "min_keep_ratio": OptionSpec("min_keep_ratio", float, 0.1, "smallest fraction of a group's channels kept",
-                                     min=0.0, max=1.0),
+                                     min=0.01, max=1.0),
     },
     fn=run_magnitude,
 )

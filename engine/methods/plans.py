@@ -41,7 +41,7 @@ def plan_with_indices(
     crit = criterion if criterion in ("l1", "l2", "bn_scale", "taylor", "fisher") else "l1"
     return PruningPlan(
         model=str(getattr(ctx.topology, "model_name", "")),
-        keep=counts,
+        keep={k: v for k, v in counts.items() if v < sizes[k]},
         indices=idx or None,
         criterion=crit,
         round_to=ctx.round_to,
