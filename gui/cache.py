@@ -215,6 +215,14 @@ def test_accuracy(ref: ModelRef) -> float:
     return float(evaluate(load_model(ref).model, dataset_for(ref), "test").top1)
 
 
+@st.cache_data(show_spinner="Scoring the baseline on the val split...", max_entries=16)
+def baseline_val_acc(ref: ModelRef) -> float:
+    """Val top-1 (%) of the unpruned baseline under the search's scoring protocol (the Pareto reference)."""
+    scorer_cls = engine_attr("evaluate", "Scorer")
+    model = load_model(ref).model
+    return float(scorer_cls(model, get_topology(ref), dataset_for(ref)).score_model(model))
+
+
 @st.cache_data(show_spinner="Measuring CPU latency...", max_entries=16)
 def latency_ms(ref: ModelRef) -> float:
     """Median batch-1 CPU latency of the baseline on this machine."""

@@ -86,10 +86,10 @@ with components.engine_errors("compare"):
     base = {"macs": summary.get("macs"), "params": summary.get("params")}
     with components.engine_errors("baseline accuracy"):
         if acc_key == "test_acc":
-            base["test_acc"] = cache.test_accuracy(ref)
-    base_val = (loaded.meta.get("metrics") or {}).get("val_acc")
-    if base_val is not None:
-        base["val_acc"] = base_val
+            recorded = (loaded.meta.get("metrics") or {}).get("test_acc")
+            base["test_acc"] = float(recorded) if recorded is not None else cache.test_accuracy(ref)
+        else:
+            base["val_acc"] = cache.baseline_val_acc(ref)
     st.plotly_chart(cp.pareto_figure(rows, baseline=base, acc_key=acc_key,
                                      acc_label="val top-1 %" if acc_key == "val_acc" else "test top-1 %"),
                     key="cmp_pareto")
