@@ -32,7 +32,7 @@ __all__ = [
 # Feature widths; engine.rl.features fills tensors of exactly these widths.
 MOTIF_FEATURES = 10
 NODE_FEATURES = 22
-GROUP_FEATURES = 10
+GROUP_FEATURES = 11
 
 
 class MultiStageData(Data):

@@ -55,7 +55,7 @@ def chain_state(keep: list[float], *, channels: int = 4) -> MultiStageData:
         offset += roles.numel()
     group_x = torch.zeros(g, GROUP_FEATURES)
     group_x[:, 0] = torch.arange(g) / max(1, g - 1)
-    group_x[:, 9] = torch.tensor(keep)
+    group_x[:, 10] = torch.tensor(keep)
     return MultiStageData(
         x=x, edge_index=edge_index, edge_attr=edge_attr,
         conv_edge=torch.arange(2 * g), conv_edge_motif=torch.cat([torch.arange(g), torch.arange(g)]),
