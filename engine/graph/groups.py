@@ -138,6 +138,8 @@ def depgraph_groups(meta_model: nn.Module, inputs: tuple[torch.Tensor, ...], cal
                 continue
             dim = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
             pairs[(name, dim)].update(zip(item.idxs, item.root_idxs, strict=True))
+        order = {name: c.order for name, c in calls.items()}
+        pairs = dict(sorted(pairs.items(), key=lambda kv: (order.get(kv[0][0], 1 << 30), kv[0][1] != "out")))
         maps, map_reason = _finish_maps(pairs, n, modules)
         reason = reason or map_reason
         for m in maps:
