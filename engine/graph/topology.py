@@ -6,6 +6,7 @@ any resolution. This module assembles; tracing, grouping, hierarchy and cost for
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -147,7 +148,12 @@ def build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
     inputs = as_input_tuple(example_inputs)
     meta_model = meta_copy(model).eval()
     meta_in = meta_inputs(inputs)
-    traced = trace_model(meta_model, meta_in)
+    try:
+        traced = trace_model(meta_model, meta_in)
+    except ModelError:  # data-dependent Python (.item(), if x.sum() > 0) cannot run on meta: use real weights
+        meta_model = copy.deepcopy(model).eval()
+        meta_in = tuple(t[:1].detach() for t in inputs)
+        traced = trace_model(meta_model, meta_in)
     modules = dict(meta_model.named_modules())
     notes = [f"torch.fx could not trace the model ({traced.fx_error}); graph built from module hooks"] \
         if traced.fx_error else []

@@ -296,17 +296,25 @@ def _trace_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict
         last[0] = node
 
     handles = []
+    entered: list[str] = []
     for name, module in model.named_modules():
         if name and not any(True for _ in module.children()):
+            handles.append(module.register_forward_pre_hook(lambda m, a, name=name: entered.append(name)))
             handles.append(module.register_forward_hook(lambda m, a, o, name=name: hook(m, a, o, name)))
     try:
         with torch.no_grad():
             out = model(*inputs)
     except Exception as exc:
+        where = "before the first module"
+        if entered:
+            failed = entered[-1]
+            done = counts.get(failed, 0) >= entered.count(failed)
+            where = (f"in a functional op after module {failed!r}" if done else
+                     f"in module {failed!r} ({type(dict(model.named_modules())[failed]).__name__})")
         raise ModelError(
-            f"the model's forward pass fails on example inputs of shape {[tuple(t.shape) for t in inputs]}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; check the input size "
-            "and that forward() runs on a plain tensor"
+            f"the model's forward pass fails on example inputs of shape {[tuple(t.shape) for t in inputs]} "
+            f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; check the input "
+            "size and that forward() runs on a plain tensor"
         ) from exc
     finally:
         for handle in handles:
