@@ -1,0 +1,222 @@
+"""Safe checkpoint I/O: a state_dict plus metadata, loaded only through tensor-only paths.
+
+A user's model is an architecture chosen by name plus weights as `.safetensors` or a state_dict read with
+``torch.load(..., weights_only=True)``. Nothing here unpickles arbitrary objects, calls torch.export.load or
+loads TorchScript. Shipped baselines are listed in assets/manifest.json with their sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.errors import CheckpointError
+from engine.paths import assets_dir
+from engine.zoo import build_model
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model with weights loaded, and the metadata saved beside them (arch, dataset, metrics, recipe)."""
+
+    model: nn.Module
+    meta: dict
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, arch: str, dataset: str, num_classes: int,
+                    width: float = 1.0, metrics: dict | None = None, recipe: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Save `model`'s state_dict with metadata, atomically (a crash never leaves a half-written file).
+
+    The file loads with ``torch.load(path, weights_only=True)``: metadata holds only str/int/float/list/dict.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "dataset": dataset,
+        "num_classes": int(num_classes),
+        "width": float(width),
+        "metrics": metrics or {},
+        "recipe": recipe or {},
+        **(extra or {}),
+    }
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    partial = path.with_name(path.name + ".partial")
+    torch.save({"state_dict": state, "meta": meta}, partial)
+    partial.replace(path)
+    return path
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read tensors (and metadata, if any) from a .safetensors file or a weights-only torch file.
+
+    Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` nesting and strips a ``module.`` prefix.
+
+    Raises:
+        CheckpointError: missing file, not a checkpoint, truncated, or holding objects that would run code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return _strip_prefix(load_file(str(path))), {}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is not a valid .safetensors file ({exc}); re-export the weights") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} was refused: it holds Python objects that could run code when loaded "
+            f"({str(exc).splitlines()[0][:160]}); save only the weights, e.g. torch.save(model.state_dict(), path), "
+            "or convert it to .safetensors"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        message = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        kind = "truncated or corrupt" if path.stat().st_size > 0 else "empty"
+        if "TorchScript" in message:
+            kind = "a TorchScript archive, which cannot be pruned"
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (it looks {kind}: {message}); "
+            "provide a state_dict saved with torch.save or a .safetensors file"
+        ) from exc
+    meta: dict = {}
+    if isinstance(obj, dict) and isinstance(obj.get("meta"), dict):
+        meta = obj["meta"]
+    for key in ("state_dict", "model", "model_state_dict", "net"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{path} does not hold a state_dict (a mapping of parameter names to tensors); "
+            "save one with torch.save(model.state_dict(), path)"
+        )
+    return _strip_prefix(obj), meta
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+    """Load `state` into `model` strictly; on any mismatch raise before touching a single weight.
+
+    Raises:
+        CheckpointError: listing missing keys, unexpected keys and shape mismatches.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:2])})")
+        raise CheckpointError(
+            f"{source} does not fit this architecture: {'; '.join(parts)}; choose the architecture, width and "
+            "number of classes it was trained with"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
+                    width: float | None = None) -> LoadedCheckpoint:
+    """Build the architecture and load weights from `path`.
+
+    Architecture, class count and width come from the arguments, else from the checkpoint's metadata.
+
+    Raises:
+        CheckpointError: unreadable file, unsafe pickle, unknown architecture, or weights that do not fit.
+    """
+    state, meta = read_state_dict(path)
+    arch = arch or meta.get("arch")
+    if not arch:
+        raise CheckpointError(f"{path} does not say which architecture it is for; pass the model name")
+    if meta.get("arch") and meta["arch"] != arch:
+        raise CheckpointError(
+            f"{path} was saved for {meta['arch']!r}, not {arch!r}; choose {meta['arch']!r} or another checkpoint"
+        )
+    num_classes = num_classes or meta.get("num_classes") or _infer_num_classes(state) or 10
+    width = width or meta.get("width") or 1.0
+    model = build_model(arch, num_classes=int(num_classes), width=float(width))
+    load_weights(model, state, source=str(path))
+    model.eval()
+    meta = {**meta, "arch": arch, "num_classes": int(num_classes), "width": float(width), "path": str(path)}
+    return LoadedCheckpoint(model=model, meta=meta)
+
+
+def _infer_num_classes(state: dict[str, torch.Tensor]) -> int | None:
+    """The class count from the last 2-D weight (the classifier) of a state_dict."""
+    weights = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
+    return int(weights[-1].shape[0]) if weights else None
+
+
+# --- shipped baselines --------------------------------------------------------------------------------------
+
+
+def read_manifest() -> dict:
+    """The shipped-baseline manifest: {"models": {arch: {file, sha256, test_acc, command, seconds, ...}}}."""
+    path = assets_dir() / MANIFEST_NAME
+    if not path.exists():
+        return {"models": {}}
+    return json.loads(path.read_text())
+
+
+def shipped_models() -> list[str]:
+    return sorted(read_manifest()["models"])
+
+
+def shipped_path(arch: str) -> Path:
+    entry = read_manifest()["models"].get(arch)
+    if entry is None:
+        available = ", ".join(shipped_models()) or "none yet"
+        raise CheckpointError(
+            f"no shipped baseline for {arch!r} (shipped: {available}); train one with "
+            f"`topoprune train {arch} --epochs N --out FILE` and pass --checkpoint FILE"
+        )
+    return assets_dir() / entry["file"]
+
+
+def load_shipped(arch: str, *, verify: bool = True) -> LoadedCheckpoint:
+    """Load a shipped baseline, checking its sha256 against the manifest first."""
+    path = shipped_path(arch)
+    entry = read_manifest()["models"][arch]
+    if verify and sha256_file(path) != entry["sha256"]:
+        raise CheckpointError(f"shipped checkpoint {path} does not match its sha256 in the manifest; "
+                              "restore it with `git checkout -- assets/`")
+    loaded = load_checkpoint(path, arch=arch)
+    loaded.meta.update({"shipped": True, "manifest": entry})
+    return loaded
