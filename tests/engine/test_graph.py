@@ -11,7 +11,7 @@ from torch import nn
 
 from engine.errors import ModelError
 from engine.graph import build_topology, conv_motif, export_graph
-from tests.engine.toy_models import Toy, randomize_bn
+from tests.engine.test_graph_toy import Toy, randomize_bn
 
 EXPECTED_NODES = ["x", "stem", "bn", "relu", "a", "bn_a", "add", "relu_1", "dw", "bn_dw", "relu_2", "b", "c",
                   "cat", "head", "pool", "flatten", "fc", "output"]

@@ -1,4 +1,4 @@
-"""Tiny hand-built models for the graph / cost / pruning tests."""
+"""Tiny hand-built models shared by the graph / cost / pruning tests (no tests of its own)."""
 
 import torch
 from torch import nn
