@@ -118,7 +118,9 @@ def emit(result: dict[str, Any], *, as_json: bool, human: Callable[[dict[str, An
 
 
 def _fail(message: str) -> int:
-    first = " ".join(str(message).split())  # exactly one line
+    # Exactly one line: drop any traceback text a wrapped library error carried, then fold whitespace.
+    text = str(message).split("Traceback (most recent call last)")[0]
+    first = " ".join(text.split()).rstrip(" :")
     sys.stderr.write(f"topoprune: error: {first}\n")
     sys.stderr.flush()
     return EXIT_FAILURE

@@ -141,7 +141,16 @@ class CommandContext:
                 kwargs["num_classes"] = num_classes
             if a.width != 1.0:
                 kwargs["width"] = a.width
-            loaded = load_checkpoint(path, **kwargs)
+            try:
+                loaded = load_checkpoint(path, **kwargs)
+            except TopoPruneError:
+                raise
+            except Exception as exc:  # torch.load raises odd types on odd bytes (IndexError on text files)
+                detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+                raise CheckpointError(
+                    f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {detail}); provide a "
+                    f"state_dict saved with torch.save or a .safetensors file"
+                ) from exc
             weights = str(path)
         meta = _meta_dict(getattr(loaded, "meta", {}))
         model = loaded.model

@@ -63,16 +63,15 @@ def cmd_info(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         raise TopoPruneError("info needs a MODEL name (or --list to see them)")
     import torch
 
+    from engine.cli.prune_cmds import build_topology_for
     from engine.cost import count_costs
-    from engine.graph import build_topology
 
     loaded = ctx.load_model(a.model)
     model = loaded.model.eval()
-    example = ctx.example_inputs(loaded)
-    costs = count_costs(model, example)
     start = time.perf_counter()
-    topology = build_topology(model, example, model_name=a.model)
+    topology = build_topology_for(ctx, loaded)  # first: a model that cannot run fails here with a ModelError
     graph_build_s = time.perf_counter() - start
+    costs = count_costs(model, ctx.example_inputs(loaded))
     groups = list(getattr(topology, "groups", []))
     result = {
         "model": a.model,
@@ -108,7 +107,8 @@ def _human_info(r: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------- graph
 def cmd_graph(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     """``topoprune graph MODEL --export FILE``: nodes, edges, groups, path."""
-    from engine.graph import build_topology, export_graph
+    from engine.cli.prune_cmds import build_topology_for
+    from engine.graph import export_graph
 
     a = ctx.args
     path = Path(a.export).expanduser()
@@ -117,7 +117,7 @@ def cmd_graph(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     if not path.parent.is_dir():
         raise TopoPruneError(f"folder {path.parent} does not exist; create it or choose another --export path")
     loaded = ctx.load_model(a.model)
-    topology = build_topology(loaded.model.eval(), ctx.example_inputs(loaded), model_name=a.model)
+    topology = build_topology_for(ctx, loaded)
     written = Path(export_graph(topology, path))
     result = {
         "model": a.model,

@@ -110,10 +110,18 @@ def check_plan_model(plan: Any, model: str, source: str) -> None:
 
 
 def build_topology_for(ctx: CommandContext, loaded: Any):
-    """The topology of a loaded model (traced on CPU with a zero batch)."""
+    """The topology of a loaded model (traced on CPU with a zero batch).
+
+    torch.fx's ShapeProp prints a traceback to stderr before re-raising a failed forward pass; the CLI keeps
+    stderr to its one error line, so that noise is swallowed (the ModelError carries what went wrong).
+    """
+    import contextlib
+    import io
+
     from engine.graph import build_topology
 
-    return build_topology(loaded.model.eval(), ctx.example_inputs(loaded), model_name=loaded.name)
+    with contextlib.redirect_stderr(io.StringIO()):
+        return build_topology(loaded.model.eval(), ctx.example_inputs(loaded), model_name=loaded.name)
 
 
 def scoring_config(ctx: CommandContext, val_size: int):
