@@ -30,6 +30,8 @@ class ScoringConfig:
         bn_batch_size: Images per recalibration batch.
         batch_size: Images per inference batch.
         device: Torch device the scoring runs on.
+        physical: Score the physically pruned model (apply_plan) instead of the masked one (mask_model); the
+            outputs are equal (to float rounding) and a model at 50% MACs scores faster. Off by default.
     """
 
     val_size: int | None = 512
@@ -38,6 +40,7 @@ class ScoringConfig:
     bn_batch_size: int = 128
     batch_size: int = 256
     device: str = "cpu"
+    physical: bool = False
 
     def __post_init__(self) -> None:
         if self.val_size is not None and self.val_size < 1:
@@ -170,11 +173,14 @@ class Scorer:
         return acc
 
     def score(self, plan: Any) -> float:
-        """Val top-1 (%) of the baseline masked by `plan` (H1's mask_model) after BN recalibration."""
-        from engine.pruning import mask_model
+        """Val top-1 (%) of the baseline masked by `plan` (H1's mask_model) after BN recalibration.
 
-        masked = mask_model(self.model, self.topology, plan)
-        return self.score_model(masked, copy_model=False)
+        With `config.physical` the physically pruned model (apply_plan) is scored instead (same outputs).
+        """
+        from engine.pruning import apply_plan, mask_model
+
+        build = apply_plan if self.config.physical else mask_model
+        return self.score_model(build(self.model, self.topology, plan), copy_model=False)
 
 
 @dataclass
@@ -236,6 +242,8 @@ def report_candidate(
     finetune_epochs: int = 0,
     distill: bool = False,
     finetune_lr: float = 0.01,
+    finetune_max_batches: int | None = None,
+    baseline_test_acc: float | None = None,
     scoring: ScoringConfig | None = None,
     latency: bool = True,
     latency_min_run_time_s: float = 0.5,
@@ -256,6 +264,8 @@ def report_candidate(
         finetune_epochs: Fine-tuning epochs on the train split (0 = none).
         distill: Fine-tune with the unpruned model as teacher.
         finetune_lr: Fine-tuning learning rate.
+        finetune_max_batches: Cap on batches per fine-tuning epoch (None = whole epochs).
+        baseline_test_acc: Test top-1 of the unpruned model if already known (skips measuring it again).
         scoring: Scoring settings for val accuracy and BN recalibration.
         latency: Measure batch-1 latency before and after.
         latency_min_run_time_s: Minimum timing duration per model.
@@ -282,12 +292,13 @@ def report_candidate(
 
     val_acc = scorer.score_model(pruned, copy_model=True)
     scorer.prepare(pruned)
-    baseline_test = evaluate(model, data, "test").top1
+    baseline_test = baseline_test_acc if baseline_test_acc is not None else evaluate(model, data, "test").top1
     test_before = evaluate(pruned, data, "test").top1
     test_acc = test_before
     if finetune_epochs > 0:
         teacher = copy.deepcopy(model).eval() if distill else None
-        finetune(pruned, data, epochs=finetune_epochs, lr=finetune_lr, teacher=teacher, callback=callback, seed=seed)
+        finetune(pruned, data, epochs=finetune_epochs, lr=finetune_lr, teacher=teacher, callback=callback, seed=seed,
+                 max_batches_per_epoch=finetune_max_batches)
         pruned.eval()
         test_acc = evaluate(pruned, data, "test").top1
 

@@ -142,7 +142,7 @@ def sensitivity_cache_key(
         "weights": weights_sha256(model),
         "data": _data_identity(data),
         "keep_ratios": [round(float(r), 6) for r in keep_ratios],
-        "scoring": {k: v for k, v in scoring.to_dict().items() if k != "device"},
+        "scoring": {k: v for k, v in scoring.to_dict().items() if k not in ("device", "physical", "batch_size")},
         "round_to": round_to,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,209 @@
+"""Benchmark of the baseline pruning methods: the yardstick the GNN-RL issue is measured against.
+
+For one model at one MACs budget, runs every built-in method under the shared scoring protocol (same val
+subset, BN recalibration, same number of scored candidates for the search methods), then reports val
+accuracy before fine-tuning, test accuracy after a short fine-tune, MACs/params/latency and wall time.
+Writes bench/results/methods.json and methods.md (rewritten after every method, so a cut-short run still
+leaves its finished rows).
+
+    python bench/bench_methods.py                         # shipped cifar_resnet20, 50% MACs
+    python bench/bench_methods.py --episodes 30 --val-size 256 --finetune-batches 30
+    python bench/bench_methods.py --untrained --quick     # smoke run on an untrained model
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.data import load_data
+from engine.evaluate import Scorer, ScoringConfig, report_candidate
+from engine.graph import build_topology
+from engine.methods import MethodContext, get_method, run_method
+from engine.pruning import plan_from_ratios
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = ("uniform", "magnitude", "sensitivity", "fisher", "random", "amc")
+
+
+def method_options(name: str, episodes: int, quick: bool) -> dict[str, Any]:
+    """CPU-sized options per method; search methods all score `episodes` candidates."""
+    if name in ("random", "amc"):
+        opts: dict[str, Any] = {"episodes": episodes}
+        if name == "amc":
+            opts["warmup"] = max(1, episodes // 4)
+        return opts
+    if name == "sensitivity":
+        return {"grid_step": 0.5 if quick else 0.25}
+    if name == "fisher":
+        return {"interval": 1, "steps": 3, "train_size": 64, "batch_size": 16} if quick else {"interval": 2}
+    return {}
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": [round(v, 2) for v in load] if load else None,
+    }
+
+
+def load_baseline(args: argparse.Namespace) -> tuple[torch.nn.Module, str, str]:
+    """(model, dataset, weights description)."""
+    if args.untrained:
+        from engine.zoo import build_model
+
+        torch.manual_seed(args.seed)
+        return build_model(args.model).eval(), args.dataset or "shapes10", "untrained"
+    if args.checkpoint:
+        from engine.checkpoints import load_checkpoint
+
+        loaded = load_checkpoint(args.checkpoint, arch=args.model)
+        weights = str(args.checkpoint)
+    else:
+        from engine.checkpoints import load_shipped, shipped_models
+
+        if args.model not in shipped_models():
+            sys.exit(f"no shipped {args.model} in assets/manifest.json yet; pass --checkpoint FILE or --untrained")
+        loaded = load_shipped(args.model)
+        weights = "shipped"
+    return loaded.model.eval(), args.dataset or loaded.meta.get("dataset", "shapes10"), weights
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    """The results table as markdown."""
+    s = doc["settings"]
+    lines = [
+        f"# Baseline pruning methods: {s['model']} at {s['budget']:.0%} MACs",
+        "",
+        f"Command: `{doc['command']}`  ",
+        f"Date: {doc['date']}  ",
+        f"Machine: {doc['machine']['platform']}, {doc['machine']['cpu_count']} cores, torch {doc['machine']['torch']} "
+        f"({doc['machine']['torch_threads']} threads), load average at start {doc['machine']['load_average_at_start']}  ",
+        f"Weights: {s['weights']}; dataset {s['dataset']}; val subset {s['val_size']} images, BN recalibration on "
+        f"{s['bn_batches']}x{s['bn_batch_size']} train images; search methods score {s['episodes']} candidates each; "
+        f"fine-tune {s['finetune_epochs']} epoch(s)"
+        + (f" capped at {s['finetune_batches']} batches of 128" if s["finetune_batches"] else "")
+        + ".",
+        "",
+        f"Unpruned: val {doc['baseline']['val_acc']:.2f}%, test {doc['baseline']['test_acc']:.2f}%, "
+        f"{doc['baseline']['macs'] / 1e6:.2f} M MACs, {doc['baseline']['params'] / 1e3:.1f} k params.",
+        "",
+        "| method | kind | scored | MACs kept | params kept | val acc (no FT) | test acc (no FT) | test acc (FT) "
+        "| latency ms (before -> after) | search s | report s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        lat = (f"{r['latency_ms_before']:.2f} -> {r['latency_ms_after']:.2f}"
+               if r.get("latency_ms_after") is not None else "n/a")
+        lines.append(
+            f"| {r['method']} | {r['kind']} | {r['n_scored']} | {r['macs_ratio']:.3f} | "
+            f"{r['params_after'] / r['params_before']:.3f} | {r['val_acc']:.2f} | {r['test_acc_before_finetune']:.2f} | "
+            f"{r['test_acc']:.2f} | {lat} | {r['search_seconds']:.1f} | {r['report_seconds']:.1f} |"
+        )
+    missing = [m for m in s["methods"] if m not in {r["method"] for r in doc["rows"]}]
+    if missing:
+        lines += ["", f"Not finished in this run: {', '.join(missing)}."]
+    lines += [
+        "",
+        "val acc: the search score (val subset, BN recalibrated, no fine-tuning). test acc (FT): after the fine-tune.",
+        "scored: plans scored by the method (sensitivity counts its per-group curves).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cifar_resnet20")
+    p.add_argument("--budget", type=float, default=0.5, help="fraction of baseline MACs kept")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--episodes", type=int, default=30, help="scored candidates per search method")
+    p.add_argument("--val-size", type=int, default=256)
+    p.add_argument("--bn-batches", type=int, default=2)
+    p.add_argument("--bn-batch-size", type=int, default=128)
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--finetune-batches", type=int, default=None, help="cap batches per fine-tune epoch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
+    p.add_argument("--checkpoint", default=None, help="weights file (default: the shipped baseline)")
+    p.add_argument("--untrained", action="store_true", help="random weights (smoke runs only)")
+    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
+    p.add_argument("--out", default=str(RESULTS / "methods"), help="output path without extension")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.episodes, args.val_size, args.bn_batches, args.bn_batch_size = 3, 32, 1, 32
+        args.finetune_batches = args.finetune_batches or 2
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for name in names:
+        get_method(name)
+
+    model, dataset, weights = load_baseline(args)
+    data = load_data(dataset, seed=args.seed)
+    topology = build_topology(model, torch.zeros(1, 3, data.input_size, data.input_size), model_name=args.model)
+    scoring = ScoringConfig(val_size=args.val_size, bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size,
+                            physical=True)
+    base_scorer = Scorer(model, topology, data, scoring)
+    full = plan_from_ratios(topology, {g.name: 1.0 for g in topology.prunable_groups})
+    from engine.cost import count_costs
+    from engine.train import evaluate
+
+    costs = count_costs(model, torch.zeros(1, 3, data.input_size, data.input_size))
+    baseline = {"val_acc": base_scorer.score(full), "test_acc": evaluate(model, data, "test").top1,
+                "macs": costs.macs, "params": costs.params}
+    doc: dict[str, Any] = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": {"model": args.model, "budget": args.budget, "methods": names, "episodes": args.episodes,
+                     "val_size": args.val_size, "bn_batches": args.bn_batches, "bn_batch_size": args.bn_batch_size,
+                     "finetune_epochs": args.finetune_epochs, "finetune_batches": args.finetune_batches,
+                     "seed": args.seed, "dataset": dataset, "weights": weights, "scoring": scoring.to_dict()},
+        "baseline": baseline,
+        "rows": [],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        spec = get_method(name)
+        scorer = Scorer(model, topology, data, scoring)
+        ctx = MethodContext(model=model, topology=topology, data=data, budget=args.budget, seed=args.seed,
+                            scorer=scorer)
+        opts = method_options(name, args.episodes, args.quick)
+        print(f"[{dt.datetime.now():%H:%M:%S}] {name} {opts}", file=sys.stderr, flush=True)
+        result = run_method(name, ctx, **opts)
+        report = report_candidate(model, topology, result.plan, data, finetune_epochs=args.finetune_epochs,
+                                  finetune_max_batches=args.finetune_batches, scoring=scoring, seed=args.seed,
+                                  baseline_test_acc=baseline["test_acc"], latency_min_run_time_s=0.3)
+        row = {"method": name, "kind": spec.kind, "options": result.options, "n_scored": result.n_scored,
+               "search_seconds": result.seconds, "report_seconds": report.seconds,
+               "candidates_val_acc": [c.val_acc for c in result.candidates],
+               **{k: v for k, v in report.to_dict().items() if k != "plan"}, "val_acc": result.val_acc,
+               "plan": result.plan.to_dict()}
+        doc["rows"].append(row)
+        out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+        out.with_suffix(".md").write_text(to_markdown(doc))
+        print(f"  val {result.val_acc:.2f}  test(FT) {report.test_acc:.2f}  MACs {report.macs_ratio:.3f}  "
+              f"{result.seconds:.0f}s + {report.seconds:.0f}s", file=sys.stderr, flush=True)
+    print(out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
