@@ -140,6 +140,11 @@ def action_wall(
     return lo / g.channels
 
 
+def _reward(val_acc: float) -> float:
+    """AMC's resource-constrained reward: -val error (fraction)."""
+    return -(100.0 - val_acc) / 100.0
+
+
 def run_amc(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
     """DDPG search over per-group keep ratios; returns the best candidate on val."""
     lbound, rbound = options["lbound"], options["rbound"]
@@ -184,9 +189,9 @@ def run_amc(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
         except BudgetError:
             continue
         cand = score_candidate(ctx, NAME, plan, history, step=episode + 1, total=episodes,
-                               meta={"episode": episode, "sigma": sigma, "warmup": episode < warmup})
-        reward = -(100.0 - cand.val_acc) / 100.0  # -val error
-        shaped = agent.baseline_reward(reward)
+                               meta={"episode": episode, "sigma": sigma, "warmup": episode < warmup},
+                               reward=_reward)
+        shaped = agent.baseline_reward(cand.meta["reward"])
         for s, a, s2, d in transitions:
             agent.observe(s, a, shaped, s2, d)
         if episode >= warmup:

@@ -5,7 +5,7 @@ Plans are landed on the MACs budget by H1's `plan_for_budget`; nothing here choo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.errors import BudgetError
@@ -109,12 +109,17 @@ def score_candidate(
     step: int,
     total: int,
     meta: dict[str, Any] | None = None,
+    reward: Callable[[float], float] | None = None,
 ) -> Candidate:
-    """Score `plan` with the shared scorer, append it to `history` and report it to the callback."""
+    """Score `plan` with the shared scorer, append it to `history` and report it to the callback.
+
+    `reward(val_acc)`, when given, is stored as meta["reward"] (the run store records it per episode).
+    """
     acc = ctx.get_scorer().score(plan)
-    cand = Candidate(
-        index=len(history), plan=plan, val_acc=acc, macs_ratio=macs_ratio(ctx.topology, plan), meta=dict(meta or {})
-    )
+    extra = dict(meta or {})
+    if reward is not None:
+        extra["reward"] = reward(acc)
+    cand = Candidate(index=len(history), plan=plan, val_acc=acc, macs_ratio=macs_ratio(ctx.topology, plan), meta=extra)
     history.append(cand)
     ctx.emit(method, step, total, f"candidate {cand.index}: val {acc:.2f}% at {cand.macs_ratio:.3f} MACs", cand)
     return cand

@@ -93,3 +93,5 @@ def test_amc_completes_a_three_episode_search(resnet20):
     assert result.candidates[0].meta["warmup"] and not result.candidates[2].meta["warmup"]
     assert abs(result.macs_ratio / 0.5 - 1.0) <= 0.01
     assert result.val_acc == max(c.val_acc for c in result.candidates)
+    for c in result.candidates:  # reward = -val error, recorded for the run store
+        assert c.meta["reward"] == pytest.approx(-(100.0 - c.val_acc) / 100.0)
