@@ -242,6 +242,7 @@ def start_method(
     model_name: str,
     dataset: str,
     seed: int = 0,
+    scoring: Any = None,
     steps: int | None = None,
     record: bool = True,
     run_method: Callable[..., Any] | None = None,
@@ -264,8 +265,9 @@ def start_method(
         run_id = None
         if record and store_factory is not None:
             store = store_factory()
+            scoring_dict = scoring.to_dict() if hasattr(scoring, "to_dict") else None
             run_id = store.create_run(method=method, model=model_name, dataset=dataset, budget=budget,
-                                      config={"options": options, "seed": seed})
+                                      config={"options": options, "seed": seed, "scoring": scoring_dict})
             job.info["run_id"] = run_id
         count = 0
 
@@ -285,7 +287,7 @@ def start_method(
                 job.report(done=int(event.step) if event.step else None, message=event.message)
                 job.checkpoint(unit_done=False)
 
-        ctx = MethodContext(model=model, topology=topology, data=data, budget=budget, seed=seed,
+        ctx = MethodContext(model=model, topology=topology, data=data, budget=budget, seed=seed, scoring=scoring,
                             callback=callback, should_stop=job.should_stop, store=store, run_id=run_id)
         try:
             result = run(method, ctx, **options)

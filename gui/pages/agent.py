@@ -81,13 +81,20 @@ with components.engine_errors("agent"):
                                            key="agent_episodes")
             seed = st.number_input("Seed", 0, 10_000, 0, key="agent_seed")
             options = components.option_inputs(spec, key_prefix="agent_opt", skip=("episodes",)) if spec else {}
+        with st.popover("Scoring protocol"):
+            val_size = st.number_input("Val images per score", 32, 10_000, 512, step=32, key="agent_val_size",
+                                       help="Every candidate is scored as val top-1 after BN recalibration; "
+                                            "fewer images score faster and noisier.")
+            bn_batches = st.number_input("BN recalibration batches", 1, 50, 4, key="agent_bn_batches")
     if episodes is not None:
         options["episodes"] = int(episodes)
+    scoring = cache.engine_attr("evaluate", "ScoringConfig")(val_size=int(val_size), bn_batches=int(bn_batches))
 
     def launch(steps: int | None) -> None:
         st.session_state[SEARCH_JOB] = jobs.start_method(
             method=spec["name"], model=loaded.model, topology=topology, data=cache.dataset_for(ref),
             budget=budget, options=options, model_name=ref.arch, dataset=ref.dataset, seed=int(seed), steps=steps,
+            scoring=scoring,
             store_factory=cache.run_store if cache.engine_available("store") else None)
         st.session_state[REOPEN_RUN] = None
 

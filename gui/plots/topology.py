@@ -19,7 +19,9 @@ METRICS = ("op type", "MACs", "params", "activation memory", "sensitivity", "kee
 NUMERIC_ATTRS = {"MACs": "macs", "params": "params", "activation memory": "memory_bytes"}
 DOT_EDGE_LIMIT = 1500  # above this, dot's crossing minimisation can take minutes: use the layered fallback
 WEBGL_NODE_LIMIT = 1200  # SVG Scatter stays clickable and crisp up to about here
-LABEL_NODE_LIMIT = 90  # draw text labels only when they can be read
+LABEL_NODE_LIMIT = 120  # draw text labels only when they can be read
+PX_PER_POINT = 1.6  # screen pixels per Graphviz point at the initial zoom
+VISIBLE_WIDTH_PX = 1100.0
 QUALITATIVE = (
     "#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D",
     "#BAB0AC", "#1F77B4", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#17BECF",
@@ -269,7 +271,7 @@ def topology_figure(
     highlight: Iterable[str] = (),
     matches: Iterable[str] = (),
     selected: str | None = None,
-    height_px: int = 560,
+    height_px: int | None = None,
 ) -> go.Figure:
     """The topology as a plotly figure: edges in one trace, nodes coloured by `values`, overlays on top.
 
@@ -310,10 +312,10 @@ def topology_figure(
     traces.append(
         scatter(
             x=xs, y=ys, mode="markers+text" if show_text else "markers", marker=marker,
-            text=[str(attrs[n].get("label", n)).split(".")[-1][:14] for n in nodes] if show_text else None,
+            text=[short_label(attrs[n], n) for n in nodes] if show_text else None,
             textposition="top center", textfont={"size": 9},
             customdata=[[n] for n in nodes], hovertext=[_hover(n, attrs[n], values.get(n), metric) for n in nodes],
-            hoverinfo="text", name="nodes",
+            hoverinfo="text", name="nodes", unselected={"marker": {"opacity": 1.0}},
         )
     )
     for name, members, style in (
@@ -329,18 +331,33 @@ def topology_figure(
                           marker={"symbol": "star", "size": 20, "color": "#d62728"}, hoverinfo="skip",
                           name="selected"))
     fig = go.Figure(traces)
+    if height_px is None:
+        y_span = (max(ys) - min(ys)) if ys else 0.0
+        height_px = int(min(720, max(280, 140 + y_span * PX_PER_POINT)))
     fig.update_layout(
         clickmode="event+select", dragmode="pan", showlegend=False, height=height_px,
         margin={"l": 10, "r": 10, "t": 10, "b": 10}, plot_bgcolor="white",
     )
     fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, scaleanchor="x")
+    fig.update_yaxes(visible=False)
     if xs:
         x0, x1 = min(xs), max(xs)
-        window = max(600.0, (max(ys) - min(ys)) * 3.0)
-        if x1 - x0 > window * 1.5:  # long networks: start on the input end, pan along
-            fig.update_xaxes(range=[x0 - 40, x0 + window])
+        y0, y1 = min(ys), max(ys)
+        fig.update_yaxes(range=[y0 - 30, y1 + 30])
+        window = VISIBLE_WIDTH_PX / PX_PER_POINT
+        if x1 - x0 > window * 1.3:  # long networks: start at the input end, pan along
+            fig.update_xaxes(range=[x0 - 30, x0 + window])
+        else:
+            fig.update_xaxes(range=[x0 - 30, x1 + 30])
     return fig
+
+
+def short_label(attrs: Mapping[str, Any], node: str) -> str:
+    """Text drawn next to a node: a collapsed node's full name, an op's module tail (conv1, bn2, add)."""
+    if attrs.get("kind") in ("block", "stage"):
+        return str(attrs.get("label", node))
+    modules = attrs.get("modules") or [node]
+    return str(modules[0]).split(".")[-1][:12]
 
 
 def node_details(graph: nx.DiGraph, view: nx.DiGraph, node: str) -> list[dict[str, Any]]:

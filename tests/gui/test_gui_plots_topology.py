@@ -149,3 +149,14 @@ def test_node_details_rows():
     assert [r["node"] for r in rows] == ["conv_a", "conv_b", "add"]
     assert rows[0]["module"] == "b1.conv_a" and rows[0]["macs"] == 200
     assert tp.node_details(g, view, "nope") == []
+
+
+def test_short_labels_and_adaptive_height():
+    blocks = tp.collapse_graph(tiny_graph(), level="blocks")
+    assert tp.short_label(blocks.nodes["b1"], "b1") == "b1"
+    layers = tp.collapse_graph(tiny_graph(), level="layers")
+    assert tp.short_label(layers.nodes["conv_a"], "conv_a") == "conv_a"  # module b1.conv_a -> its tail
+    assert tp.short_label(layers.nodes["add"], "add") == "add"
+    fig = tp.topology_figure(layers, tp.layout_positions(layers))
+    assert 280 <= fig.layout.height <= 720
+    assert fig.data[1].unselected.marker.opacity == 1.0

@@ -1,0 +1,100 @@
+"""The app in a real headless Chromium: every page, a 2-episode GNN-RL search, one Step, the candidate on Compare.
+
+A screenshot of each page is saved under test-artifacts/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+LOAD_MS = 120_000  # first script run imports torch and traces the model on a busy 2-core machine
+SEARCH_MS = 300_000
+METHOD = os.environ.get("TOPOPRUNE_E2E_METHOD", "gnnrl")  # another registered method, for debugging only
+
+
+def wait_idle(page, timeout_ms: int = LOAD_MS) -> None:
+    """Wait until Streamlit has finished the current script run (its status widget is gone)."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+
+
+def open_page(page, title: str) -> None:
+    page.get_by_role("link", name=title, exact=True).first.click()
+    page.get_by_role("heading", name=title).first.wait_for(timeout=LOAD_MS)
+    wait_idle(page)
+
+
+def no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]').first.inner_text()
+
+
+def test_every_page_and_a_gnnrl_search(page, app_url, artifacts):
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    page.get_by_role("heading", name="Model & data").wait_for(timeout=LOAD_MS)
+    wait_idle(page)
+    expect(page.get_by_text("MACs").first).to_be_visible(timeout=LOAD_MS)
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "01-model.png"), full_page=True)
+
+    open_page(page, "Topology")
+    expect(page.locator('[data-testid="stPlotlyChart"]').first).to_be_visible(timeout=LOAD_MS)
+    # click a node: plotly's drag layer covers the SVG points, so force the click
+    points = page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').nth(1).locator(".point")
+    points.nth(3).click(force=True)
+    expect(page.get_by_role("heading", name="Details")).to_be_visible()
+    expect(page.get_by_text("Coupled group").first).to_be_visible(timeout=LOAD_MS)
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "02-topology.png"), full_page=True)
+
+    open_page(page, "Sensitivity")
+    expect(page.get_by_role("button", name="Run analysis")).to_be_visible()
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "03-sensitivity.png"), full_page=True)
+
+    open_page(page, "Agent")
+    page.get_by_label("Method").first.click()
+    page.get_by_role("option", name=re.compile(rf"^{re.escape(METHOD)} \(")).first.click()
+    wait_idle(page)
+    episodes = page.get_by_label("Episodes")
+    episodes.fill("2")
+    episodes.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Launch").click()
+    expect(page.get_by_text("Search finished")).to_be_visible(timeout=SEARCH_MS)
+    wait_idle(page)
+    no_exception(page)
+    expect(page.get_by_text("Reward per episode").first).to_be_visible()
+    page.screenshot(path=str(artifacts / "04-agent-search.png"), full_page=True)
+
+    page.get_by_role("button", name="Step").click()
+    expect(page.get_by_text("Paused.")).to_be_visible(timeout=SEARCH_MS)
+    wait_idle(page)
+    expect(page.get_by_text("Action of episode 1").first).to_be_visible()
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "05-agent-step.png"), full_page=True)
+
+    open_page(page, "Compare")
+    expect(page.get_by_text("Accuracy vs MACs").first).to_be_visible(timeout=LOAD_MS)
+    expect(page.get_by_text(re.compile(rf"#\d+ {re.escape(METHOD)}")).first).to_be_visible()
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "06-compare.png"), full_page=True)
+
+    open_page(page, "Runs")
+    expect(page.get_by_text(re.compile(rf"#\d+ {re.escape(METHOD)} on cifar_resnet20")).first).to_be_visible()
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "07-runs.png"), full_page=True)
+    page.get_by_role("button", name="Open on the Agent page").click()
+    expect(page.get_by_role("heading", name=re.compile(rf"Run \d+: {re.escape(METHOD)}"))).to_be_visible(timeout=LOAD_MS)
+    wait_idle(page)
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "08-agent-reopened.png"), full_page=True)
