@@ -13,8 +13,13 @@ from engine.cli.context import CommandContext
 from engine.cli.prune_cmds import apply_run_config, build_topology_for, check_budget, parse_options, scoring_config
 from engine.errors import TopoPruneError
 
-#: Methods whose driver writes its own episodes (and resumable state) to the store given in its context.
-SELF_RECORDING_METHODS = frozenset({"gnnrl", "gnnrl-nognn"})
+
+
+def is_resumable(method: str) -> bool:
+    """True for methods whose driver records its own episodes and resumable state (they take ``resume``)."""
+    from engine.methods import get_method
+
+    return "resume" in get_method(method).options
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -59,6 +64,8 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     if spec.kind != "search":
         raise TopoPruneError(f"method {a.method!r} is one-shot; use `topoprune prune {a.model} --method {a.method}`")
     options = parse_options(a.option)
+    if "resume" in options:
+        raise TopoPruneError(f"--option resume is set by `topoprune resume RUN_ID`; drop it from search")
     if a.episodes is not None:
         if "episodes" not in spec.options:
             raise TopoPruneError(f"method {a.method!r} has no episode count; drop --episodes")
@@ -89,7 +96,7 @@ def _drive(ctx: CommandContext, run_id: int, loaded: Any, config: dict[str, Any]
     data = ctx.data()
     topology = build_topology_for(ctx, loaded)
     method = config["method"]
-    self_recording = method in SELF_RECORDING_METHODS
+    self_recording = is_resumable(method)
     if resume and not self_recording:
         raise TopoPruneError(
             f"run {run_id} used method {method!r}, which keeps no resumable state; start a new "
@@ -165,7 +172,7 @@ def cmd_resume(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     a = ctx.args
     store = ctx.store()
     run = store.get_run(a.run_id)
-    if run.method not in SELF_RECORDING_METHODS:
+    if not is_resumable(run.method):
         raise TopoPruneError(
             f"run {run.id} used method {run.method!r}, which keeps no resumable state; start a new "
             f"`topoprune search` (its {run.n_episodes} recorded episodes stay in the store)"

@@ -363,7 +363,7 @@ def _gnnrl_available() -> bool:
 def test_search_killed_with_sigkill_then_resumed_loses_no_episode(home, tmp_path):
     images = make_image_folder(tmp_path / "images")
     env = {**os.environ, "TOPOPRUNE_HOME": str(home)}
-    episodes = 8
+    episodes = 6
     cmd = [sys.executable, "-m", "engine.cli", "search", "cifar_resnet20", *TINY, "--dataset", "imagefolder",
            "--data-dir", str(images), "--method", "gnnrl", "--budget", "0.5", "--episodes", str(episodes),
            "--val-size", "8", "--json"]
