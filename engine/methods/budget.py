@@ -68,11 +68,17 @@ def fit_ratios_to_budget(
     from engine.pruning import plan_for_budget
 
     kwargs: dict[str, Any] = {"min_keep_ratio": min_keep_ratio, "round_to": ctx.round_to}
-    if keep_ratios is not None:
-        kwargs["keep_ratios"] = dict(keep_ratios)
+    shape = dict(keep_ratios) if keep_ratios is not None else None
     if scores is not None:
         kwargs["scores"] = dict(scores)
-    plan = plan_for_budget(ctx.topology, ctx.budget, **kwargs)
+    plan = plan_for_budget(ctx.topology, ctx.budget, keep_ratios=shape, **kwargs)
+    # Coarse rounding (round_to=8 on 16-channel groups) can leave a lopsided profile off budget: flatten the
+    # profile towards uniform until it lands (the first attempt is exact in the common case).
+    for power in (0.5, 0.0):
+        if on_budget(ctx.topology, plan, ctx.budget) or shape is None:
+            break
+        flat = {k: max(v, 1e-6) ** power for k, v in shape.items()}
+        plan = plan_for_budget(ctx.topology, ctx.budget, keep_ratios=flat, **kwargs)
     return stamp(plan, method=method, budget=ctx.budget, meta=meta)
 
 

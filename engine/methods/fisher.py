@@ -172,6 +172,30 @@ def _removal_costs(topology: Any, groups: list[Any], keep: dict[str, int], how: 
     }
 
 
+def _round_counts(
+    ctx: MethodContext,
+    keep: dict[str, int],
+    masks: dict[str, torch.Tensor],
+    removed: list[tuple[str, int]],
+    min_keep_ratio: float,
+) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Counts rounded to ctx.round_to (on budget), kept channels chosen alive-first, then latest-removed."""
+    from engine.methods.budget import fit_ratios_to_budget
+    from engine.pruning import channel_scores
+
+    groups = {g.name: g for g in prunable_groups(ctx.topology)}
+    ratios = {name: keep[name] / g.channels for name, g in groups.items()}
+    rounded = fit_ratios_to_budget(ctx, ratios, method=NAME, min_keep_ratio=min_keep_ratio)
+    counts = {name: int(rounded.keep.get(name, g.channels)) for name, g in groups.items()}
+    priority = {name: m.double() * 1e9 for name, m in masks.items()}  # alive channels first
+    for rank, (name, c) in enumerate(removed):
+        priority[name][c] = float(rank)  # later removal = more important
+    for name in groups.keys() - masks.keys():  # groups no consumer reads: L1 magnitude
+        priority[name] = channel_scores(ctx.model, ctx.topology, name, criterion="l1").double()
+    indices = {name: sorted(torch.argsort(p, descending=True)[: counts[name]].tolist()) for name, p in priority.items()}
+    return {**keep, **counts}, indices
+
+
 def run_fisher(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
     """Prune-while-training with Group Fisher importance until the MACs budget is met."""
     torch.manual_seed(ctx.seed)
@@ -247,6 +271,8 @@ def run_fisher(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
     for name, c in set(history_removed) - set(still_removed):
         masks[name][c] = 1.0
     indices = {name: torch.nonzero(m > 0).flatten().tolist() for name, m in masks.items()}
+    if ctx.round_to > 1:  # re-land on budget with rounded counts; give back the latest-removed channels first
+        keep, indices = _round_counts(ctx, keep, masks, history_removed, options["min_keep_ratio"])
     plan = plan_with_indices(ctx, keep, indices, method=NAME, criterion="fisher",
                              meta={"rounds": rounds, "iterations": it, "normalize": options["normalize"]})
     ratio = check_on_budget(ctx, plan, NAME)

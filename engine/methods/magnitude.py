@@ -98,7 +98,7 @@ def run_magnitude(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
     if ctx.round_to > 1:  # re-land on budget with rounded counts, keeping the top channels by score
         ratios = {g.name: keep[g.name] / g.channels for g in groups}
         rounded = fit_ratios_to_budget(ctx, ratios, method=NAME, min_keep_ratio=options["min_keep_ratio"])
-        keep = dict(rounded.keep)
+        keep = {g.name: int(rounded.keep.get(g.name, g.channels)) for g in groups}
         indices = {n: sorted(torch.argsort(s, descending=True)[: keep[n]].tolist()) for n, s in scores.items()}
     plan = plan_with_indices(ctx, keep, indices, method=NAME, criterion=options["norm"])
     ratio = check_on_budget(ctx, plan, NAME)

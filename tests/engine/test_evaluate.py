@@ -134,3 +134,15 @@ def test_bn_recalibration_helps_a_uniformly_pruned_shipped_resnet20():
     with_bn = Scorer(model, topology, data, config).score(plan)
     without = Scorer(model, topology, data, ScoringConfig(val_size=256, recalibrate_bn=False)).score(plan)
     assert with_bn > without
+
+
+def test_physical_scoring_matches_masked_scoring(resnet20, data):
+    from dataclasses import replace
+
+    from engine.pruning import plan_for_budget
+
+    model, topology = resnet20
+    plan = plan_for_budget(topology, 0.5)
+    masked = Scorer(model, topology, data, TINY).score(plan)
+    physical = Scorer(model, topology, data, replace(TINY, physical=True)).score(plan)
+    assert physical == pytest.approx(masked, abs=100.0 / 16 + 1e-9)  # at most one image may flip on rounding

@@ -180,3 +180,13 @@ def test_should_stop_ends_a_search_early_with_its_best_so_far(data):
 
     result = run_method("random", _ctx("cifar_resnet20", data, should_stop=stop), episodes=10)
     assert len(result.candidates) == 1
+
+
+@pytest.mark.parametrize("method", ("magnitude", "fisher", "uniform"))
+def test_round_to_eight_gives_multiples_of_eight_on_budget(method, data):
+    _, topology = _model("cifar_resnet20")
+    result = run_method(method, _ctx("cifar_resnet20", data, round_to=8), **FAST[method])
+    sizes = {g.name: g.channels for g in topology.groups}
+    for name, kept in result.plan.keep.items():
+        assert kept % 8 == 0 or kept == sizes[name], (name, kept)
+    assert abs(result.macs_ratio / 0.5 - 1.0) <= 0.01
