@@ -159,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # With --json, anything a library prints goes to stderr so stdout holds only the JSON object.
             redirect = contextlib.redirect_stdout(sys.stderr) if ctx.json else contextlib.nullcontext()
             with redirect:
+                if getattr(args, "device", "cpu") != "cpu":
+                    ctx.device()  # fail before any slow loading
                 result, human = args.handler(ctx)
     except KeyboardInterrupt:
         ctx.mark_interrupted()

@@ -277,3 +277,76 @@ def test_ctrl_c_marks_the_run_interrupted(home, capsys, tmp_path, monkeypatch):
         (run,) = store.list_runs()
         assert run.status == "interrupted"
     assert f"run {run.id} is marked interrupted" in err
+
+
+@needs_graph
+def test_sensitivity_and_finetuned_prune(home, capsys, tmp_path):
+    data = ["--dataset", "imagefolder", "--data-dir", str(make_image_folder(tmp_path / "images"))]
+    table = run_json(["sensitivity", "cifar_resnet20", *TINY, *data, "--keep-ratios", "0.5,0.25",
+                      "--val-size", "8"], capsys)
+    assert table["keep_ratios"] == [0.5, 0.25] and len(table["groups"]) == 12
+    for group in table["groups"]:
+        assert len(group["drop"]) == 2 and group["drop"][0] == pytest.approx(table["base_acc"] - group["val_acc"][0])
+    with RunStore() as store:
+        assert store.load_sensitivity(table["key"]).table["groups"] == table["groups"]
+    code, out, _ = run_cli(["sensitivity", "cifar_resnet20", *TINY, *data, "--keep-ratios", "0.5,0.25",
+                            "--val-size", "8"], capsys)
+    assert code == 0 and "accuracy drop" in out and "layer1.0.conv1" in out
+    code, _, err = run_cli(["sensitivity", "cifar_resnet20", "--keep-ratios", "0.5,1.5"], capsys)
+    assert_one_line_error(code, err, r"each must be in \(0, 1\]")
+
+    pruned = run_json(["prune", "cifar_resnet20", *TINY, *data, "--method", "magnitude", "--budget", "0.6",
+                       "--finetune-epochs", "1", "--distill", "--val-size", "8", "--no-latency"], capsys)
+    assert pruned["finetune_epochs"] == 1 and abs(pruned["macs_ratio"] - 0.6) <= 0.01
+
+
+@needs_graph
+def test_sigterm_marks_the_run_interrupted(home, capsys, tmp_path, monkeypatch):
+    import signal
+
+    import engine.methods
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM should have stopped the search")
+
+    monkeypatch.setattr(engine.methods, "run_method", terminated)
+    data = ["--dataset", "imagefolder", "--data-dir", str(make_image_folder(tmp_path / "images"))]
+    code, _, err = run_cli(["search", "cifar_resnet20", *TINY, *data, "--method", "random", "--budget", "0.5"], capsys)
+    assert code == 130 and "marked interrupted" in err
+    with RunStore() as store:
+        assert store.list_runs()[0].status == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the command
+
+
+def test_progress_bars_only_on_a_terminal_without_json(monkeypatch, capsys):
+    import argparse
+    import io
+
+    from engine.cli.context import CommandContext
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bar = CommandContext(argparse.Namespace(json=False)).progress(total=4, desc="searching")
+    bar.update_to(2, 4, "episode 2")
+    bar.close()
+    assert "searching" in terminal.getvalue() and "episode 2" in terminal.getvalue()
+    quiet = Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    bar = CommandContext(argparse.Namespace(json=True)).progress(total=4, desc="searching")
+    bar.update_to(2, 4, "episode 2")
+    bar.close()
+    assert quiet.getvalue() == ""
+
+
+def test_cuda_request_without_cuda_is_one_clear_error(home, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run_cli(["train", "cifar_resnet20", "--device", "cuda", "--epochs", "1", "--out", "x.pt"], capsys)
+    assert_one_line_error(code, err, "--device cuda was given but no CUDA device is available; use --device cpu")
