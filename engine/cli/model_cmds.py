@@ -142,9 +142,15 @@ def cmd_train(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         raise TopoPruneError(f"folder {out.parent} does not exist; create it or choose another --out path")
     data = ctx.data()
     loaded = ctx.load_model(a.model, need_data=True)
-    model = loaded.model.to(ctx.device())
+    model = loaded.model
+    extra: dict[str, Any] = {}
+    if ctx.device() != "cpu":
+        if "device" in getattr(TrainConfig, "__dataclass_fields__", {}):
+            extra["device"] = ctx.device()
+        else:
+            ctx.log(f"topoprune: warning: engine.train has no device option yet; training on cpu, not {a.device}")
     config = TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, seed=a.seed,
-                         max_batches_per_epoch=a.max_batches_per_epoch, augment=not a.no_augment)
+                         max_batches_per_epoch=a.max_batches_per_epoch, augment=not a.no_augment, **extra)
     bar = ctx.progress(total=a.epochs, desc=f"train {a.model}")
 
     def on_progress(p: Any) -> None:
