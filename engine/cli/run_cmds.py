@@ -10,9 +10,14 @@ import time
 from typing import Any
 
 from engine.cli.context import CommandContext
-from engine.cli.prune_cmds import apply_run_config, build_topology_for, check_budget, parse_options, scoring_config
+from engine.cli.prune_cmds import (
+    apply_run_config,
+    build_topology_for,
+    check_budget,
+    parse_options,
+    scoring_config,
+)
 from engine.errors import TopoPruneError
-
 
 
 def is_resumable(method: str) -> bool:
@@ -65,7 +70,7 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         raise TopoPruneError(f"method {a.method!r} is one-shot; use `topoprune prune {a.model} --method {a.method}`")
     options = parse_options(a.option)
     if "resume" in options:
-        raise TopoPruneError(f"--option resume is set by `topoprune resume RUN_ID`; drop it from search")
+        raise TopoPruneError("--option resume is set by `topoprune resume RUN_ID`; drop it from search")
     if a.episodes is not None:
         if "episodes" not in spec.options:
             raise TopoPruneError(f"method {a.method!r} has no episode count; drop --episodes")

@@ -11,8 +11,6 @@ import json
 from typing import Any
 
 from engine.store.codec import strict_json, to_jsonable
-from engine.store.records import CandidateRecord, EpisodeRecord, RunRecord, SensitivityRecord
-from engine.store.repair import check_store_file, move_corrupt_store
 from engine.store.database import (
     STORE_FILENAME,
     StoreCorruptError,
@@ -20,6 +18,8 @@ from engine.store.database import (
     UnknownRunError,
     default_store_path,
 )
+from engine.store.records import CandidateRecord, EpisodeRecord, RunRecord, SensitivityRecord
+from engine.store.repair import check_store_file, move_corrupt_store
 from engine.store.runstore import RESUMABLE_STATUSES, RunStore
 from engine.store.schema import RUN_STATUSES, SCHEMA_VERSION
 

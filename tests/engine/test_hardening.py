@@ -17,11 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-
-from engine.cli import main
-from engine.store import RunStore, StoreCorruptError, StoreLockedError
-
 from test_cli import TINY, _has, assert_one_line_error, make_image_folder, needs_graph, run_cli, run_json
+
+from engine.store import RunStore, StoreCorruptError, StoreLockedError
 
 
 @pytest.fixture
