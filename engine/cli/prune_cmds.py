@@ -320,6 +320,9 @@ def cmd_export(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         if not run.best_plan:
             raise TopoPruneError(f"run {run.id} has no recorded plan yet; resume it or pick another run")
         apply_run_config(ctx, run.config)
+        if "checkpoint" not in run.config and a.checkpoint is None:
+            ctx.log(f"topoprune: warning: run {run.id} did not record its weights (not started by the CLI); "
+                    f"exporting randomly initialised weights; pass --checkpoint PATH|shipped to use trained ones")
         plan = plan_from_dict(run.best_plan)
         model_name = run.model
         default_name = f"{model_name}-pruned-run{run.id}"
