@@ -20,6 +20,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,11 @@ def method_options(name: str, episodes: int, quick: bool) -> dict[str, Any]:
     if name == "fisher":
         return {"interval": 1, "steps": 3, "train_size": 64, "batch_size": 16} if quick else {"interval": 2}
     return {}
+
+
+def log(message: str) -> None:
+    """Progress on stderr with a timestamp."""
+    print(f"[{dt.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
 def machine() -> dict[str, Any]:
@@ -108,17 +114,26 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "| latency ms (before -> after) | search s | report s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
+    def num(value: Any, fmt: str = ".2f") -> str:
+        return "n/a" if value is None else format(value, fmt)
+
     for r in doc["rows"]:
         lat = (f"{r['latency_ms_before']:.2f} -> {r['latency_ms_after']:.2f}"
                if r.get("latency_ms_after") is not None else "n/a")
+        params = r["params_after"] / r["params_before"] if r.get("params_after") else None
         lines.append(
-            f"| {r['method']} | {r['kind']} | {r['n_scored']} | {r['macs_ratio']:.3f} | "
-            f"{r['params_after'] / r['params_before']:.3f} | {r['val_acc']:.2f} | {r['test_acc_before_finetune']:.2f} | "
-            f"{r['test_acc']:.2f} | {lat} | {r['search_seconds']:.1f} | {r['report_seconds']:.1f} |"
+            f"| {r['method']} | {r['kind']} | {r['n_scored']} | {r['macs_ratio']:.3f} | {num(params, '.3f')} | "
+            f"{r['val_acc']:.2f} | {num(r.get('test_acc_before_finetune'))} | {num(r.get('test_acc'))} | {lat} | "
+            f"{r['search_seconds']:.1f} | {num(r.get('report_seconds'), '.1f')} |"
         )
     missing = [m for m in s["methods"] if m not in {r["method"] for r in doc["rows"]}]
     if missing:
         lines += ["", f"Not finished in this run: {', '.join(missing)}."]
+    pending = [r["method"] for r in doc["rows"] if "test_acc" not in r]
+    if pending:
+        lines += ["", f"Fine-tune/test report not finished for: {', '.join(pending)} (n/a above)."]
+    lines += ["", f"Wall time so far: {doc.get('seconds', 0.0):.0f} s; load average at last write: "
+              f"{doc.get('load_average_last')}."]
     lines += [
         "",
         "val acc: the search score (val subset, BN recalibrated, no fine-tuning). test acc (FT): after the fine-tune.",
@@ -138,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bn-batch-size", type=int, default=128)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--finetune-batches", type=int, default=None, help="cap batches per fine-tune epoch")
+    p.add_argument("--test-before-ft", action="store_true", help="also measure test accuracy before fine-tuning")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
     p.add_argument("--checkpoint", default=None, help="weights file (default: the shipped baseline)")
@@ -181,27 +197,46 @@ def main(argv: list[str] | None = None) -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+
+    start = time.perf_counter()
+
+    def save() -> None:
+        doc["seconds"] = time.perf_counter() - start
+        doc["load_average_last"] = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+        out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+        out.with_suffix(".md").write_text(to_markdown(doc))
+
+    # phase 1: every method's search (val accuracies), so a cut-short run still has the whole search table
+    plans = {}
     for name in names:
         spec = get_method(name)
         scorer = Scorer(model, topology, data, scoring)
         ctx = MethodContext(model=model, topology=topology, data=data, budget=args.budget, seed=args.seed,
                             scorer=scorer)
         opts = method_options(name, args.episodes, args.quick)
-        print(f"[{dt.datetime.now():%H:%M:%S}] {name} {opts}", file=sys.stderr, flush=True)
+        log(f"{name} {opts}")
         result = run_method(name, ctx, **opts)
-        report = report_candidate(model, topology, result.plan, data, finetune_epochs=args.finetune_epochs,
+        plans[name] = result.plan
+        doc["rows"].append({
+            "method": name, "kind": spec.kind, "options": result.options, "n_scored": result.n_scored,
+            "search_seconds": result.seconds, "val_acc": result.val_acc, "macs_ratio": result.macs_ratio,
+            "candidates_val_acc": [c.val_acc for c in result.candidates], "plan": result.plan.to_dict(),
+        })
+        save()
+        log(f"  val {result.val_acc:.2f}  MACs {result.macs_ratio:.3f}  {result.seconds:.0f}s")
+    # phase 2: physical pruning, fine-tune, test accuracy, costs and latency
+    for row in doc["rows"]:
+        log(f"report {row['method']}")
+        report = report_candidate(model, topology, plans[row["method"]], data, finetune_epochs=args.finetune_epochs,
                                   finetune_max_batches=args.finetune_batches, scoring=scoring, seed=args.seed,
-                                  baseline_test_acc=baseline["test_acc"], latency_min_run_time_s=0.3)
-        row = {"method": name, "kind": spec.kind, "options": result.options, "n_scored": result.n_scored,
-               "search_seconds": result.seconds, "report_seconds": report.seconds,
-               "candidates_val_acc": [c.val_acc for c in result.candidates],
-               **{k: v for k, v in report.to_dict().items() if k != "plan"}, "val_acc": result.val_acc,
-               "plan": result.plan.to_dict()}
-        doc["rows"].append(row)
-        out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-        out.with_suffix(".md").write_text(to_markdown(doc))
-        print(f"  val {result.val_acc:.2f}  test(FT) {report.test_acc:.2f}  MACs {report.macs_ratio:.3f}  "
-              f"{result.seconds:.0f}s + {report.seconds:.0f}s", file=sys.stderr, flush=True)
+                                  baseline_test_acc=baseline["test_acc"], test_before_finetune=args.test_before_ft,
+                                  latency_min_run_time_s=0.3)
+        found = report.to_dict()
+        row.update({k: v for k, v in found.items() if k not in ("plan", "val_acc", "seconds")})
+        row["report_val_acc"] = found["val_acc"]
+        row["report_seconds"] = found["seconds"]
+        save()
+        log(f"  test(FT) {report.test_acc:.2f}  {report.seconds:.0f}s")
     print(out.with_suffix(".md").read_text())
 
 

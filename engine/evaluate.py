@@ -191,7 +191,7 @@ class CandidateReport:
         plan: The plan as a dict.
         val_acc: Val top-1 (%) of the pruned model after BN recalibration (the search score).
         test_acc: Test top-1 (%) after `finetune_epochs` of fine-tuning (equals test_acc_before_finetune if 0).
-        test_acc_before_finetune: Test top-1 (%) after BN recalibration, before fine-tuning.
+        test_acc_before_finetune: Test top-1 (%) after BN recalibration, before fine-tuning (None when skipped).
         baseline_test_acc: Test top-1 (%) of the unpruned model.
         macs_before / macs_after: Conv+linear MACs of the baseline and the pruned model.
         params_before / params_after: Parameter counts.
@@ -204,7 +204,7 @@ class CandidateReport:
     plan: dict[str, Any]
     val_acc: float
     test_acc: float
-    test_acc_before_finetune: float
+    test_acc_before_finetune: float | None
     baseline_test_acc: float
     macs_before: int
     macs_after: int
@@ -244,6 +244,7 @@ def report_candidate(
     finetune_lr: float = 0.01,
     finetune_max_batches: int | None = None,
     baseline_test_acc: float | None = None,
+    test_before_finetune: bool = True,
     scoring: ScoringConfig | None = None,
     latency: bool = True,
     latency_min_run_time_s: float = 0.5,
@@ -266,6 +267,7 @@ def report_candidate(
         finetune_lr: Fine-tuning learning rate.
         finetune_max_batches: Cap on batches per fine-tuning epoch (None = whole epochs).
         baseline_test_acc: Test top-1 of the unpruned model if already known (skips measuring it again).
+        test_before_finetune: Also measure test accuracy before fine-tuning (always done without fine-tuning).
         scoring: Scoring settings for val accuracy and BN recalibration.
         latency: Measure batch-1 latency before and after.
         latency_min_run_time_s: Minimum timing duration per model.
@@ -293,7 +295,9 @@ def report_candidate(
     val_acc = scorer.score_model(pruned, copy_model=True)
     scorer.prepare(pruned)
     baseline_test = baseline_test_acc if baseline_test_acc is not None else evaluate(model, data, "test").top1
-    test_before = evaluate(pruned, data, "test").top1
+    test_before = None
+    if test_before_finetune or finetune_epochs == 0:
+        test_before = evaluate(pruned, data, "test").top1
     test_acc = test_before
     if finetune_epochs > 0:
         teacher = copy.deepcopy(model).eval() if distill else None
