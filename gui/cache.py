@@ -246,8 +246,8 @@ def topology_layout(ref: ModelRef, level: str, expanded: tuple[str, ...] = ()) -
 def method_specs() -> list[dict[str, Any]]:
     """Every registered pruning method as plain dicts (name, description, kind, option defaults)."""
     methods = engine("methods")
-    try:  # engine.rl registers gnnrl / gnnrl-nognn on import
-        engine("rl")
+    try:  # engine.rl.method registers gnnrl / gnnrl-nognn on import
+        engine("engine.rl.method")
     except EngineGap:
         pass
     out = []
@@ -259,6 +259,7 @@ def method_specs() -> list[dict[str, Any]]:
                 "help": getattr(opt, "help", "") or getattr(opt, "description", ""),
                 "min": getattr(opt, "min", None),
                 "max": getattr(opt, "max", None),
+                "choices": list(opt.choices) if getattr(opt, "choices", None) else None,
                 "type": getattr(getattr(opt, "type", None), "__name__", str(getattr(opt, "type", ""))),
             }
         out.append({"name": spec.name, "description": spec.description, "kind": spec.kind, "options": options})

@@ -77,7 +77,11 @@ def option_inputs(spec: dict[str, Any], *, key_prefix: str, skip: Sequence[str] 
             continue
         default = opt["default"]
         key = f"{key_prefix}_{spec['name']}_{name}"
-        if isinstance(default, bool):
+        if opt.get("choices"):
+            choices = list(opt["choices"])
+            value = st.selectbox(name, choices, index=choices.index(default) if default in choices else 0, key=key,
+                                 help=opt.get("help") or None)
+        elif isinstance(default, bool):
             value = st.checkbox(name, value=default, key=key, help=opt.get("help") or None)
         elif isinstance(default, int):
             value = st.number_input(name, value=default, step=1, key=key, help=opt.get("help") or None,

@@ -138,9 +138,11 @@ class Job:
 
     # -- worker side ------------------------------------------------------------------------------------------
     def report(self, *, done: int | None = None, total: int | None = None, message: str | None = None,
-               event: dict[str, Any] | None = None) -> None:
+               event: dict[str, Any] | None = None, info: dict[str, Any] | None = None) -> None:
         """Record progress (called by the worker)."""
         with self._lock:
+            if info:
+                self.info.update(info)
             if done is not None:
                 self.done = done
             if total is not None:
@@ -309,6 +311,114 @@ def start_method(
                 "seconds": float(getattr(result, "seconds", 0.0))}
 
     return job.start(work, steps=steps)
+
+
+RL_METHODS = {"gnnrl": "gnn", "gnnrl-nognn": "features"}
+
+
+def rl_episode_event(report: Any) -> dict[str, Any]:
+    """A plain dict the Agent page draws from, built from engine.rl's EpisodeReport."""
+    return {
+        "episode": int(report.episode), "reward": float(report.reward),
+        "val_acc": None if report.val_acc is None else float(report.val_acc),
+        "macs_ratio": float(report.macs_ratio), "keep_ratios": dict(report.keep_ratios), "plan": report.plan,
+        "embeddings": report.embeddings, "embedding_groups": report.embedding_groups,
+        "actions": report.actions, "steps": int(report.steps), "feasible": bool(report.feasible),
+    }
+
+
+def start_rl_search(
+    *,
+    method: str,
+    model: Any,
+    topology: Any,
+    data: Any,
+    budget: float,
+    options: dict[str, Any],
+    model_name: str,
+    dataset: str,
+    seed: int = 0,
+    scoring: Any = None,
+    steps: int | None = None,
+    step_unit: str = "episode",
+    store_factory: Callable[[], Any] | None = None,
+) -> Job:
+    """Drive engine.rl's SearchRun one environment step at a time, so Step can mean one step or one episode.
+
+    Every step lands in ``info["last_step"]`` (episode, step, raw action, keep ratios after it, MACs ratio,
+    reward); every finished episode is an event. SearchRun records its own episodes in the store; the best
+    plan becomes a candidate when the search ends (or is stopped after at least one scored episode).
+    """
+    from engine.methods import MethodContext, get_method
+    from engine.rl.method import search_config_from_options
+    from engine.rl.search import SearchRun
+
+    if method not in RL_METHODS:
+        raise ValueError(f"start_rl_search runs {sorted(RL_METHODS)}, got {method!r}")
+    if step_unit not in ("step", "episode"):
+        raise ValueError(f"step_unit must be 'step' or 'episode', got {step_unit!r}")
+    opts = get_method(method).validate(options)
+    job = Job(kind="search", label=f"{method} on {model_name}, budget {budget:.0%}", total=int(opts["episodes"]))
+
+    def work(job: Job) -> Any:
+        ctx = MethodContext(model=model, topology=topology, data=data, budget=budget, seed=seed, scoring=scoring)
+        config = search_config_from_options(ctx, opts, encoder=RL_METHODS[method])
+        store = store_factory() if store_factory is not None else None
+        run_id = None
+        if store is not None:
+            scoring_dict = scoring.to_dict() if hasattr(scoring, "to_dict") else None
+            run_id = store.create_run(method=method, model=model_name, dataset=dataset, budget=budget,
+                                      config={"search": config.to_dict(), "options": opts, "scoring": scoring_dict})
+            job.report(info={"run_id": run_id})
+
+        def on_episode(report: Any) -> None:
+            val = "budget missed" if report.val_acc is None else f"val {report.val_acc:.2f}%"
+            job.report(done=report.episode + 1, message=f"episode {report.episode + 1}: {val}, reward "
+                                                        f"{report.reward:.3f}", event=rl_episode_event(report))
+
+        run = SearchRun(model, topology, config=config, scorer=ctx.get_scorer(), store=store, run_id=run_id,
+                        callback=on_episode, dataset=dataset)
+        try:
+            while not run.finished:
+                if job.should_stop():
+                    raise JobStopped()
+                rep = run.step()
+                job.report(message=f"episode {rep.episode + 1}, step {rep.step}: MACs {rep.macs_ratio:.1%}",
+                           info={"last_step": {"episode": rep.episode, "step": rep.step, "action": rep.action,
+                                               "keep_ratios": rep.keep_ratios, "macs_ratio": rep.macs_ratio,
+                                               "reward": rep.reward, "done": rep.done}})
+                job.checkpoint(unit_done=step_unit == "step" or rep.done)
+            job.report(message="scoring the policy's mean plan")
+            result = run.run()
+        except JobStopped:
+            run.pause()
+            _record_best(store, run.result(), method, model_name, dataset, run_id, job)
+            raise
+        _record_best(store, result, method, model_name, dataset, run_id, job)
+        if result.best_plan is None:
+            raise _budget_error(method, budget)
+        return {"plan": result.best_plan.to_dict(), "val_acc": float(result.best_val_acc),
+                "macs_ratio": float(result.macs_ratio), "seconds": float(result.seconds)}
+
+    return job.start(work, steps=steps)
+
+
+def _budget_error(method: str, budget: float) -> Exception:
+    from engine.errors import BudgetError
+
+    return BudgetError(f"no episode of '{method}' met the budget {budget}; turn action_wall on, raise max_steps "
+                       "or max_change, or lower min_keep_ratio")
+
+
+def _record_best(store: Any, result: Any, method: str, model_name: str, dataset: str, run_id: int | None,
+                 job: Job) -> None:
+    """Add the search's best plan as a candidate in the store."""
+    if store is None or result.best_plan is None:
+        return
+    metrics = {"val_acc": float(result.best_val_acc), "macs_ratio": float(result.macs_ratio)}
+    cid = store.add_candidate(method=method, model=model_name, dataset=dataset, plan=result.best_plan.to_dict(),
+                              metrics=metrics, run_id=run_id)
+    job.report(info={"candidate_id": cid})
 
 
 def _engine_records_episodes(method: str) -> bool:

@@ -15,10 +15,21 @@ st.title("Agent")
 ref = model_ref()
 
 
-def draw_episodes(events: list[dict[str, Any]], topology: Any, *, prefix: str) -> None:
+def draw_episodes(events: list[dict[str, Any]], topology: Any, *, prefix: str,
+                  last_step: dict[str, Any] | None = None) -> None:
     """Reward curve, best plan, last action (bars + state graph), embeddings PCA, keep-ratio heatmap."""
-    if not events:
+    step_is_newer = bool(last_step) and (not events or last_step["episode"] >= len(events) or
+                                         not last_step.get("done"))
+    if step_is_newer:
+        st.markdown(f"**Last step**: episode {last_step['episode'] + 1}, step {last_step['step']}: reward "
+                    f"{last_step['reward']:.3f}, MACs at {last_step['macs_ratio']:.1%} of the baseline"
+                    + (" (episode done)" if last_step.get("done") else ""))
+    if not events and not step_is_newer:
         st.caption("No episode finished yet.")
+        return
+    if not events:
+        draw_action(last_step["keep_ratios"], topology, prefix=prefix,
+                    title=f"Action at episode {last_step['episode'] + 1}, step {last_step['step']} (keep ratios)")
         return
     rewards = [e.get("reward") if e.get("reward") is not None else e.get("val_acc") for e in events]
     st.plotly_chart(ap.reward_curve_figure(rewards, val_accs=[e.get("val_acc") for e in events]),
@@ -34,18 +45,12 @@ def draw_episodes(events: list[dict[str, Any]], topology: Any, *, prefix: str) -
     if best.get("plan") and st.button("Colour the Topology page by the best plan", key=f"{prefix}_use_best"):
         st.session_state[SELECTED_PLAN] = best["plan"]
         st.toast("Best plan selected: Topology > Colour by > keep ratio")
-    left, right = st.columns(2)
-    with left:
-        st.plotly_chart(ap.action_bars_figure(last.get("keep_ratios", {}),
-                                              title=f"Action of episode {len(events)} (keep ratio per group)"),
-                        key=f"{prefix}_actions")
-    with right:
-        layout = cache.topology_layout(ref, "layers")
-        values = tp.node_values(layout["view"], "keep ratio", module_to_group=tp.module_groups(topology.groups),
-                                group_values=last.get("keep_ratios", {}))
-        st.markdown("**State graph coloured by the last action**")
-        st.plotly_chart(tp.topology_figure(layout["view"], layout["pos"], values=values, metric="keep ratio",
-                                           height_px=300), key=f"{prefix}_state_graph")
+    if step_is_newer and not last_step.get("done"):
+        draw_action(last_step["keep_ratios"], topology, prefix=prefix,
+                    title=f"Action at episode {last_step['episode'] + 1}, step {last_step['step']} (keep ratios)")
+    else:
+        draw_action(last.get("keep_ratios", {}), topology, prefix=prefix,
+                    title=f"Action of episode {len(events)} (keep ratio per group)")
     left, right = st.columns(2)
     with left:
         emb = last.get("embeddings")
@@ -60,6 +65,20 @@ def draw_episodes(events: list[dict[str, Any]], topology: Any, *, prefix: str) -
         groups = [g.name for g in topology.groups if g.prunable]
         st.plotly_chart(ap.keep_ratio_heatmap_figure([e.get("keep_ratios", {}) for e in events], groups=groups),
                         key=f"{prefix}_heatmap")
+
+
+def draw_action(keep_ratios: dict[str, float], topology: Any, *, prefix: str, title: str) -> None:
+    """The action as bars and the state graph coloured by it."""
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(ap.action_bars_figure(keep_ratios, title=title), key=f"{prefix}_actions")
+    with right:
+        layout = cache.topology_layout(ref, "layers")
+        values = tp.node_values(layout["view"], "keep ratio", module_to_group=tp.module_groups(topology.groups),
+                                group_values=keep_ratios)
+        st.markdown("**State graph coloured by the last action** (keep ratio per layer)")
+        st.plotly_chart(tp.topology_figure(layout["view"], layout["pos"], values=values, metric="keep ratio",
+                                           height_px=300), key=f"{prefix}_state_graph")
 
 
 with components.engine_errors("agent"):
@@ -80,7 +99,14 @@ with components.engine_errors("agent"):
                 episodes = st.number_input("Episodes", 1, 2000, int(min(20, spec["options"]["episodes"]["default"] or 20)),
                                            key="agent_episodes")
             seed = st.number_input("Seed", 0, 10_000, 0, key="agent_seed")
-            options = components.option_inputs(spec, key_prefix="agent_opt", skip=("episodes",)) if spec else {}
+            is_rl = bool(spec) and spec["name"] in jobs.RL_METHODS
+            step_unit = "episode"
+            if is_rl:
+                step_unit = st.radio("Step runs", ["episode", "step"], horizontal=True, key="agent_step_unit",
+                                     format_func={"episode": "one episode", "step": "one env step"}.get)
+            with st.popover("Method options"):
+                options = (components.option_inputs(spec, key_prefix="agent_opt", skip=("episodes", "resume"))
+                           if spec else {})
         with st.popover("Scoring protocol"):
             val_size = st.number_input("Val images per score", 32, 10_000, 512, step=32, key="agent_val_size",
                                        help="Every candidate is scored as val top-1 after BN recalibration; "
@@ -91,11 +117,14 @@ with components.engine_errors("agent"):
     scoring = cache.engine_attr("evaluate", "ScoringConfig")(val_size=int(val_size), bn_batches=int(bn_batches))
 
     def launch(steps: int | None) -> None:
-        st.session_state[SEARCH_JOB] = jobs.start_method(
-            method=spec["name"], model=loaded.model, topology=topology, data=cache.dataset_for(ref),
-            budget=budget, options=options, model_name=ref.arch, dataset=ref.dataset, seed=int(seed), steps=steps,
-            scoring=scoring,
-            store_factory=cache.run_store if cache.engine_available("store") else None)
+        common = dict(method=spec["name"], model=loaded.model, topology=topology, data=cache.dataset_for(ref),
+                      budget=budget, options=options, model_name=ref.arch, dataset=ref.dataset, seed=int(seed),
+                      steps=steps, scoring=scoring,
+                      store_factory=cache.run_store if cache.engine_available("store") else None)
+        if is_rl:
+            st.session_state[SEARCH_JOB] = jobs.start_rl_search(step_unit=step_unit, **common)
+        else:
+            st.session_state[SEARCH_JOB] = jobs.start_method(**common)
         st.session_state[REOPEN_RUN] = None
 
     b1, b2, b3, b4 = st.columns(4)
@@ -107,7 +136,7 @@ with components.engine_errors("agent"):
         job.resume() if paused else job.pause()
         st.rerun()
     if b3.button("Step", key="agent_step", disabled=spec is None or (busy and not paused),
-                 help="Run one episode and pause (starts a new search in step mode when none is running)."):
+                 help="Run one episode (or one env step) and pause; starts a new search in step mode when none is running."):
         if busy and paused:
             job.step(1)
         else:
@@ -129,7 +158,7 @@ with components.engine_errors("agent"):
             r = snap.result
             st.success(f"Search finished: best val top-1 {r['val_acc']:.2f}% at {r['macs_ratio']:.1%} of the MACs"
                        + (f" (run {snap.info['run_id']}; candidate on the Compare page)" if "run_id" in snap.info else ""))
-        draw_episodes(snap.events, topology, prefix="live")
+        draw_episodes(snap.events, topology, prefix="live", last_step=snap.info.get("last_step"))
         # one full rerun when the job ends or pauses, so the buttons update and polling stops
         marker = (id(job), snap.status)
         if snap.status != "running" and st.session_state.get("_agent_seen") != marker:

@@ -264,9 +264,85 @@ def test_agent_budget_error_shown(monkeypatch):
 
     monkeypatch.setattr(engine.methods, "run_method", unreachable)
     at = goto(app(), "agent")
+    at.selectbox(key="agent_method").set_value("uniform").run()
     at.button(key="agent_launch").click().run()
     wait_job(at, SEARCH_JOB, status=("error",))
     assert any("unreachable" in e.value for e in at.error)
+
+
+class FakeSearchRun:
+    """engine.rl.search.SearchRun's stepping surface: 2 steps per episode, one scored plan per episode."""
+
+    def __init__(self, model, topology, *, config, scorer=None, store=None, run_id=None, callback=None, dataset=""):
+        self.topology, self.config, self.callback = topology, config, callback
+        self.store, self.run_id = store, run_id
+        self.episode, self.steps_in_episode, self.paused = 0, 0, False
+        self.groups = [g.name for g in topology.groups if g.prunable]
+
+    @property
+    def finished(self):
+        return self.episode >= self.config.episodes
+
+    def step(self):
+        self.steps_in_episode += 1
+        ratio = 1.0 - 0.2 * self.steps_in_episode
+        keep = dict.fromkeys(self.groups, ratio)
+        done = self.steps_in_episode == 2
+        report = None
+        if done:
+            plan = {"keep": {g.name: max(1, int(g.channels * ratio)) for g in self.topology.groups if g.prunable},
+                    "model": "cifar_resnet20", "method": "gnnrl"}
+            report = SimpleNamespace(episode=self.episode, reward=-1.0 + self.episode, val_acc=30.0 + self.episode,
+                                     macs_ratio=0.5, keep_ratios=keep, plan=plan, steps=2, feasible=True,
+                                     embeddings=[[float(i), float(i % 3)] for i in range(len(self.groups))],
+                                     embedding_groups=self.groups, actions=[[0.1] * len(self.groups)] * 2)
+            if self.store is not None:
+                self.store.add_episode(self.run_id, reward=report.reward, macs_ratio=0.5, val_acc=report.val_acc,
+                                       plan=plan)
+            self.episode += 1
+            self.steps_in_episode = 0
+            self.callback(report)
+        return SimpleNamespace(episode=self.episode - (1 if done else 0), step=2 if done else 1,
+                               action=[0.1] * len(self.groups), keep_ratios=keep, macs_ratio=0.6, reward=0.0,
+                               done=done, episode_report=report)
+
+    def run(self, *, should_stop=None):
+        return self.result()
+
+    def pause(self):
+        self.paused = True
+
+    def result(self):
+        from engine.pruning import PruningPlan
+
+        plan = PruningPlan(model="cifar_resnet20", keep={self.groups[0]: 8}, method="gnnrl")
+        return SimpleNamespace(best_plan=plan if self.episode else None, best_val_acc=30.0 + self.episode - 1,
+                               macs_ratio=0.5, seconds=0.01)
+
+
+def test_agent_gnnrl_steps_one_env_step_at_a_time(monkeypatch):
+    import engine.rl.search
+
+    monkeypatch.setattr(engine.rl.search, "SearchRun", FakeSearchRun)
+    at = goto(app(), "agent")
+    assert at.selectbox(key="agent_method").value == "gnnrl"  # the default when registered
+    at.number_input(key="agent_episodes").set_value(2).run()
+    at.radio(key="agent_step_unit").set_value("step").run()
+    at.button(key="agent_step").click().run()
+    wait_job(at, SEARCH_JOB, status=("paused",))
+    snap = at.session_state[SEARCH_JOB].snapshot()
+    assert snap.info["last_step"]["step"] == 1 and not snap.events
+    assert "episode 1, step 1" in texts(at)
+    assert any("Action at episode 1, step 1" in json.dumps(c) for c in charts(at))
+    at.button(key="agent_step").click().run()  # the second step ends episode 1
+    wait_job(at, SEARCH_JOB, status=("paused",))
+    assert len(at.session_state[SEARCH_JOB].snapshot().events) == 1
+    at.button(key="agent_pause").click().run()  # Resume to the end
+    wait_job(at, SEARCH_JOB)
+    snap = at.session_state[SEARCH_JOB].snapshot()
+    assert len(snap.events) == 2 and snap.info["candidate_id"] >= 1
+    assert any(t.get("name") == "stage 0" for c in charts(at) for t in c["data"])  # embeddings PCA by stage
+    assert cache.run_store().candidates()[-1].method == "gnnrl"
 
 
 # --- Compare and Runs --------------------------------------------------------------------------------------------
