@@ -190,3 +190,34 @@ def test_round_to_eight_gives_multiples_of_eight_on_budget(method, data):
     for name, kept in result.plan.keep.items():
         assert kept % 8 == 0 or kept == sizes[name], (name, kept)
     assert abs(result.macs_ratio / 0.5 - 1.0) <= 0.01
+
+
+@pytest.mark.parametrize("allocation", ("greedy", "knapsack"))
+def test_sensitivity_allocation_spares_the_sensitive_group(allocation):
+    from engine.methods.sensitivity_guided import allocate_greedy, allocate_knapsack
+    from engine.sensitivity import GroupSensitivity, SensitivityTable
+
+    _, topology = _model("cifar_resnet20")
+    grid = [0.75, 0.5, 0.25]
+    groups = [g for g in topology.groups if g.prunable]
+    sensitive = groups[0].name
+    rows = [
+        GroupSensitivity(name=g.name, index=g.index, channels=g.channels, stage=g.stage, macs_share=0.0,
+                         params_share=0.0, memory_share=0.0, val_acc=[0.0] * 3,
+                         drop=[50.0, 60.0, 70.0] if g.name == sensitive else [1.0, 2.0, 3.0])
+        for g in groups
+    ]
+    table = SensitivityTable(model_name="m", dataset="d", keep_ratios=grid, base_acc=90.0, groups=rows)
+    allocate = allocate_greedy if allocation == "greedy" else allocate_knapsack
+    ratios = allocate(topology, table, 0.5)
+    assert ratios[sensitive] == 1.0
+    assert min(ratios.values()) < 1.0
+
+
+def test_registry_lists_the_rl_methods_when_engine_rl_is_installed():
+    import importlib.util
+
+    if importlib.util.find_spec("engine.rl.method") is None:
+        pytest.skip("engine.rl.method is not there yet")
+    names = [m.name for m in list_methods()]
+    assert "gnnrl" in names and "gnnrl-nognn" in names
