@@ -126,8 +126,9 @@ def test_bn_recalibration_helps_a_uniformly_pruned_shipped_resnet20():
 
     if "cifar_resnet20" not in shipped_models():
         pytest.skip("the shipped cifar_resnet20 is not in assets/manifest.json yet")
-    model = load_shipped("cifar_resnet20").model.eval()
-    data = load_data("shapes10")
+    loaded = load_shipped("cifar_resnet20")
+    model = loaded.model.eval()
+    data = load_data(loaded.meta.get("dataset", "shapes10"))
     topology = build_topology(model, torch.zeros(1, 3, 32, 32))
     plan = plan_for_budget(topology, 0.5)
     config = ScoringConfig(val_size=256, bn_batches=4, bn_batch_size=64)
