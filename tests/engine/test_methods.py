@@ -221,3 +221,10 @@ def test_registry_lists_the_rl_methods_when_engine_rl_is_installed():
         pytest.skip("engine.rl.method is not there yet")
     names = [m.name for m in list_methods()]
     assert "gnnrl" in names and "gnnrl-nognn" in names
+
+
+@pytest.mark.parametrize("budget", (0.3, 0.8))
+@pytest.mark.parametrize("method", ("magnitude", "fisher", "amc"))
+def test_removal_methods_land_on_other_budgets(method, budget, data):
+    result = run_method(method, _ctx("cifar_resnet20", data, budget=budget), **FAST[method])
+    assert abs(result.macs_ratio / budget - 1.0) <= 0.01
