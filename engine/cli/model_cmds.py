@@ -63,7 +63,7 @@ def cmd_info(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         raise TopoPruneError("info needs a MODEL name (or --list to see them)")
     import torch
 
-    from engine.cli.prune_cmds import build_topology_for
+    from engine.cli.inputs import build_topology_for
     from engine.cost import count_costs
 
     loaded = ctx.load_model(a.model)
@@ -107,7 +107,7 @@ def _human_info(r: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------- graph
 def cmd_graph(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     """``topoprune graph MODEL --export FILE``: nodes, edges, groups, path."""
-    from engine.cli.prune_cmds import build_topology_for
+    from engine.cli.inputs import build_topology_for
     from engine.graph import export_graph
 
     a = ctx.args

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from engine.cli.context import CommandContext
-from engine.cli.prune_cmds import (
+from engine.cli.inputs import (
     apply_run_config,
     build_topology_for,
     check_budget,
