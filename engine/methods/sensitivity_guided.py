@@ -91,12 +91,11 @@ def allocate_knapsack(topology: Any, table: Any, budget: float, *, bins: int = 1
         for j, (_, saved, drop) in enumerate(opts):
             dest = np.minimum(states + int(saved * scale), bins)  # (bins + 1,)
             value = dp + drop
-            order = np.argsort(value, kind="stable")[::-1]  # assign best last so it wins on duplicate dests
-            d, v, src = dest[order], value[order], states[order]
             best_v = np.full(bins + 1, np.inf)
+            np.minimum.at(best_v, dest, value)  # several sources can land on one capped state
             best_src = np.zeros(bins + 1, dtype=np.int64)
-            best_v[d] = v
-            best_src[d] = src
+            winners = np.isfinite(value) & (value == best_v[dest])
+            best_src[dest[winners]] = states[winners]
             better = best_v < new
             new[better] = best_v[better]
             pick[better] = j
