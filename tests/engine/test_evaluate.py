@@ -147,3 +147,24 @@ def test_physical_scoring_matches_masked_scoring(resnet20, data):
     masked = Scorer(model, topology, data, TINY).score(plan)
     physical = Scorer(model, topology, data, replace(TINY, physical=True)).score(plan)
     assert physical == pytest.approx(masked, abs=100.0 / 16 + 1e-9)  # at most one image may flip on rounding
+
+
+def test_report_candidate_fine_tunes_with_distillation_and_reads_test(resnet20, data):
+    from engine.pruning import plan_for_budget
+
+    model, topology = resnet20
+    before = copy.deepcopy(model.state_dict())
+    seen = _accessed(data)
+    progress = []
+    try:
+        report = report_candidate(model, topology, plan_for_budget(topology, 0.5), data, finetune_epochs=1,
+                                  finetune_max_batches=1, distill=True, scoring=TINY, latency=False,
+                                  test_before_finetune=False, callback=progress.append)
+    finally:
+        data.on_access = None
+    assert report.finetune_epochs == 1 and report.distill
+    assert report.test_acc_before_finetune is None and 0.0 <= report.test_acc <= 100.0
+    assert progress, "fine-tuning reports progress through the callback"
+    assert "test" in seen  # the report is where the test split is read
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
