@@ -24,10 +24,10 @@ from engine.train import TrainConfig, evaluate, train_model
 from engine.zoo import build_model
 
 RECIPES = {
-    "cifar_resnet20": {"width": 1.0, "epochs": 12},
-    "cifar_resnet56": {"width": 1.0, "epochs": 6},
+    "cifar_resnet20": {"width": 1.0, "epochs": 15},
+    "cifar_resnet56": {"width": 1.0, "epochs": 8},
     "cifar_mobilenet_v2": {"width": 0.5, "epochs": 10},
-    "cifar_vgg16": {"width": 0.25, "epochs": 10},
+    "cifar_vgg16": {"width": 0.25, "epochs": 12},
 }
 
 
@@ -44,7 +44,7 @@ def main() -> None:
         recipe["epochs"] = args.epochs
     data = load_data("shapes10", seed=0)
     model = build_model(args.arch, num_classes=data.num_classes, width=recipe["width"])
-    config = TrainConfig(epochs=recipe["epochs"], lr=0.1, batch_size=128, seed=0)
+    config = TrainConfig(epochs=recipe["epochs"], lr=0.1, batch_size=128, seed=0, warmup_epochs=1.0)
     started = time.time()
 
     def report(progress):

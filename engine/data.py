@@ -26,7 +26,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 SHAPES10_CLASSES: tuple[str, ...] = (
     "disk", "square", "triangle", "plus", "ring", "bars", "corner", "star", "half_disk", "ellipse",
 )
-SHAPES10_VERSION = 1
+SHAPES10_VERSION = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -149,21 +149,21 @@ def _render_shapes(labels: np.ndarray, rng: np.random.Generator, size: int, hidd
     gradient = rng.normal(0, 40, (n, 3, 1, 1)).astype(np.float32) * (gx / size - 0.5)[None, None]
     images = (background + gradient).astype(np.float32)
 
-    # Clutter: blobs and strokes that resemble no class as a whole.
-    for _ in range(4):
-        present = rng.uniform(size=(n, 1, 1)) < 0.8
+    # Clutter: small blobs and thin strokes that resemble no class as a whole.
+    for _ in range(3):
+        present = rng.uniform(size=(n, 1, 1)) < 0.6
         cx, cy = uniform(0, size, (2, n, 1, 1))
-        rx, ry = uniform(1.0, 4.5, (2, n, 1, 1))
+        rx, ry = uniform(0.8, 2.5, (2, n, 1, 1))
         blob = (((gx - cx) / rx) ** 2 + ((gy - cy) / ry) ** 2 < 1.0) & present
-        colour = rng.uniform(0, 255, (n, 3, 1, 1)).astype(np.float32)
+        colour = uniform(0, 255, (n, 3, 1, 1))
         np.copyto(images, colour, where=blob[:, None])
     for _ in range(2):
-        present = rng.uniform(size=(n, 1, 1)) < 0.6
+        present = rng.uniform(size=(n, 1, 1)) < 0.5
         angle = uniform(0, math.pi, (n, 1, 1))
         cx, cy = uniform(0, size, (2, n, 1, 1))
         distance = np.abs((gx - cx) * np.sin(angle) - (gy - cy) * np.cos(angle))
-        stroke = (distance < 0.8) & present
-        colour = rng.uniform(0, 255, (n, 3, 1, 1)).astype(np.float32)
+        stroke = (distance < 0.6) & present
+        colour = uniform(0, 255, (n, 3, 1, 1))
         np.copyto(images, colour, where=stroke[:, None])
 
     # The labelled shape.
@@ -177,13 +177,16 @@ def _render_shapes(labels: np.ndarray, rng: np.random.Generator, size: int, hidd
     mask = _shape_masks(labels, u, v)
 
     hidden = rng.uniform(size=n) < hidden_fraction
-    contrast = rng.uniform(60, 160, (n, 3, 1, 1)) * rng.choice([-1.0, 1.0], (n, 3, 1, 1))
+    # Luminance contrast (shared sign across channels) plus a random hue shift; near zero for hidden shapes.
+    away_from_bound = np.where(background.mean(axis=1, keepdims=True) > 127.5, -1.0, 1.0)  # (n, 1, 1, 1)
+    contrast = rng.uniform(70, 150, (n, 1, 1, 1)) * away_from_bound
+    contrast = contrast + rng.uniform(-50, 50, (n, 3, 1, 1))
     contrast[hidden] = rng.uniform(-6, 6, (int(hidden.sum()), 3, 1, 1))
     shape_colour = np.clip(background + contrast, 0, 255).astype(np.float32)
     np.copyto(images, shape_colour, where=mask[:, None])
 
-    noise_sigma = rng.uniform(8, 30, (n, 1, 1, 1)).astype(np.float32)
-    noise_sigma[hidden] = 45.0
+    noise_sigma = uniform(4, 20, (n, 1, 1, 1))
+    noise_sigma[hidden] = 40.0
     noise = rng.standard_normal(images.shape, dtype=np.float32)
     noise *= noise_sigma
     images += noise
