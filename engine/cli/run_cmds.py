@@ -87,8 +87,8 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     store = ctx.store()
     run_id = store.create_run(method=a.method, model=a.model, dataset=data.name, budget=budget, config=config)
     ctx.active_run_id = run_id
-    ctx.log(f"topoprune: run {run_id} started ({a.method} on {a.model}, budget {budget:g}); "
-            f"`topoprune resume {run_id}` continues it if stopped")
+    hint = f"; `topoprune resume {run_id}` continues it if stopped" if is_resumable(a.method) else ""
+    ctx.log(f"topoprune: run {run_id} started ({a.method} on {a.model}, budget {budget:g}){hint}")
     return _drive(ctx, run_id, loaded, config, resume=False)
 
 

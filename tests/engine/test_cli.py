@@ -259,6 +259,9 @@ def test_search_records_every_episode_and_exports(home, capsys, tmp_path):
         assert run.best_score == pytest.approx(max(e.val_acc for e in episodes))
     exported = run_json(["export", str(result["run_id"]), "--format", "state_dict"], capsys)
     assert Path(exported["path"]).is_file() and Path(exported["path"]).parent == tmp_path
+    onnx = run_json(["export", str(result["run_id"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")], capsys)
+    assert onnx["path"] == str(tmp_path / "m.onnx") and (tmp_path / "m.onnx").stat().st_size > 1000
+    assert json.loads(Path(onnx["plan_path"]).read_text()) == run.best_plan
 
 
 @needs_graph
