@@ -173,6 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         return _fail(str(exc) or type(exc).__name__)
+    except OSError as exc:  # a path the user gave cannot be read or written (permissions, full disk, ...)
+        ctx.mark_failed(exc)
+        if debug:
+            raise
+        return _fail(f"{exc}; check the path and its permissions")
     except Exception as exc:  # a bug: still one line, the traceback on request
         ctx.mark_failed(exc)
         if debug:

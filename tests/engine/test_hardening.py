@@ -305,40 +305,58 @@ _CLI_WRITER = (
 )
 
 
-def test_gui_and_cli_write_the_same_store_at_once(home):
-    """Two CLI-like processes and two GUI-like threads (one shared RunStore) write at the same time."""
+@needs_graph
+def test_gui_and_cli_write_the_same_store_at_once(home, tmp_path):
+    """A real `topoprune search` process, a second CLI-like writer process and two GUI-like threads (sharing
+    one RunStore, polling as they write) all write the same store at once; every row arrives."""
     path = home / "runs.sqlite"
+    images = make_image_folder(tmp_path / "images")
+    env = {**os.environ, "TOPOPRUNE_HOME": str(home)}
     with RunStore(path) as gui_store:
         gui_runs = [gui_store.create_run(method="gnnrl", model=f"gui{i}", dataset="shapes10") for i in range(2)]
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "search", "cifar_resnet20", *TINY, "--dataset", "imagefolder",
+             "--data-dir", str(images), "--method", "random", "--budget", "0.5", "--episodes", "4",
+             "--val-size", "8", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        writer = subprocess.Popen([sys.executable, "-c", _CLI_WRITER, str(path)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
         errors: list[BaseException] = []
+        written = dict.fromkeys(gui_runs, 0)
 
         def gui_worker(run_id: int) -> None:
             try:
-                for i in range(60):
+                while written[run_id] < 30 or cli.poll() is None or writer.poll() is None:
+                    i = written[run_id]
                     gui_store.add_episode(run_id, reward=float(i), val_acc=float(i), plan={"keep": {"g": i}})
+                    written[run_id] += 1
                     gui_store.list_runs()  # the GUI polls while it writes
+                    time.sleep(0.02)
                 gui_store.update_run(run_id, status="completed")
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
-        clis = [subprocess.Popen([sys.executable, "-c", _CLI_WRITER, str(path)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
         threads = [threading.Thread(target=gui_worker, args=(r,)) for r in gui_runs]
         for t in threads:
             t.start()
+        cli_out, cli_err = cli.communicate(timeout=300)
+        writer_out, writer_err = writer.communicate(timeout=120)
         for t in threads:
             t.join(timeout=120)
-        outputs = [p.communicate(timeout=120) for p in clis]
-        assert all(p.returncode == 0 for p in clis), outputs
+        assert cli.returncode == 0, cli_err
+        assert writer.returncode == 0, writer_err
         assert not errors, errors
-        cli_runs = [int(out.strip()) for out, _ in outputs]
+        cli_run = json.loads(cli_out)["run_id"]
+        writer_run = int(writer_out.strip())
         runs = {r.id: r for r in gui_store.list_runs()}
-        assert set(runs) == set(gui_runs) | set(cli_runs)
-        for run_id in runs:
-            assert runs[run_id].status == "completed" and runs[run_id].best_score == 59.0
-            assert [e.index for e in gui_store.episodes(run_id)] == list(range(60))
-            assert [e.plan for e in gui_store.episodes(run_id)] == [{"keep": {"g": i}} for i in range(60)]
-        assert len(gui_store.candidates()) == 20
+        assert set(runs) == {*gui_runs, cli_run, writer_run}
+        assert all(r.status == "completed" for r in runs.values())
+        assert [e.index for e in gui_store.episodes(cli_run)] == [0, 1, 2, 3]
+        assert [e.plan for e in gui_store.episodes(writer_run)] == [{"keep": {"g": i}} for i in range(60)]
+        for run_id in gui_runs:
+            episodes = gui_store.episodes(run_id)
+            assert [e.index for e in episodes] == list(range(written[run_id])) and written[run_id] >= 30
+            assert runs[run_id].best_score == written[run_id] - 1
+        assert len(gui_store.candidates(run_id=writer_run)) == 10
     assert quick_check(path) == "ok"
 
 
