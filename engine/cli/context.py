@@ -113,18 +113,20 @@ class CommandContext:
         Args:
             name: a zoo model name.
             num_classes: classifier size; default --num-classes, else the dataset's (when ``need_data``),
-                else the checkpoint's, else 10.
+                else the checkpoint's, else 10 for the CIFAR zoo and 1000 for torchvision models.
             need_data: the command uses the dataset, so the class count comes from it.
         """
-        from engine.zoo import build_model, default_input_size
+        from engine.zoo import CIFAR_MODELS, build_model, default_input_size
 
         a = self.args
         num_classes = num_classes or a.num_classes or (self.data().num_classes if need_data else None)
         input_size = a.input_size or (self.data().input_size if need_data else default_input_size(name))
         checkpoint = a.checkpoint
         if checkpoint is None:
-            model = build_model(name, num_classes=num_classes or 10, width=a.width)
-            return LoadedModel(model, name, num_classes or 10, a.width, input_size, "random", {})
+            # Without a dataset, a model gets the class count it is known by (ImageNet's 1000 for torchvision).
+            num_classes = num_classes or (10 if name in CIFAR_MODELS else 1000)
+            model = build_model(name, num_classes=num_classes, width=a.width)
+            return LoadedModel(model, name, num_classes, a.width, input_size, "random", {})
         if checkpoint == "shipped":
             from engine.checkpoints import load_shipped
 

@@ -94,11 +94,19 @@ def cmd_info(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     return result, _human_info
 
 
+def _si(n: float) -> str:
+    """4089184256 -> '4.09 G'."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:g}"
+
+
 def _human_info(r: dict[str, Any]) -> str:
     return "\n".join([
         f"{r['model']} ({r['weights']} weights, {r['input_size']}x{r['input_size']} input, {r['num_classes']} classes)",
-        f"  params     {r['params']:,}",
-        f"  MACs       {r['macs']:,}  ({r['macs'] / 1e6:.2f} M; FLOPs = 2 x MACs = {r['flops'] / 1e6:.2f} M)",
+        f"  params     {r['params']:,}  ({_si(r['params'])})",
+        f"  MACs       {r['macs']:,}  ({_si(r['macs'])}; FLOPs = 2 x MACs = {_si(r['flops'])})",
         f"  layers     {r['layers']}   groups {r['groups']} ({r['prunable_groups']} prunable)   stages {r['stages']}",
         f"  graph      {r['nodes']} nodes, {r['edges']} edges, built in {r['graph_build_s']:.3f} s",
     ])
