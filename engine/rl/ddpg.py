@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from engine.rl.policy import ActorCritic, GroupQCritic, batch_states
+from engine.rl.policy import ActorCritic, GroupQCritic, batch_states, single_thread
 from engine.rl.ppo import AgentStep, state_from_dict, state_to_dict
 
 __all__ = ["DDPGConfig", "DDPGAgent"]
@@ -90,7 +90,7 @@ class DDPGAgent:
 
     def act(self, state: Data, *, deterministic: bool = False, record: bool = True) -> AgentStep:
         """Deterministic mean, plus warm-up uniform or truncated-normal exploration unless deterministic."""
-        with torch.no_grad():
+        with torch.no_grad(), single_thread():
             out = self.actor(batch_states([state]))
         mean = out.mean
         if deterministic:
@@ -125,8 +125,9 @@ class DDPGAgent:
         if self.episodes < c.warmup_episodes or not self.replay:
             return None
         stats: dict[str, float] = {}
-        for _ in range(c.updates_per_episode):
-            stats = self._update()
+        with single_thread():
+            for _ in range(c.updates_per_episode):
+                stats = self._update()
         return stats
 
     def _update(self) -> dict[str, float]:

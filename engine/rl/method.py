@@ -32,7 +32,7 @@ def _options() -> dict[str, OptionSpec]:
         OptionSpec("penalty", float, -100.0, "reward of an episode that misses the budget by step T"),
         OptionSpec("max_change", float, 0.5, "an action in [-1, 1] scales a keep ratio by 1 + max_change * a",
                    min=0.01, max=0.99),
-        OptionSpec("min_keep_ratio", float, 0.1, "lowest keep ratio of any group", min=0.01, max=1.0),
+        OptionSpec("min_keep_ratio", float, 0.2, "lowest keep ratio of any group (AMC's lbound)", min=0.01, max=1.0),
         OptionSpec("action_wall", bool, True, "at step T, scale the plan onto the budget instead of the penalty"),
         OptionSpec("max_motif_channels", int, 16, "channel nodes per conv motif (0 = all, the paper's 2*c_in+2)",
                    min=0),
