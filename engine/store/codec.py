@@ -12,6 +12,8 @@ import math
 from pathlib import PurePath
 from typing import Any
 
+from engine.errors import StoreError
+
 
 def to_jsonable(value: Any) -> Any:
     """A structure of dict/list/str/int/float/bool/None equal in content to ``value``."""
@@ -48,10 +50,20 @@ def dumps(value: Any) -> str | None:
 
 
 def loads(text: str | None) -> Any:
-    """Decoded JSON column (SQL NULL gives None)."""
+    """Decoded JSON column (SQL NULL gives None).
+
+    Raises:
+        StoreError: the column does not hold JSON (the store was edited outside TopoPrune).
+    """
     if text is None:
         return None
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StoreError(
+            f"a value in the run store is not valid JSON ({exc}: {text[:40]!r}); the store was edited outside "
+            f"TopoPrune: repair that row with sqlite3, or point TOPOPRUNE_HOME elsewhere"
+        ) from None
 
 
 def strict_json(value: Any) -> Any:

@@ -253,3 +253,14 @@ def test_closed_store_says_so(store):
     store.close()
     with pytest.raises(StoreError, match="is closed"):
         store.list_runs()
+
+
+def test_a_json_column_edited_outside_topoprune_is_a_clear_error(store):
+    run_id = store.create_run(method="m", model="x", dataset="d")
+    store.add_episode(run_id, reward=1.0, plan={"keep": {}})
+    conn = _raw(store.path)
+    conn.execute("UPDATE episodes SET plan = 'not json' WHERE run_id = ?", (run_id,))
+    conn.close()
+    with pytest.raises(StoreError, match="a value in the run store is not valid JSON .*'not json'"):
+        store.episodes(run_id)
+    assert store.get_run(run_id).n_episodes == 1  # the rest of the store still reads
