@@ -264,3 +264,21 @@ def test_a_json_column_edited_outside_topoprune_is_a_clear_error(store):
     with pytest.raises(StoreError, match="a value in the run store is not valid JSON .*'not json'"):
         store.episodes(run_id)
     assert store.get_run(run_id).n_episodes == 1  # the rest of the store still reads
+
+
+def test_a_new_migration_upgrades_an_old_store_in_place(store, monkeypatch):
+    import engine.store.database as database
+    from engine.store.schema import MIGRATIONS
+
+    run_id = store.create_run(method="m", model="x", dataset="d")
+    store.add_episode(run_id, reward=1.0)
+    store.close()
+    v2 = [*MIGRATIONS, ["ALTER TABLE runs ADD COLUMN note TEXT NOT NULL DEFAULT ''"]]
+    monkeypatch.setattr(database, "MIGRATIONS", v2)
+    monkeypatch.setattr(database, "SCHEMA_VERSION", len(v2))
+    with RunStore(store.path) as upgraded:
+        assert upgraded.schema_version == len(v2)
+        assert upgraded.get_run(run_id).n_episodes == 1
+    conn = _raw(store.path)
+    assert conn.execute("SELECT note FROM runs WHERE id = ?", (run_id,)).fetchone() == ("",)
+    conn.close()
