@@ -63,6 +63,7 @@ class CommandContext:
         self.args = args
         self.json: bool = bool(getattr(args, "json", False))
         self.active_run_id: int | None = None  # a run this command owns; marked interrupted on Ctrl-C
+        self.active_run_resumable = False  # on an error, such a run stays resumable (interrupted, not failed)
         self._store = None
         self._data = None
         self._bars: list[Progress] = []
@@ -176,8 +177,10 @@ class CommandContext:
         self._set_active_status("interrupted")
 
     def mark_failed(self, exc: BaseException) -> None:
-        """Mark the active run failed with the error's message; never raises."""
-        self._set_active_status("failed", error=f"{type(exc).__name__}: {exc}")
+        """Record the error on the active run: ``failed``, or ``interrupted`` when its saved state lets it be
+        resumed once the cause is fixed; never raises."""
+        status = "interrupted" if self.active_run_resumable else "failed"
+        self._set_active_status(status, error=f"{type(exc).__name__}: {exc}")
 
     def _set_active_status(self, status: str, *, error: str | None = None) -> None:
         if self.active_run_id is None or self._store is None:

@@ -87,6 +87,7 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     store = ctx.store()
     run_id = store.create_run(method=a.method, model=a.model, dataset=data.name, budget=budget, config=config)
     ctx.active_run_id = run_id
+    ctx.active_run_resumable = is_resumable(a.method)
     hint = f"; `topoprune resume {run_id}` continues it if stopped" if is_resumable(a.method) else ""
     ctx.log(f"topoprune: run {run_id} started ({a.method} on {a.model}, budget {budget:g}){hint}")
     return _drive(ctx, run_id, loaded, config, resume=False)
@@ -184,6 +185,7 @@ def cmd_resume(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         )
     run = store.claim_run(a.run_id)
     ctx.active_run_id = run.id
+    ctx.active_run_resumable = True
     config = dict(run.config)
     apply_run_config(ctx, config)
     loaded = ctx.load_model(run.model, need_data=True)
