@@ -13,6 +13,15 @@ from engine.errors import ModelError
 from engine.graph import build_topology, conv_motif, export_graph
 from tests.engine.test_graph_toy import Toy, randomize_bn
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared, oversubscribed 2-core machine two OpenMP threads run ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 EXPECTED_NODES = ["x", "stem", "bn", "relu", "a", "bn_a", "add", "relu_1", "dw", "bn_dw", "relu_2", "b", "c",
                   "cat", "head", "pool", "flatten", "fc", "output"]
 
