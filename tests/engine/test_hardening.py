@@ -376,7 +376,7 @@ def _gnnrl_available() -> bool:
 
 @needs_graph
 @pytest.mark.skipif(not _gnnrl_available(), reason="waiting for the gnnrl search driver (issue 5)")
-def test_search_killed_with_sigkill_then_resumed_loses_no_episode(home, tmp_path):
+def test_search_killed_with_sigkill_then_resumed_loses_no_episode(home, tmp_path, capsys):
     images = make_image_folder(tmp_path / "images")
     env = {**os.environ, "TOPOPRUNE_HOME": str(home)}
     episodes = 6
@@ -409,6 +409,14 @@ def test_search_killed_with_sigkill_then_resumed_loses_no_episode(home, tmp_path
         assert run.status == "interrupted"
         before = [(e.index, e.reward, e.plan, e.val_acc) for e in store.episodes(run.id)]
     assert len(before) >= 2 and [b[0] for b in before] == list(range(len(before)))
+    # A resume that fails (its data folder moved away) says why and leaves the run resumable, episodes intact.
+    images.rename(tmp_path / "moved")
+    code, _, err = run_cli(["resume", str(run.id)], capsys)
+    assert_one_line_error(code, err.splitlines()[-1], r"data folder .*images does not exist")  # after progress logs
+    with RunStore(store_path) as store:
+        assert store.get_run(run.id).status == "interrupted"
+        assert [(e.index, e.reward, e.plan, e.val_acc) for e in store.episodes(run.id)] == before
+    (tmp_path / "moved").rename(images)
     resumed = subprocess.run([sys.executable, "-m", "engine.cli", "resume", str(run.id), "--json"], env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
