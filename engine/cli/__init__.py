@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
-    ctx = CommandContext(args)
+    ctx = CommandContext(args, argv=list(sys.argv[1:] if argv is None else argv))
     debug = bool(os.environ.get("TOPOPRUNE_DEBUG"))
     try:
         with _sigterm_as_interrupt():

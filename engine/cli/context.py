@@ -59,8 +59,9 @@ class Progress:
 class CommandContext:
     """The parsed arguments plus lazily opened resources (store, data) for one CLI invocation."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, *, argv: list[str] | None = None) -> None:
         self.args = args
+        self.argv = list(argv or [])
         self.json: bool = bool(getattr(args, "json", False))
         self.active_run_id: int | None = None  # a run this command owns; marked interrupted on Ctrl-C
         self.active_run_resumable = False  # on an error, such a run stays resumable (interrupted, not failed)
@@ -69,6 +70,13 @@ class CommandContext:
         self._bars: list[Progress] = []
 
     # ------------------------------------------------------------------ output
+    @property
+    def command_line(self) -> str:
+        """The invocation as a shell line (``topoprune train ...``), recorded in recipes and runs."""
+        import shlex
+
+        return shlex.join(["topoprune", *self.argv])
+
     def log(self, message: str) -> None:
         """One line of progress information on stderr (never on stdout)."""
         sys.stderr.write(message.rstrip("\n") + "\n")

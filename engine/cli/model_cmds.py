@@ -159,12 +159,10 @@ def cmd_train(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
             ctx.log(f"topoprune: warning: engine.train has no device option yet; training on cpu, not {a.device}")
     config = TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, seed=a.seed,
                          max_batches_per_epoch=a.max_batches_per_epoch, augment=not a.no_augment, **extra)
-    bar = ctx.progress(total=a.epochs, desc=f"train {a.model}")
+    bar = ctx.progress(total=100, desc=f"train {a.model} (%)")
 
     def on_progress(p: Any) -> None:
-        steps = max(1, int(getattr(p, "steps_per_epoch", 1) or 1))
-        done = (p.epoch - 1 + (p.step / steps)) if p.epoch >= 1 else p.step / steps
-        bar.update_to(int(done), a.epochs, f"loss {p.loss:.3f} lr {p.lr:.3g}")
+        bar.update_to(round(100 * p.fraction), 100, f"epoch {p.epoch} loss {p.loss:.3f} lr {p.lr:.3g}")
 
     start = time.perf_counter()
     trained = train_model(model, data, config, callback=on_progress)
@@ -174,7 +172,7 @@ def cmd_train(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     seconds = time.perf_counter() - start
     recipe = {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size, "seed": a.seed,
               "max_batches_per_epoch": a.max_batches_per_epoch, "augment": not a.no_augment,
-              "dataset": a.dataset, "seconds": seconds}
+              "dataset": a.dataset, "seconds": seconds, "command": ctx.command_line}
     metrics = {"test_acc": test.top1, "test_top5": test.top5, "val_acc": val.top1}
     path = save_checkpoint(out, model.cpu(), arch=a.model, dataset=a.dataset, num_classes=loaded.num_classes,
                            width=loaded.width, metrics=metrics, recipe=recipe)
@@ -184,7 +182,8 @@ def cmd_train(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         "epochs": a.epochs,
         "test_acc": test.top1,
         "val_acc": val.top1,
-        "final_loss": getattr(trained, "final_loss", None),
+        "epoch_losses": list(trained.epoch_losses),
+        "images_per_s": trained.images_per_s,
         "seconds": seconds,
         "path": str(Path(path).resolve()),
     }

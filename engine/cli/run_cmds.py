@@ -82,7 +82,7 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         "model": a.model, "method": a.method, "budget": budget, "options": options, "val_size": a.val_size,
         "round_to": a.round_to, "dataset": a.dataset, "data_dir": a.data_dir, "checkpoint": a.checkpoint,
         "input_size": loaded.input_size, "seed": a.seed, "num_classes": loaded.num_classes, "width": loaded.width,
-        "weights": loaded.weights,
+        "weights": loaded.weights, "command": ctx.command_line,
     }
     store = ctx.store()
     run_id = store.create_run(method=a.method, model=a.model, dataset=data.name, budget=budget, config=config)

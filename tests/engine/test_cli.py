@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.cli import main
 from engine.store import RunStore
@@ -214,6 +215,9 @@ def test_train_prune_export_roundtrip(home, capsys, tmp_path):
     trained = run_json(["train", "cifar_resnet20", *TINY, *data, "--epochs", "1", "--max-batches-per-epoch", "2",
                         "--batch-size", "8", "--out", str(ckpt)], capsys)
     assert trained["path"] == str(ckpt.resolve()) and ckpt.is_file() and 0.0 <= trained["test_acc"] <= 100.0
+    meta = torch.load(ckpt, weights_only=True)["meta"]
+    assert meta["arch"] == "cifar_resnet20" and meta["recipe"]["command"].startswith("topoprune train cifar_resnet20")
+    assert meta["metrics"]["test_acc"] == trained["test_acc"] and len(trained["epoch_losses"]) == 1
 
     out_dir = tmp_path / "pruned"
     pruned = run_json(["prune", "cifar_resnet20", *data, "--checkpoint", str(ckpt), "--method", "uniform",
