@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -173,7 +174,7 @@ def test_budget_outside_zero_one(home, capsys, tmp_path):
         for command in ("prune", "search"):
             args = [command, "cifar_resnet20", "--method", "uniform" if command == "prune" else "random",
                     f"--budget={budget}"]
-            _refused(args, capsys, rf"budget {budget.lstrip('-') if budget == 'nan' else ''}.*outside \(0, 1\]",
+            _refused(args, capsys, rf"budget {re.escape(format(float(budget), 'g'))} is outside \(0, 1\]",
                      tmp_path / "home" / "runs.sqlite")
 
 
