@@ -20,7 +20,7 @@ from engine.graph.groups import ChannelGroup, chain_groups, depgraph_groups
 from engine.graph.hierarchy import Block, Stage, block_of, build_hierarchy, hierarchy_tree
 from engine.graph.motif import conv_motif
 from engine.graph.tables import CostTable, layer_specs
-from engine.graph.trace import as_input_tuple, meta_copy, meta_inputs, trace_model
+from engine.graph.trace import as_input_tuple, meta_copy, meta_inputs, speed_up_meta, trace_model
 
 
 @dataclass
@@ -146,7 +146,7 @@ def build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
         raise ValueError(f"build_topology needs an nn.Module, got {type(model).__name__}")
     start = time.perf_counter()
     inputs = as_input_tuple(example_inputs)
-    meta_model = meta_copy(model).eval()
+    meta_model = speed_up_meta(meta_copy(model).eval())
     meta_in = meta_inputs(inputs)
     try:
         traced = trace_model(meta_model, meta_in)
