@@ -193,3 +193,13 @@ def test_input_model_mode_and_hooks_untouched():
     mask_model(model, topology, plan)
     assert model.training and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert isinstance(model.head, nn.Conv2d) and model.head.out_channels == 16
+
+
+def test_memory_aware_scores_shape_a_budget_plan():
+    from engine.pruning import memory_aware_scores
+
+    _, _, topology = _zoo("cifar_resnet20")
+    scores = memory_aware_scores(topology)
+    assert set(scores) == {g.name for g in topology.prunable_groups} and min(scores.values()) > 0
+    plan = plan_for_budget(topology, 0.5, scores=scores, round_to=8)
+    assert 0.49 <= plan_macs(topology, plan) / topology.macs <= 0.5
