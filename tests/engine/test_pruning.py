@@ -203,3 +203,32 @@ def test_memory_aware_scores_shape_a_budget_plan():
     assert set(scores) == {g.name for g in topology.prunable_groups} and min(scores.values()) > 0
     plan = plan_for_budget(topology, 0.5, scores=scores, round_to=8)
     assert 0.49 <= plan_macs(topology, plan) / topology.macs <= 0.5
+
+
+@settings(max_examples=8, deadline=None)
+@given(budget=st.floats(0.2, 1.0), scores=st.lists(st.floats(0.1, 10.0), min_size=10, max_size=10),
+       round_to=st.sampled_from([1, 4, 8]))
+def test_plan_for_budget_random_scores_stay_on_budget(budget, scores, round_to):
+    _, _, topology = _zoo("cifar_resnet20")
+    per_group = [scores[i % len(scores)] for i in range(len(topology.prunable_groups))]
+    plan = plan_for_budget(topology, budget, scores=per_group, min_keep_ratio=0.1, round_to=round_to)
+    ratio = plan_macs(topology, plan) / topology.macs
+    assert ratio <= budget + 1e-9
+    if round_to == 1:
+        assert ratio >= budget * 0.99
+    for group in topology.prunable_groups:
+        count = plan.keep.get(group.name, group.channels)
+        assert count >= min(group.channels, 0.1 * group.channels) and (count % round_to == 0 or
+                                                                        count == group.channels)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO)
+def test_every_group_of_every_zoo_model_prunes_alone(name):
+    model, x, topology = _zoo(name)
+    for group in topology.prunable_groups:
+        plan = plan_from_ratios(topology, {group.name: 0.5})
+        pruned = apply_plan(model, topology, plan)
+        with torch.no_grad():
+            assert pruned(x).shape == (2, 10)
+        assert count_costs(pruned, x).macs == plan_macs(topology, plan)
