@@ -173,25 +173,25 @@ class Job:
         return self._stop.is_set()
 
     def _main(self, fn: Callable[[Job], Any]) -> None:
+        # status and finished_at change together, so a reader never sees "done" on a still-active job
+        result, status, message, error, user_error, exception = None, "done", "finished", None, False, None
         try:
             result = fn(self)
-            with self._lock:
-                self.result = result
-                self.status = "stopped" if self._stop.is_set() else "done"
-                self.message = "stopped" if self._stop.is_set() else "finished"
+            if self._stop.is_set():
+                status, message = "stopped", "stopped"
         except JobStopped:
-            with self._lock:
-                self.status, self.message = "stopped", "stopped"
+            status, message = "stopped", "stopped"
         except TopoPruneError as exc:  # the user's to fix: shown with st.error
-            with self._lock:
-                self.status, self.error, self.user_error, self.exception = "error", str(exc), True, exc
+            status, message, error, user_error, exception = "error", "failed", str(exc), True, exc
         except Exception as exc:  # a bug: the page re-raises it so it surfaces
-            with self._lock:
-                self.status, self.exception = "error", exc
-                self.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        finally:
-            with self._lock:
-                self.finished_at = time.monotonic()
+            status, message, exception = "error", "failed", exc
+            error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        with self._lock:
+            self.result, self.status, self.error, self.user_error, self.exception = (
+                result, status, error, user_error, exception)
+            if status != "done" or self.message in ("", "starting..."):
+                self.message = message
+            self.finished_at = time.monotonic()
 
 
 # --- concrete jobs ------------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ with components.engine_errors("run store"):
     chosen = st.selectbox("Run", ids, key="runs_chosen",
                           format_func=lambda i: f"#{i} {by_id[i].method} on {by_id[i].model} ({by_id[i].status})")
     run = by_id[chosen]
+    best = f"{run.best_score:.2f}%" if run.best_score is not None else "n/a"
+    st.markdown(f"**Run #{run.id}: {run.method} on {run.model}** ({run.dataset}, budget {run.budget}): {run.status}, "
+                f"{run.n_episodes} episode(s), best val top-1 {best}"
+                + (" (resumable with `topoprune resume`)" if run.resumable else ""))
     st.json({"config": run.config, "extra": run.extra}, expanded=False)
     c1, c2 = st.columns(2)
     if c1.button("Open on the Agent page", key="runs_open_agent", type="primary"):

@@ -18,7 +18,7 @@ with components.engine_errors("topology"):
     c1, c2, c3, c4 = st.columns([1.2, 1.2, 1.5, 1.5])
     level = c1.radio("Detail", tp.LEVELS, index=1, key="topo_level", horizontal=True,
                      help="stages / blocks collapse the graph; layers shows every op.")
-    metric = c2.selectbox("Colour by", tp.METRICS, key="topo_metric")
+    metric = c2.selectbox("Colour by", tp.METRICS, index=tp.METRICS.index("MACs"), key="topo_metric")
     query = c3.text_input("Find a layer", key="topo_search", placeholder="e.g. layer2.0.conv1")
     group_names = [g.name for g in topology.groups]
     highlight_group = c4.selectbox("Highlight coupled group", ["(none)", *group_names], key="topo_group")

@@ -39,6 +39,8 @@ def reward_curve_figure(rewards: Sequence[float | None], *, val_accs: Sequence[f
         fig.update_layout(yaxis2={"title": "val top-1 %", "overlaying": "y", "side": "right"})
     fig.update_layout(title=title, height=300, margin=_MARGIN, xaxis_title="episode", yaxis_title="reward",
                       legend={"orientation": "h", "y": -0.25})
+    if len(episodes) <= 20:
+        fig.update_xaxes(dtick=1)
     return fig
 
 
@@ -101,4 +103,6 @@ def keep_ratio_heatmap_figure(history: Sequence[Mapping[str, float]], *, groups:
                                colorscale="Viridis", colorbar={"title": {"text": "keep"}}))
     fig.update_layout(title=title, height=max(260, 14 * len(groups) + 80), margin=_MARGIN, xaxis_title="episode",
                       yaxis={"tickfont": {"size": 9}, "autorange": "reversed"})
+    if len(history) <= 20:
+        fig.update_xaxes(dtick=1)
     return fig

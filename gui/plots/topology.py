@@ -275,8 +275,8 @@ def topology_figure(
 ) -> go.Figure:
     """The topology as a plotly figure: edges in one trace, nodes coloured by `values`, overlays on top.
 
-    Traces in order: edges, nodes (customdata = node id, what a click returns), coupled-group highlight,
-    search matches, selected node. SVG Scatter up to WEBGL_NODE_LIMIT nodes, Scattergl above.
+    Traces in order: edges, nodes (customdata = node id, what a click returns), nodes without a value (grey),
+    coupled-group highlight, search matches, selected node. SVG Scatter up to WEBGL_NODE_LIMIT nodes, Scattergl above.
     """
     nodes = [n for n in view.nodes if n in pos]
     values = values or {}
@@ -296,10 +296,13 @@ def topology_figure(
     numeric = all(v is None or isinstance(v, (int, float)) for v in raw) and any(v is not None for v in raw)
     marker: dict[str, Any] = {"size": 13 if len(nodes) < 300 else 9, "symbol": "square",
                               "line": {"width": 0.5, "color": "#444"}}
+    missing = [n for n, v in zip(nodes, raw, strict=True) if v is None] if numeric else []
     if numeric:
+        low = min(v for v in raw if v is not None)
         marker.update(
-            color=[v if v is not None else float("nan") for v in raw], colorscale="Viridis", showscale=True,
-            colorbar={"title": {"text": metric}, "thickness": 12},
+            color=[v if v is not None else low for v in raw], colorscale="Viridis", showscale=True,
+            colorbar={"title": {"text": metric, "side": "right"}, "thickness": 12},
+            opacity=[0.0 if v is None else 1.0 for v in raw],  # nodes without a value are drawn grey below
         )
         if metric == "keep ratio":
             marker.update(cmin=0.0, cmax=1.0)
@@ -313,11 +316,14 @@ def topology_figure(
         scatter(
             x=xs, y=ys, mode="markers+text" if show_text else "markers", marker=marker,
             text=[short_label(attrs[n], n) for n in nodes] if show_text else None,
-            textposition="top center", textfont={"size": 9},
+            textposition="top center", textfont={"size": 10},
             customdata=[[n] for n in nodes], hovertext=[_hover(n, attrs[n], values.get(n), metric) for n in nodes],
             hoverinfo="text", name="nodes", unselected={"marker": {"opacity": 1.0}},
         )
     )
+    traces.append(scatter(x=[pos[n][0] for n in missing], y=[pos[n][1] for n in missing], mode="markers",
+                          marker={"symbol": "square", "size": marker["size"], "color": "#d9d9d9",
+                                  "line": {"width": 0.5, "color": "#888"}}, hoverinfo="skip", name="no value"))
     for name, members, style in (
         ("coupled group", highlight, {"size": 21, "color": "rgba(0,0,0,0)", "line": {"width": 3, "color": "#ff7f0e"}}),
         ("search", matches, {"size": 25, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "#d62728"},

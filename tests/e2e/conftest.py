@@ -84,7 +84,8 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    # tall viewport: Streamlit scrolls inside its own container, so full_page screenshots stop at the viewport
+    ctx = browser.new_context(viewport={"width": 1400, "height": 2400})
     pg = ctx.new_page()
     yield pg
     ctx.close()

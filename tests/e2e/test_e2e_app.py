@@ -26,8 +26,9 @@ def wait_idle(page, timeout_ms: int = LOAD_MS) -> None:
 
 
 def open_page(page, title: str) -> None:
+    wait_idle(page)
     page.get_by_role("link", name=title, exact=True).first.click()
-    page.get_by_role("heading", name=title).first.wait_for(timeout=LOAD_MS)
+    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=LOAD_MS)
     wait_idle(page)
 
 
@@ -50,9 +51,9 @@ def test_every_page_and_a_gnnrl_search(page, app_url, artifacts):
     expect(page.locator('[data-testid="stPlotlyChart"]').first).to_be_visible(timeout=LOAD_MS)
     # click a node: plotly's drag layer covers the SVG points, so force the click
     points = page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').nth(1).locator(".point")
-    points.nth(3).click(force=True)
-    expect(page.get_by_role("heading", name="Details")).to_be_visible()
-    expect(page.get_by_text("Coupled group").first).to_be_visible(timeout=LOAD_MS)
+    points.nth(4).click(force=True)  # the first residual block, layer1.0
+    expect(page.get_by_text(re.compile(r"Coupled group \S+: \d+ channels")).first).to_be_visible(timeout=LOAD_MS)
+    wait_idle(page)
     no_exception(page)
     page.screenshot(path=str(artifacts / "02-topology.png"), full_page=True)
 
@@ -67,16 +68,16 @@ def test_every_page_and_a_gnnrl_search(page, app_url, artifacts):
     wait_idle(page)
     # score on fewer val images so two episodes stay quick on a busy 2-core machine
     page.get_by_role("button", name="Scoring protocol").click()
-    val_images = page.get_by_label("Val images per score")
+    val_images = page.get_by_role("spinbutton", name="Val images per score")
     val_images.fill("128")
     val_images.press("Enter")
     wait_idle(page)
-    bn = page.get_by_label("BN recalibration batches")
+    bn = page.get_by_role("spinbutton", name="BN recalibration batches")
     bn.fill("1")
     bn.press("Enter")
     wait_idle(page)
     page.keyboard.press("Escape")
-    episodes = page.get_by_label("Episodes")
+    episodes = page.get_by_role("spinbutton", name="Episodes")
     episodes.fill("2")
     episodes.press("Enter")
     wait_idle(page)
@@ -101,7 +102,7 @@ def test_every_page_and_a_gnnrl_search(page, app_url, artifacts):
     page.screenshot(path=str(artifacts / "06-compare.png"), full_page=True)
 
     open_page(page, "Runs")
-    expect(page.get_by_text(re.compile(rf"#\d+ {re.escape(METHOD)} on cifar_resnet20")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(rf"Run #\d+: {re.escape(METHOD)} on cifar_resnet20")).first).to_be_visible()
     no_exception(page)
     page.screenshot(path=str(artifacts / "07-runs.png"), full_page=True)
     page.get_by_role("button", name="Open on the Agent page").click()

@@ -113,7 +113,7 @@ def test_engine_gap_is_a_note(monkeypatch):
 def test_topology_page_graph_levels_colour_and_details():
     at = goto(app(), "topology")
     spec = charts(at)[0]
-    assert [t["name"] for t in spec["data"]] == ["edges", "nodes", "coupled group", "search", "selected"]
+    assert [t["name"] for t in spec["data"]] == ["edges", "nodes", "no value", "coupled group", "search", "selected"]
     blocks = len(spec["data"][1]["x"])
     at.radio(key="topo_level").set_value("layers").run()
     layers = len(charts(at)[0]["data"][1]["x"])
@@ -127,8 +127,8 @@ def test_topology_page_graph_levels_colour_and_details():
     assert "layer2.0.conv1" in texts(at)
     assert len(at.dataframe) == 1
     spec = charts(at)[0]
-    assert len(spec["data"][4]["x"]) == 1  # the selected star
-    assert len(spec["data"][2]["x"]) >= 2  # its coupled group highlighted
+    assert len(spec["data"][5]["x"]) == 1  # the selected star
+    assert len(spec["data"][3]["x"]) >= 2  # its coupled group highlighted
 
 
 def test_topology_search_selects_unique_match():

@@ -124,12 +124,13 @@ def test_figure_traces_and_click_payload():
                              selected="conv_a")
     assert isinstance(fig, go.Figure)
     names = [t.name for t in fig.data]
-    assert names == ["edges", "nodes", "coupled group", "search", "selected"]
+    assert names == ["edges", "nodes", "no value", "coupled group", "search", "selected"]
     nodes = fig.data[1]
     assert [c[0] for c in nodes.customdata] == list(view.nodes)
     assert nodes.marker.showscale  # numeric colour bar
     assert len(fig.data[0].x) == 3 * view.number_of_edges()
-    assert len(fig.data[2].x) == 1 and len(fig.data[4].x) == 1
+    assert len(fig.data[3].x) == 1 and len(fig.data[5].x) == 1
+    assert len(fig.data[2].x) == 0  # every node has MACs
     assert fig.layout.clickmode == "event+select"
     cat = tp.topology_figure(view, pos, values=tp.node_values(view, "op type"), metric="op type")
     assert isinstance(cat.data[1].marker.color, tuple) and cat.data[1].marker.color[0].startswith("#")
@@ -160,3 +161,14 @@ def test_short_labels_and_adaptive_height():
     fig = tp.topology_figure(layers, tp.layout_positions(layers))
     assert 280 <= fig.layout.height <= 720
     assert fig.data[1].unselected.marker.opacity == 1.0
+
+
+def test_nodes_without_a_value_are_grey_not_dark():
+    view = tp.collapse_graph(tiny_graph(), level="layers")
+    values = tp.node_values(view, "keep ratio", module_to_group=tp.module_groups(GROUPS), group_values={"conv1": 0.5})
+    fig = tp.topology_figure(view, tp.layout_positions(view), values=values, metric="keep ratio")
+    nodes, grey = fig.data[1], fig.data[2]
+    missing = {n for n, v in values.items() if v is None}
+    assert len(grey.x) == len(missing) > 0 and grey.marker.color == "#d9d9d9"
+    assert [o for o, c in zip(nodes.marker.opacity, nodes.customdata, strict=True) if c[0] in missing] == [0.0] * len(missing)
+    assert fig.data[1].marker.cmin == 0.0 and fig.data[1].marker.cmax == 1.0
