@@ -18,6 +18,17 @@ from engine.store import RunStore
 TINY = ["--width", "0.25"]
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread(monkeypatch):
+    """One intra-op thread (and OMP_NUM_THREADS=1 for CLI subprocesses): these tiny models run several times
+    faster that way on a shared 2-core machine, where two spinning OpenMP threads fight other processes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     path = tmp_path / "home"

@@ -18,7 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from test_cli import TINY, _has, assert_one_line_error, make_image_folder, needs_graph, run_cli, run_json
+from test_cli import (  # noqa: F401  (one_torch_thread is an autouse fixture)
+    TINY,
+    _has,
+    assert_one_line_error,
+    make_image_folder,
+    needs_graph,
+    one_torch_thread,
+    run_cli,
+    run_json,
+)
 
 from engine.store import RunStore, StoreCorruptError, StoreLockedError
 
