@@ -49,7 +49,8 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument("--method", metavar="M", help="pruning method (`topoprune info --methods` lists them)")
     p.add_argument("--budget", type=float, metavar="B", help="fraction of the baseline's MACs to keep, in (0, 1]")
     p.add_argument("--plan", metavar="FILE", help="apply this saved plan (JSON) instead of running a method")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option (repeatable)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option (repeatable; `topoprune info --methods --json` lists them)")
     p.add_argument("--finetune-epochs", type=_non_negative_int, default=0, metavar="N")
     p.add_argument("--distill", action="store_true", help="fine-tune by distilling from the unpruned model")
     p.add_argument("--val-size", type=_positive_int, default=512, metavar="N", help="val images scored (default 512)")
@@ -248,8 +249,10 @@ def cmd_export(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
             raise TopoPruneError(f"run {run.id} has no recorded plan yet; resume it or pick another run")
         apply_run_config(ctx, run.config)
         if "checkpoint" not in run.config and a.checkpoint is None:
-            ctx.log(f"topoprune: warning: run {run.id} did not record its weights (not started by the CLI); "
-                    f"exporting randomly initialised weights; pass --checkpoint PATH|shipped to use trained ones")
+            raise TopoPruneError(
+                f"run {run.id} was not started by the CLI and did not record its weights; pass the weights it "
+                f"started from: `topoprune export {run.id} --checkpoint PATH|shipped`"
+            )
         plan = plan_from_dict(run.best_plan)
         model_name = run.model
         default_name = f"{model_name}-pruned-run{run.id}"

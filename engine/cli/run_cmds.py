@@ -38,7 +38,8 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument("--budget", type=float, required=True, metavar="B",
                    help="fraction of the baseline's MACs to keep, in (0, 1]")
     p.add_argument("--episodes", type=_positive_int, metavar="N", help="episodes (scored candidates)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option (repeatable)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option (repeatable; `topoprune info --methods --json` lists them)")
     p.add_argument("--val-size", type=_positive_int, default=512, metavar="N", help="val images scored (default 512)")
     p.add_argument("--round-to", type=_positive_int, default=1, metavar="N", help="round channel counts to N")
     p.set_defaults(handler=cmd_search)
@@ -183,14 +184,41 @@ def cmd_resume(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
             f"run {run.id} used method {run.method!r}, which keeps no resumable state; start a new "
             f"`topoprune search` (its {run.n_episodes} recorded episodes stay in the store)"
         )
-    run = store.claim_run(a.run_id)
+    previous_status = run.status
+    run = store.claim_run(a.run_id)  # refuses completed/failed runs and runs alive in another process
+    try:
+        config = resume_config(run, checkpoint=a.checkpoint)
+    except TopoPruneError:
+        store.update_run(run.id, status="interrupted" if previous_status == "running" else previous_status)
+        raise
     ctx.active_run_id = run.id
     ctx.active_run_resumable = True
-    config = dict(run.config)
     apply_run_config(ctx, config)
     loaded = ctx.load_model(run.model, need_data=True)
     ctx.log(f"topoprune: resuming run {run.id} after {run.n_episodes} recorded episodes")
     return _drive(ctx, run.id, loaded, config, resume=True)
+
+
+def resume_config(run: Any, *, checkpoint: str | None) -> dict[str, Any]:
+    """What ``_drive`` needs to continue ``run``: its recorded config, completed from the run's own columns for
+    runs started elsewhere (the GUI records less than the CLI).
+
+    Raises:
+        TopoPruneError: the run did not record its weights and ``--checkpoint`` does not name them.
+    """
+    recorded = dict(run.config)
+    scoring = recorded.get("scoring") or {}
+    config = {"seed": 0, "round_to": 1, "options": {}, "dataset": run.dataset,
+              "val_size": scoring.get("val_size") or 512, **recorded}
+    config.update(method=run.method, budget=run.budget, model=run.model)
+    if "checkpoint" not in recorded:
+        if checkpoint is None:
+            raise TopoPruneError(
+                f"run {run.id} was not started by the CLI and did not record its weights; pass the weights it "
+                f"started from: `topoprune resume {run.id} --checkpoint PATH|shipped`"
+            )
+        config["checkpoint"] = checkpoint
+    return config
 
 
 # ----------------------------------------------------------------------------------------------- runs

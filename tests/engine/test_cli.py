@@ -152,6 +152,20 @@ def test_resume_refuses_completed_and_non_resumable_runs(home, capsys):
         assert store.get_run(done).status == "completed" and store.get_run(amc).status == "interrupted"
 
 
+def test_resume_of_a_gui_run_asks_for_its_weights(home, capsys):
+    with RunStore() as store:
+        run_id = store.create_run(method="gnnrl", model="cifar_resnet20", dataset="shapes10", budget=0.5,
+                                  status="paused", config={"options": {"episodes": 4}, "scoring": {"val_size": 64}})
+    code, _, err = run_cli(["resume", str(run_id)], capsys)
+    assert_one_line_error(code, err, f"run {run_id} was not started by the CLI and did not record its weights; "
+                                     f"pass the weights it started from: `topoprune resume {run_id} --checkpoint")
+    with RunStore() as store:
+        assert store.get_run(run_id).status == "paused"  # left as it was
+        store.add_episode(run_id, reward=-50.0, val_acc=50.0, plan={"model": "cifar_resnet20", "keep": {}})
+    code, _, err = run_cli(["export", str(run_id)], capsys)
+    assert_one_line_error(code, err, f"run {run_id} was not started by the CLI and did not record its weights")
+
+
 def test_search_rejects_bad_arguments_before_creating_a_run(home, capsys):
     code, _, err = run_cli(["search", "cifar_resnet20", "--method", "random", "--budget", "1.5"], capsys)
     assert_one_line_error(code, err, r"budget 1.5 is outside \(0, 1\]")
