@@ -220,6 +220,8 @@ def test_info_and_graph(home, capsys, tmp_path):
     import networkx as nx
 
     assert nx.read_graphml(tmp_path / "g.graphml").number_of_nodes() == graph["nodes"]
+    node_link = json.loads((tmp_path / "g.json").read_text())
+    assert len(node_link["nodes"]) == graph["nodes"] and len(node_link["groups"]) == graph["groups"]
     code, _, err = run_cli(["graph", "cifar_resnet20", "--export", str(tmp_path / "g.png")], capsys)
     assert_one_line_error(code, err, r"must end in \.json or \.graphml")
 
@@ -262,6 +264,8 @@ def test_train_prune_export_roundtrip(home, capsys, tmp_path):
                       str(out_dir / "plan.json"), "--val-size", "8", "--no-latency"], capsys)
     assert again["macs_after"] == pruned["macs_after"] and again["val_acc"] == pytest.approx(pruned["val_acc"])
 
+    code, _, err = run_cli(["prune", "cifar_resnet32", *TINY, *data, "--plan", str(out_dir / "plan.json")], capsys)
+    assert_one_line_error(code, err, r"plan .*plan\.json is for model 'cifar_resnet20', not 'cifar_resnet32'")
     exported = run_json(["export", "--plan", str(out_dir / "plan.json"),
                          "--checkpoint", str(ckpt), "--num-classes", "3", "--format", "state_dict",
                          "--out", str(tmp_path / "x.pt")], capsys)
