@@ -128,6 +128,11 @@ class CommandContext:
         from engine.zoo import CIFAR_MODELS, build_model, default_input_size
 
         a = self.args
+        if need_data and a.num_classes and a.num_classes != self.data().num_classes:
+            raise TopoPruneError(
+                f"--num-classes {a.num_classes} does not match dataset {self.data().name}, which has "
+                f"{self.data().num_classes} classes; drop --num-classes (it defaults to the dataset's)"
+            )
         num_classes = num_classes or a.num_classes or (self.data().num_classes if need_data else None)
         input_size = a.input_size or (self.data().input_size if need_data else default_input_size(name))
         checkpoint = a.checkpoint

@@ -264,6 +264,9 @@ def test_train_prune_export_roundtrip(home, capsys, tmp_path):
                       str(out_dir / "plan.json"), "--val-size", "8", "--no-latency"], capsys)
     assert again["macs_after"] == pruned["macs_after"] and again["val_acc"] == pytest.approx(pruned["val_acc"])
 
+    code, _, err = run_cli(["prune", "cifar_resnet20", *data, "--num-classes", "7", "--method", "uniform",
+                            "--budget", "0.5"], capsys)
+    assert_one_line_error(code, err, "--num-classes 7 does not match dataset imagefolder, which has 3 classes")
     code, _, err = run_cli(["prune", "cifar_resnet32", *TINY, *data, "--plan", str(out_dir / "plan.json")], capsys)
     assert_one_line_error(code, err, r"plan .*plan\.json is for model 'cifar_resnet20', not 'cifar_resnet32'")
     exported = run_json(["export", "--plan", str(out_dir / "plan.json"),
