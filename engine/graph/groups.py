@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import networkx as nx
+import numpy as np
 import torch
 from torch import nn
 
@@ -74,22 +75,28 @@ def _unsupported_reason(module: nn.Module, name: str) -> str | None:
     return f"{name} is a {type(module).__name__}, which the pruner does not edit"
 
 
-def _finish_maps(pairs: dict[tuple[str, str], set[tuple[int, int]]], channels: int,
+def _finish_maps(pairs: dict[tuple[str, str], list[tuple[list[int], list[int]]]], channels: int,
                  modules: dict[str, nn.Module]) -> tuple[list[MemberMap], str | None]:
-    """Turn (member channel, group channel) pairs into MemberMaps; say why if they are not one-to-mult."""
+    """Turn (member channels, group channels) index lists into MemberMaps; say why if not one-to-mult."""
     maps, reason = [], None
-    for (name, dim), members in pairs.items():
-        per_root: dict[int, list[int]] = defaultdict(list)
-        for idx, root in members:
-            per_root[root].append(idx)
-        mults = {len(v) for v in per_root.values()}
-        if len(per_root) != channels or len(mults) != 1:
+    identity = list(range(channels))
+    for (name, dim), chunks in pairs.items():
+        if len(chunks) == 1 and chunks[0][0] == identity and chunks[0][1] == identity:  # the common case
+            maps.append(MemberMap(name, dim, tuple(identity), 1))
+            reason = reason or _unsupported_reason(modules[name], name)
+            continue
+        idx = np.concatenate([np.asarray(c[0], dtype=np.int64) for c in chunks])
+        root = np.concatenate([np.asarray(c[1], dtype=np.int64) for c in chunks])
+        key = np.unique(root * (int(idx.max(initial=0)) + 1) + idx)  # unique (root, idx) pairs, root-major
+        root, idx = np.divmod(key, int(idx.max(initial=0)) + 1)
+        counts = np.bincount(root, minlength=channels)
+        mults = set(counts.tolist())
+        if root.size == 0 or counts.size != channels or len(mults) != 1 or 0 in mults:
             reason = reason or f"{name} ({dim}) sees only part of the group's channels (split or slice)"
-            mult = max(mults) if mults else 1
+            mult = max(int(counts.max(initial=1)), 1)
         else:
             mult = mults.pop()
-        flat = tuple(i for root in sorted(per_root) for i in sorted(per_root[root]))
-        maps.append(MemberMap(name, dim, flat, mult))
+        maps.append(MemberMap(name, dim, tuple(int(i) for i in idx), mult))
         reason = reason or _unsupported_reason(modules[name], name)
     return maps, reason
 
@@ -148,7 +155,7 @@ def depgraph_groups(meta_model: nn.Module, inputs: tuple[torch.Tensor, ...], cal
         n = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
         pruner = graph.get_pruner_of_module(module)
         group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
-        pairs: dict[tuple[str, str], set[tuple[int, int]]] = defaultdict(set)
+        pairs: dict[tuple[str, str], list[tuple[list[int], list[int]]]] = defaultdict(list)
         reason = None
         for item in group.items:
             target = item.dep.target.module
@@ -159,7 +166,7 @@ def depgraph_groups(meta_model: nn.Module, inputs: tuple[torch.Tensor, ...], cal
             if name is None:  # element-wise / concat / reshape ops: no weights of their own
                 continue
             dim = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
-            pairs[(name, dim)].update(zip(item.idxs, item.root_idxs, strict=True))
+            pairs[(name, dim)].append((list(item.idxs), list(item.root_idxs)))
         order = {name: c.order for name, c in calls.items()}
         pairs = dict(sorted(pairs.items(), key=lambda kv: (order.get(kv[0][0], 1 << 30), kv[0][1] != "out")))
         maps, map_reason = _finish_maps(pairs, n, modules)
