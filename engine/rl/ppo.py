@@ -30,12 +30,13 @@ class PPOConfig:
         gamma: discount.
         clip: PPO ratio clip.
         epochs: K optimisation epochs over the buffer per update (full batch, no shuffling: deterministic).
-        entropy_coef: entropy bonus weight (acts through the learned std).
+        entropy_coef: entropy bonus weight (it has a gradient only through a learned std).
         value_coef: critic loss weight.
         std_init: initial policy std.
         std_min: floor of the std.
-        std_mode: "learned" (a state-independent log-std parameter, bounded to [std_min, std_init]) or
-            "decay" (std multiplied by std_decay after each update, floored at std_min).
+        std_mode: "decay" (default: std multiplied by std_decay after each update, floored at std_min) or
+            "learned" (a state-independent log-std parameter bounded to [std_min, std_init]; on the synthetic
+            env the entropy bonus held it at its ceiling, so decay learned faster).
         std_decay: multiplicative decay per update in "decay" mode.
         gae_lambda: None for Monte-Carlo returns (the paper); else GAE(lambda) advantages.
         normalize_returns: normalise returns by their batch mean/std (the paper) before the value loss.

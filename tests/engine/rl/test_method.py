@@ -1,0 +1,28 @@
+"""Registry entries of gnnrl / gnnrl-nognn: listed, options validated, option -> SearchConfig mapping."""
+
+import pytest
+
+from engine.methods import MethodContext, MethodError, get_method, list_methods
+
+
+def test_registered_with_options():
+    names = [m.name for m in list_methods()]
+    assert "gnnrl" in names and "gnnrl-nognn" in names
+    spec = get_method("gnnrl")
+    assert spec.kind == "search" and {"episodes", "agent", "resume", "action_wall"} <= set(spec.options)
+    with pytest.raises(MethodError, match="accepted values: ppo, ddpg"):
+        spec.validate({"agent": "sac"})
+
+
+def test_options_map_to_search_config(resnet20):
+    from engine.rl.method import search_config_from_options
+
+    model, topo = resnet20
+    ctx = MethodContext(model=model, topology=topo, data=None, budget=0.4, seed=3, round_to=2)
+    opts = get_method("gnnrl-nognn").validate({"episodes": 7, "max_steps": 3, "lr": 1e-3})
+    cfg = search_config_from_options(ctx, opts, encoder="features")
+    assert (cfg.episodes, cfg.seed, cfg.encoder, cfg.ppo.encoder_kind) == (7, 3, "features", "features")
+    assert (cfg.env.budget, cfg.env.max_steps, cfg.env.round_to, cfg.env.group_features) == (0.4, 3, 2, True)
+    assert cfg.ppo.lr == 1e-3 and cfg.env.action_wall
+    with pytest.raises(ValueError, match="no trained encoder"):
+        search_config_from_options(ctx, {**opts, "transfer_run": 999}, encoder="features")
