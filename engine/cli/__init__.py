@@ -164,9 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result, human = args.handler(ctx)
     except KeyboardInterrupt:
         ctx.mark_interrupted()
-        sys.stderr.write("topoprune: interrupted" + (
-            f"; run {ctx.active_run_id} is marked interrupted (`topoprune resume {ctx.active_run_id}` continues it)"
-            if ctx.active_run_id is not None else "") + "\n")
+        line = "topoprune: interrupted"
+        if ctx.active_run_id is not None:
+            line += f"; run {ctx.active_run_id} is marked interrupted"
+            if ctx.active_run_resumable:
+                line += f" (`topoprune resume {ctx.active_run_id}` continues it)"
+        sys.stderr.write(line + "\n")
         return EXIT_INTERRUPTED
     except (TopoPruneError, ValueError) as exc:
         ctx.mark_failed(exc)
