@@ -173,11 +173,9 @@ def build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
         raise ModelError(f"{_infer_name(model)} has no nn.Conv2d or nn.Linear layers the pruner could use")
     stages, blocks, stage_of = build_hierarchy(layers, calls, modules)
     specs = layer_specs(modules, calls)
-    counted = sum(s.fixed_params for s in specs)
     known = {s.name for s in specs}
     leaf_params = sum(p.numel() for n, m in modules.items() if n in known for p in m.parameters(recurse=False))
     extra = sum(p.numel() for p in meta_model.parameters()) - leaf_params
-    del counted
     element_bytes = next((p.element_size() for p in model.parameters()), 4)
     table = CostTable(specs, [r.maps for r in raw], [r.channels for r in raw], extra_params=extra,
                       element_bytes=element_bytes)

@@ -255,8 +255,6 @@ def _fx_node_attrs(node: torch.fx.Node, modules: dict[str, nn.Module]) -> dict:
     else:
         target = _target_name(node.target)
         op = _FUNCTION_OPS.get(target, target)
-        if target == "getitem" and node.args and hasattr(node.args[0], "meta"):
-            op = "getitem"
         if node.op == "call_function" and node.target in (operator.add, operator.iadd):
             op = "add"
     scope = module_name
