@@ -25,9 +25,9 @@ from engine.zoo import build_model
 
 RECIPES = {
     "cifar_resnet20": {"width": 1.0, "epochs": 15},
-    "cifar_resnet56": {"width": 1.0, "epochs": 8},
-    "cifar_mobilenet_v2": {"width": 0.5, "epochs": 10},
-    "cifar_vgg16": {"width": 0.25, "epochs": 12},
+    "cifar_resnet56": {"width": 1.0, "epochs": 4},
+    "cifar_mobilenet_v2": {"width": 0.5, "epochs": 6},
+    "cifar_vgg16": {"width": 0.25, "epochs": 8},
 }
 
 
