@@ -97,7 +97,8 @@ def to_markdown(report: dict) -> str:
         lines.append(f"- Linear growth with depth: ResNet-152 / ResNet-50 = {ratio:.2f} (target <= 3; "
                      "ResNet-152 has 3x the blocks).")
     lines.append("- TP's MACs include BN (its convention); ours count conv + linear only (the papers' 4.09 G).")
-    lines.append(f"- Cold first build in a fresh process (one-off meta-tensor setup): {report['cold_s']:.2f} s.")
+    lines.append(f"- Cold first build in a fresh process: {report['cold_s']:.2f} s (one-off: importing torch._dynamo, "
+                 "which torchvision and meta-tensor decompositions pull in, and first-call kernel set-up).")
     return "\n".join(lines) + "\n"
 
 

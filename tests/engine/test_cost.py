@@ -101,3 +101,17 @@ def test_measure_latency_reports_median_and_iqr():
     assert result.runs >= 1 and model.training  # the input model is not switched to eval
     with pytest.raises(ValueError, match="batch must be >= 1"):
         measure_latency(model, 8, batch=0)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2"])
+def test_analytic_equals_counted_on_pruned_torchvision_models(name):
+    from engine.zoo import build_model
+
+    model, x = build_model(name, num_classes=1000), torch.randn(1, 3, 224, 224)
+    topology = build_topology(model, x)
+    generator = torch.Generator().manual_seed(1)
+    ratios = (torch.rand(len(topology.prunable_groups), generator=generator) * 0.9 + 0.1).tolist()
+    plan = plan_from_ratios(topology, ratios)
+    counted, analytic = count_costs(apply_plan(model, topology, plan), x), plan_costs(topology, plan)
+    assert (counted.macs, counted.params, counted.memory_bytes) == (analytic.macs, analytic.params,
+                                                                    analytic.memory_bytes)
