@@ -99,7 +99,7 @@ def model_names() -> list[str]:
     return cifar + sorted(n for n in names if n not in cifar)
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_data(show_spinner=False, ttl=60)
 def shipped_models() -> list[str]:
     """Architectures with a shipped baseline in assets/ (empty until the manifest lands)."""
     try:

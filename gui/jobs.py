@@ -342,12 +342,16 @@ def start_rl_search(
     steps: int | None = None,
     step_unit: str = "episode",
     store_factory: Callable[[], Any] | None = None,
+    resume_run_id: int | None = None,
+    past_events: list[dict[str, Any]] | None = None,
 ) -> Job:
     """Drive engine.rl's SearchRun one environment step at a time, so Step can mean one step or one episode.
 
     Every step lands in ``info["last_step"]`` (episode, step, raw action, keep ratios after it, MACs ratio,
     reward); every finished episode is an event. SearchRun records its own episodes in the store; the best
-    plan becomes a candidate when the search ends (or is stopped after at least one scored episode).
+    plan becomes a candidate when the search ends (or is stopped after at least one scored episode). With
+    `resume_run_id`, a paused/interrupted stored run continues from its saved state (`past_events` are its
+    recorded episodes, shown before the new ones).
     """
     from engine.methods import MethodContext, get_method
     from engine.rl.method import search_config_from_options
@@ -357,27 +361,39 @@ def start_rl_search(
         raise ValueError(f"start_rl_search runs {sorted(RL_METHODS)}, got {method!r}")
     if step_unit not in ("step", "episode"):
         raise ValueError(f"step_unit must be 'step' or 'episode', got {step_unit!r}")
-    opts = get_method(method).validate(options)
-    job = Job(kind="search", label=f"{method} on {model_name}, budget {budget:.0%}", total=int(opts["episodes"]))
+    opts = get_method(method).validate({k: v for k, v in options.items() if k != "resume"})
+    verb = f"resuming run {resume_run_id}: " if resume_run_id is not None else ""
+    job = Job(kind="search", label=f"{verb}{method} on {model_name}, budget {budget:.0%}",
+              total=int(opts["episodes"]), events=list(past_events or []), done=len(past_events or []))
 
     def work(job: Job) -> Any:
         ctx = MethodContext(model=model, topology=topology, data=data, budget=budget, seed=seed, scoring=scoring)
-        config = search_config_from_options(ctx, opts, encoder=RL_METHODS[method])
         store = store_factory() if store_factory is not None else None
-        run_id = None
-        if store is not None:
-            scoring_dict = scoring.to_dict() if hasattr(scoring, "to_dict") else None
-            run_id = store.create_run(method=method, model=model_name, dataset=dataset, budget=budget,
-                                      config={"search": config.to_dict(), "options": opts, "scoring": scoring_dict})
-            job.report(info={"run_id": run_id})
 
         def on_episode(report: Any) -> None:
             val = "budget missed" if report.val_acc is None else f"val {report.val_acc:.2f}%"
             job.report(done=report.episode + 1, message=f"episode {report.episode + 1}: {val}, reward "
                                                         f"{report.reward:.3f}", event=rl_episode_event(report))
 
-        run = SearchRun(model, topology, config=config, scorer=ctx.get_scorer(), store=store, run_id=run_id,
-                        callback=on_episode, dataset=dataset)
+        if resume_run_id is not None:
+            if store is None:
+                raise ValueError("resuming a run needs the run store")
+            store.claim_run(resume_run_id)
+            run_id = resume_run_id
+            run = SearchRun.resume(model, topology, run_id=run_id, scorer=ctx.get_scorer(), store=store,
+                                   callback=on_episode)
+            job.report(total=int(run.config.episodes), info={"run_id": run_id})
+        else:
+            config = search_config_from_options(ctx, opts, encoder=RL_METHODS[method])
+            run_id = None
+            if store is not None:
+                scoring_dict = scoring.to_dict() if hasattr(scoring, "to_dict") else None
+                run_id = store.create_run(method=method, model=model_name, dataset=dataset, budget=budget,
+                                          config={"search": config.to_dict(), "options": opts,
+                                                  "scoring": scoring_dict})
+                job.report(info={"run_id": run_id})
+            run = SearchRun(model, topology, config=config, scorer=ctx.get_scorer(), store=store, run_id=run_id,
+                            callback=on_episode, dataset=dataset)
         try:
             while not run.finished:
                 if job.should_stop():
@@ -393,6 +409,10 @@ def start_rl_search(
         except JobStopped:
             run.pause()
             _record_best(store, run.result(), method, model_name, dataset, run_id, job)
+            raise
+        except BaseException:
+            if store is not None and run_id is not None:
+                _safe(lambda: store.update_run(run_id, status="failed"))
             raise
         _record_best(store, result, method, model_name, dataset, run_id, job)
         if result.best_plan is None:

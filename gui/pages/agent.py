@@ -166,7 +166,9 @@ with components.engine_errors("agent"):
             st.rerun()
 
     reopen = st.session_state.get(REOPEN_RUN)
-    if reopen is not None and not busy:
+    if reopen is not None:
+        if busy:
+            st.info("This session's search is still active in the background; close this run to return to it.")
         store = cache.run_store()
         run = store.get_run(int(reopen))
         st.subheader(f"Run {run.id}: {run.method} on {run.model}, budget {run.budget}, {run.status}")
@@ -180,6 +182,17 @@ with components.engine_errors("agent"):
             st.warning(f"This run pruned `{run.model}`, but the chosen model is `{ref.arch}`; choose it on the "
                        "Model & data page to see its plans on the graph.")
         draw_episodes(events, topology, prefix="reopened")
+        if run.resumable and run.method in jobs.RL_METHODS and run.model == ref.arch and not busy:
+            if st.button("Resume this run", type="primary", key="agent_resume_run",
+                         help="Continue the search from its saved state (after its last finished episode)."):
+                scoring_cfg = (run.config or {}).get("scoring")
+                st.session_state[SEARCH_JOB] = jobs.start_rl_search(
+                    method=run.method, model=loaded.model, topology=topology, data=cache.dataset_for(ref),
+                    budget=float(run.budget), options={}, model_name=run.model, dataset=run.dataset,
+                    scoring=cache.engine_attr("evaluate", "ScoringConfig")(**scoring_cfg) if scoring_cfg else None,
+                    store_factory=cache.run_store, resume_run_id=run.id, past_events=events)
+                st.session_state[REOPEN_RUN] = None
+                st.rerun()
         if st.button("Close this run", key="agent_close_run"):
             st.session_state[REOPEN_RUN] = None
             st.rerun()

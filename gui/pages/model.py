@@ -38,9 +38,10 @@ with components.engine_errors("model list"):
         source = st.radio("Weights", list(WEIGHTS), format_func=WEIGHTS.get, key="weights_source",
                           index=list(WEIGHTS).index(current), horizontal=False)
     num_classes = 100 if dataset == "cifar100" else ref.num_classes if dataset == "imagefolder" else 10
-    weights = ref.weights if source == "upload" and ref.weights not in ("shipped", "random") else source
-    if source in ("upload", "train") and weights in ("upload", "train"):
-        weights = "random"
+    if source in ("shipped", "random"):
+        weights = source
+    else:  # upload / train: the file chosen or trained last, untrained until there is one
+        weights = ref.weights if ref.weights not in ("shipped", "random") else "random"
 
     if source == "upload":
         upload = st.file_uploader("Weights for the chosen architecture (.safetensors or a weights-only state_dict .pt)",

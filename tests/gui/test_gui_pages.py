@@ -84,6 +84,31 @@ def test_model_page_switches_model_for_every_page():
     assert "cifar_resnet32" in texts(at)
 
 
+def test_model_page_trains_a_baseline_in_background(monkeypatch):
+    import engine.train
+
+    def fake_train(model, data, config, *, callback=None, **_):
+        for epoch in range(config.epochs):
+            callback(engine.train.TrainProgress(epoch=epoch, epochs=config.epochs, step=1, steps_per_epoch=1,
+                                                loss=1.0, lr=0.1))
+        return engine.train.TrainResult(config=config)
+
+    monkeypatch.setattr(engine.train, "train_model", fake_train)
+    monkeypatch.setattr(engine.train, "evaluate", lambda model, data, split="test", **_: SimpleNamespace(top1=12.5))
+    at = app()
+    at.radio(key="weights_source").set_value("train").run()
+    at.number_input(key="train_epochs").set_value(2).run()
+    at.button(key="train_start").click().run()
+    wait_job(at, "train_job")
+    assert any("Trained and saved" in s.value for s in at.success)
+    at.button(key="use_trained").click().run()
+    ref = at.session_state["model_ref"]
+    assert ref.weights.endswith(".pt") and ref.arch == "cifar_resnet20"
+    assert not at.exception
+    assert any("weights from" in c.value for c in at.caption)  # the trained checkpoint is loaded
+    assert {m.label: m.value for m in at.metric}["Test top-1"] == "12.50 %"  # recorded with the checkpoint
+
+
 def test_bad_checkpoint_shows_error_not_traceback(tmp_path):
     import torch
 
@@ -306,6 +331,12 @@ class FakeSearchRun:
                                action=[0.1] * len(self.groups), keep_ratios=keep, macs_ratio=0.6, reward=0.0,
                                done=done, episode_report=report)
 
+    @classmethod
+    def resume(cls, model, topology, *, run_id, scorer=None, store=None, callback=None):
+        run = cls(model, topology, config=SimpleNamespace(episodes=3), store=store, run_id=run_id, callback=callback)
+        run.episode = 1  # one episode was done before the pause
+        return run
+
     def run(self, *, should_stop=None):
         return self.result()
 
@@ -345,6 +376,26 @@ def test_agent_gnnrl_steps_one_env_step_at_a_time(monkeypatch):
     assert cache.run_store().candidates()[-1].method == "gnnrl"
 
 
+def test_agent_resumes_a_paused_gnnrl_run(monkeypatch):
+    import engine.rl.search
+
+    monkeypatch.setattr(engine.rl.search, "SearchRun", FakeSearchRun)
+    store = cache.run_store()
+    run_id = store.create_run(method="gnnrl", model="cifar_resnet20", dataset="shapes10", budget=0.5,
+                              status="paused", config={"scoring": {"val_size": 128}})
+    store.add_episode(run_id, reward=-1.0, macs_ratio=0.5, val_acc=30.0, plan={"keep": {"conv1": 8}})
+    at = app()
+    at.session_state[REOPEN_RUN] = run_id
+    goto(at, "agent")
+    assert any(f"Run {run_id}: gnnrl" in s.value for s in at.subheader)
+    at.button(key="agent_resume_run").click().run()
+    wait_job(at, SEARCH_JOB)
+    snap = at.session_state[SEARCH_JOB].snapshot()
+    assert snap.status == "done" and snap.info["run_id"] == run_id
+    assert [e["episode"] for e in snap.events] == [0, 1, 2]  # the stored episode, then two new ones
+    assert cache.run_store().get_run(run_id).n_episodes == 3
+
+
 # --- Compare and Runs --------------------------------------------------------------------------------------------
 
 
@@ -377,6 +428,9 @@ def test_compare_page_lists_candidates_and_downloads_plan(monkeypatch):
     assert len(at.get("download_button")) >= 1
     at.button(key="cmp_use_plan").click().run()
     assert at.session_state[SELECTED_PLAN]["keep"]["conv1"] == 8
+    at.button(key="cmp_export").click().run()  # real apply_plan + export_pruned (state_dict)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any(b.proto.label.startswith("Download cifar_resnet20-candidate") for b in at.get("download_button"))
 
 
 def test_compare_measure_updates_candidate(monkeypatch):
