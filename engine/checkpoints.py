@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +93,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             f"({str(exc).splitlines()[0][:160]}); save only the weights, e.g. torch.save(model.state_dict(), path), "
             "or convert it to .safetensors"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # torch.load raises many types on garbage (RuntimeError, EOFError, IndexError, ...)
         message = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         kind = "truncated or corrupt" if path.stat().st_size > 0 else "empty"
         if "TorchScript" in message:
