@@ -117,8 +117,8 @@ class EpisodeReport:
         episode: 0-based index. reward: final reward. val_acc: val top-1 (%) or None (infeasible).
         macs, macs_ratio: of the final plan. feasible: the budget was met. steps: env steps taken.
         plan: the scored plan as a dict (None when infeasible). keep_ratios: group name -> final keep ratio.
-        actions: the raw action vector of each step. embeddings: per-group embeddings at the first step of the
-        episode (rows follow `embedding_groups`), for the GUI's PCA. best_val_acc, best_episode: best so far.
+        actions: the raw action vector of each step. embeddings: per-group embeddings of the state the last
+        action was taken in (rows follow `embedding_groups`), for the GUI's PCA. best_val_acc, best_episode: best so far.
         timings_s: seconds spent in graph building, gnn (agent forward), land, mask, eval, update and total.
         update: the agent's loss statistics if it updated after this episode.
     """
@@ -257,8 +257,7 @@ class SearchRun:
         start = time.perf_counter()
         act = self.agent.act(self._obs)
         ep["timings"]["gnn"] += time.perf_counter() - start
-        if ep["embeddings"] is None:
-            ep["embeddings"] = act.group_embeddings.numpy().round(5).tolist()
+        ep["embeddings"] = act.group_embeddings  # the last decision's state is the most pruned one seen
         result = self.env.step(act.action)
         for k, v in result.timings_s.items():
             ep["timings"][k] += v
@@ -313,7 +312,8 @@ class SearchRun:
             macs_ratio=float(result.macs_ratio), feasible=bool(result.feasible), steps=int(result.step),
             plan=plan_dict, keep_ratios=dict(zip(self.group_names, [round(float(r), 5) for r in result.keep_ratios],
                                                  strict=True)),
-            actions=ep["actions"], embeddings=ep["embeddings"] or [], embedding_groups=self.group_names,
+            actions=ep["actions"], embeddings=ep["embeddings"].numpy().round(5).tolist(),
+            embedding_groups=self.group_names,
             best_val_acc=self.best_val_acc, best_episode=self.best_episode,
             timings_s={k: round(v, 5) for k, v in ep["timings"].items()}, update=update)
         self.episode += 1
