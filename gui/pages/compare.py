@@ -46,10 +46,15 @@ def candidate_rows(records: list[Any], *, baseline_macs: int | None, baseline_pa
             "id": rec.id, "label": f"#{rec.id} {rec.method}", "method": rec.method, "run": rec.run_id,
             "macs": macs, "macs_ratio": m.get("macs_ratio", macs / baseline_macs if macs and baseline_macs else None),
             "params": params, "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc"),
-            "latency_ms": m.get("latency_ms_after"), "finetune_epochs": m.get("finetune_epochs", 0),
+            "latency_ms": m.get("latency_ms_after"), "latency_before": m.get("latency_ms_before"), "finetune_epochs": m.get("finetune_epochs", 0),
             "keep": keep, "plan": rec.plan, "created": rec.created_at,
         })
     return rows
+
+
+def _baseline_latency(rows: list[dict[str, Any]]) -> float | None:
+    """The unpruned model's latency, as measured next to the candidates (None when never measured)."""
+    return next((r["latency_before"] for r in rows if r.get("latency_before") is not None), None)
 
 
 with components.engine_errors("compare"):
@@ -94,10 +99,12 @@ with components.engine_errors("compare"):
                                      acc_label="val top-1 %" if acc_key == "val_acc" else "test top-1 %"),
                     key="cmp_pareto")
     left, right = st.columns(2)
-    left.plotly_chart(cp.metric_bars_figure(rows, "latency_ms", title="CPU latency (batch 1, this machine)", unit="ms"),
-                      key="cmp_latency")
-    if not any(r["latency_ms"] is not None for r in rows):
-        left.caption("Latency is measured when a candidate is measured or fine-tuned below.")
+    if any(r["latency_ms"] is not None for r in rows):
+        left.plotly_chart(cp.metric_bars_figure(rows, "latency_ms", title="CPU latency (batch 1, this machine)",
+                                                unit="ms", baseline=_baseline_latency(rows)), key="cmp_latency")
+    else:
+        left.markdown("**CPU latency (batch 1, this machine)**")
+        left.caption("Not measured yet: press Measure (or Fine-tune) under One candidate below.")
     right.plotly_chart(cp.metric_bars_figure(rows, "params", title="Parameters", baseline=base.get("params")),
                        key="cmp_params")
 
