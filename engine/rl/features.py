@@ -110,12 +110,8 @@ class StateBuilder:
             info = topo.layer_info.get(module) if module else None
             if op == "conv" and info and info.get("depthwise"):
                 kind = "dwconv"
-            elif op in OP_TYPES:
-                kind = op
-            elif op == "identity" or op == "flatten":
-                kind = "other"
             else:
-                kind = "other"
+                kind = op if op in OP_TYPES else "other"  # identity, flatten, output, ...
             static[i, OP_TYPES.index(kind)] = 1.0
             out_shape = d.get("out_shape")
             out_c = d.get("out_channels") or (out_shape[1] if out_shape and len(out_shape) > 1 else 1)

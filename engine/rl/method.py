@@ -92,10 +92,13 @@ def _run(ctx: MethodContext, options: dict[str, Any], *, encoder: str, name: str
                                                   f"{report.macs_ratio:.3f} MACs (best {report.best_val_acc:.2f}%)",
                  cand)
 
+    from engine.rl.search import STATE_FILE, state_dir_for
+
     scorer = ctx.get_scorer()
-    if options["resume"]:
-        if ctx.store is None or ctx.run_id is None:
-            raise ValueError(f"method '{name}' got resume=True without a stored run (ctx.store and ctx.run_id)")
+    if options["resume"] and (ctx.store is None or ctx.run_id is None):
+        raise ValueError(f"method '{name}' got resume=True without a stored run (ctx.store and ctx.run_id)")
+    # a run killed before its first episode ended has no state yet: it simply starts again
+    if options["resume"] and (state_dir_for(ctx.run_id) / STATE_FILE).exists():
         run = SearchRun.resume(ctx.model, ctx.topology, run_id=ctx.run_id, scorer=scorer, store=ctx.store,
                                callback=on_episode)
     else:

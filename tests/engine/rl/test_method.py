@@ -26,3 +26,25 @@ def test_options_map_to_search_config(resnet20):
     assert cfg.ppo.lr == 1e-3 and cfg.env.action_wall
     with pytest.raises(ValueError, match="no trained encoder"):
         search_config_from_options(ctx, {**opts, "transfer_run": 999}, encoder="features")
+
+
+def test_method_stops_and_resumes_a_stored_run(resnet20, small_shapes10):
+    from engine.evaluate import ScoringConfig
+    from engine.methods import run_method
+    from engine.store import RunStore
+
+    model, topo = resnet20
+    store = RunStore()
+    run_id = store.create_run(method="gnnrl", model="cifar_resnet20", dataset="shapes10", budget=0.5)
+    events = []
+    ctx = MethodContext(model=model, topology=topo, data=small_shapes10, budget=0.5, seed=0, store=store,
+                        run_id=run_id, scoring=ScoringConfig(val_size=16, bn_batches=1, bn_batch_size=16),
+                        callback=events.append, should_stop=lambda: len(events) >= 1)
+    first = run_method("gnnrl", ctx, episodes=2, score_policy_plan=False, resume=True)  # no state yet: fresh
+    assert not first.meta["finished"] and store.get_run(run_id).status == "paused"
+    store.claim_run(run_id)
+    ctx.should_stop = None
+    second = run_method("gnnrl", ctx, episodes=2, score_policy_plan=False, resume=True)
+    assert second.meta["finished"] and second.meta["episodes"] == 2
+    assert [e.index for e in store.episodes(run_id)] == [0, 1]
+    assert events[0].candidate.meta["embedding_groups"] == [g.name for g in topo.prunable_groups]
