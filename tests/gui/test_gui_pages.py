@@ -109,17 +109,30 @@ def test_model_page_trains_a_baseline_in_background(monkeypatch):
     assert {m.label: m.value for m in at.metric}["Test top-1"] == "12.50 %"  # recorded with the checkpoint
 
 
-def test_bad_checkpoint_shows_error_not_traceback(tmp_path):
+@pytest.mark.parametrize("content, expected", [("garbage", "not a readable PyTorch checkpoint"),
+                                                ("wrong_shapes", "conv1.weight")])
+def test_bad_checkpoint_shows_error_not_traceback(tmp_path, content, expected):
     import torch
 
     bad = tmp_path / "broken.pt"
-    torch.save({"conv1.weight": torch.zeros(3, 3)}, bad)  # a state_dict that does not fit cifar_resnet20
+    if content == "garbage":
+        bad.write_bytes(b"this is not a checkpoint")
+    else:
+        torch.save({"conv1.weight": torch.zeros(3, 3)}, bad)  # a state_dict that does not fit cifar_resnet20
     at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     at.session_state["model_ref"] = ModelRef(weights=str(bad))
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.error, "expected an st.error"
-    assert "loading the model" in at.error[0].value and "conv1.weight" in at.error[0].value
+    assert "loading the model" in at.error[0].value and expected in at.error[0].value
+
+
+def test_missing_dataset_folder_is_a_clear_error(tmp_path):
+    at = app()
+    at.selectbox(key="dataset").set_value("cifar10").run()
+    at.text_input(key="data_dir").input(str(tmp_path / "nowhere")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("nowhere" in e.value for e in at.error), [e.value for e in at.error]
 
 
 def test_engine_gap_is_a_note(monkeypatch):
