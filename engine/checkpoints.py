@@ -88,6 +88,11 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # garbage, not a forbidden object
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint (not a torch.save file); "
+                "provide a state_dict saved with torch.save or a .safetensors file"
+            ) from exc
         raise CheckpointError(
             f"{path} was refused: it holds Python objects that could run code when loaded "
             f"({str(exc).splitlines()[0][:160]}); save only the weights, e.g. torch.save(model.state_dict(), path), "
