@@ -73,6 +73,12 @@ def plan_for_budget(topology: Topology, budget: float, *, scores: Mapping[str, f
         raise ValueError("pass scores or keep_ratios to plan_for_budget, not both")
     if round_to < 1:
         raise ValueError(f"round_to must be >= 1, got {round_to}")
+    if not topology.prunable_groups:
+        if budget >= 1.0:
+            return PruningPlan(model=topology.model_name, keep={}, criterion=criterion, round_to=round_to,
+                               budget=budget, method=method, meta={"macs": topology.macs, "macs_ratio": 1.0})
+        raise BudgetError(f"budget {budget:.3f} is unreachable for {topology.model_name}: it has no prunable "
+                          "channel groups (see Topology.groups[i].reason)")
     shape = _shape(topology, scores if scores is not None else keep_ratios,
                    "scores" if scores is not None else "keep_ratios")
     prunable = topology.prunable_groups

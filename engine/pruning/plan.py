@@ -130,6 +130,18 @@ def plan_from_ratios(topology: Topology, keep_ratios: Mapping[str, float] | Sequ
                      method: str = "manual") -> PruningPlan:
     """A plan from keep ratios: by group name, or a sequence aligned with `topology.prunable_groups`.
 
+    Args:
+        topology: the model's topology.
+        keep_ratios: group name -> keep ratio in (0, 1] (groups left out keep everything), or one ratio per
+            prunable group in topology order.
+        round_to: keep counts are rounded to the nearest multiple of this (or the whole group).
+        min_keep: fewest channels any listed group keeps.
+        criterion: how channels will be chosen (recorded on the plan).
+        method: recorded on the plan.
+
+    Returns:
+        The plan (no indices: channels are chosen when it is applied).
+
     Raises:
         ValueError: a ratio outside (0, 1], an unknown or non-prunable group, or a sequence of the wrong length.
     """
