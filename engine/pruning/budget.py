@@ -23,9 +23,9 @@ def _shape(topology: Topology, values, what: str) -> np.ndarray:
     if values is None:
         return np.ones(len(prunable))
     if isinstance(values, Mapping):
-        unknown = [k for k in values if k not in {g.name for g in prunable}]
-        if unknown:
-            raise ValueError(f"{what} name groups that are not prunable groups of {topology.model_name}: "
+        unknown = [k for k in values if k not in {g.name for g in topology.groups}]
+        if unknown:  # names of non-prunable groups are accepted and ignored
+            raise ValueError(f"{what} name groups that {topology.model_name} does not have: "
                              f"{', '.join(map(repr, unknown[:5]))}")
         out = np.array([float(values.get(g.name, np.nan)) for g in prunable])
         fill = np.nanmean(out) if np.isfinite(out).any() else 1.0
