@@ -172,3 +172,17 @@ def test_nodes_without_a_value_are_grey_not_dark():
     assert len(grey.x) == len(missing) > 0 and grey.marker.color == "#d9d9d9"
     assert [o for o, c in zip(nodes.marker.opacity, nodes.customdata, strict=True) if c[0] in missing] == [0.0] * len(missing)
     assert fig.data[1].marker.cmin == 0.0 and fig.data[1].marker.cmax == 1.0
+
+
+def test_dense_graphs_are_laid_out_on_their_transitive_reduction():
+    dense = nx.DiGraph()
+    nodes = ["a", "b", "c", "d", "e"]
+    dense.add_edges_from((u, v) for i, u in enumerate(nodes) for v in nodes[i + 1:])  # DenseNet-like: 10 edges
+    skeleton = tp.layout_skeleton(dense)
+    assert set(skeleton.edges) == {("a", "b"), ("b", "c"), ("c", "d"), ("d", "e")}
+    pos = tp.layout_positions(dense)
+    assert [n for n, _ in sorted(pos.items(), key=lambda kv: kv[1][0])] == nodes
+    sparse = tp.collapse_graph(tiny_graph(), level="layers")
+    assert tp.layout_skeleton(sparse) is sparse  # residual skips keep their own lane
+    fig = tp.topology_figure(dense, pos)
+    assert len(fig.data[0].x) == 3 * 10  # every edge is still drawn
