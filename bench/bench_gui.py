@@ -107,23 +107,25 @@ def to_markdown(result: dict) -> str:
     lines = ["# GUI benchmark: Topology page (server side)", "",
              f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
              f"Machine: {result['machine']}", "",
-             "Times in seconds (median of repeats for layout/figure). `first render` = layout + figure at the "
-             "page's default level (blocks), the part the Topology page adds on top of the cached trace; "
-             "`page first visit` = the whole Topology page script run by Streamlit, trace included; `switch back` "
-             "= the same page after visiting another one (everything cached).", "",
-             "| model | ops | trace | blocks: nodes / layout / figure / first render | layers: nodes / layout / figure "
-             "| page first visit | switch back (cached) | target | met |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Times in seconds (median of repeats for layout/figure). `figure built` = trace + layout + figure at "
+             "the page's default level (blocks): the server-side work of a first Topology render for an already "
+             "loaded model (judged against the target). `page first visit` = the whole Topology page script run "
+             "by Streamlit (AppTest), which also constructs the model (random init) on this first visit; `switch "
+             "back` = the same page after visiting another one (model, topology and layout all cached).", "",
+             "| model | ops | trace | blocks: nodes / layout / figure | layers: nodes / layout / figure "
+             "| **figure built** | page first visit | switch back (cached) | target | met |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["models"]:
         b, l_ = r["blocks"], r["layers"]
-        met = r["blocks"]["first_render_s"] <= r["target_s"]
+        built = r["trace_s"] + b["first_render_s"]
+        met = r["target_s"] is not None and built <= r["target_s"]
         lines.append(
             f"| {r['model']} | {r['ops']} | {r['trace_s']:.2f} | {b['nodes']} / {b['layout_s']:.3f} / "
-            f"{b['figure_s']:.3f} / **{b['first_render_s']:.3f}** | {l_['nodes']} / {l_['layout_s']:.3f} / "
-            f"{l_['figure_s']:.3f} | {r.get('page_first_visit_s', float('nan')):.2f} | "
-            f"{r.get('page_switch_back_cached_s', float('nan')):.3f} | {r['target_s']} | {'yes' if met else 'no'} |")
-    lines += ["", "The page target is judged on `first render` (figure built from the traced topology); the trace "
-              "itself is the engine's (bench_topology) and is paid once per model per server process."]
+            f"{b['figure_s']:.3f} | {l_['nodes']} / {l_['layout_s']:.3f} / {l_['figure_s']:.3f} | **{built:.2f}** | "
+            f"{r.get('page_first_visit_s', float('nan')):.2f} | {r.get('page_switch_back_cached_s', float('nan')):.3f} "
+            f"| {r['target_s']} | {'yes' if met else 'no'} |")
+    lines += ["", "Switching pages recomputes nothing: the model (st.cache_resource), topology (st.cache_resource) "
+              "and layout (st.cache_data, keyed by model and level) are reused, so only the figure is rebuilt."]
     return "\n".join(lines) + "\n"
 
 
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         row["target_s"] = TARGETS_S.get(name)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    exe = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else sys.executable
+    result = {"command": " ".join([exe, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": machine(), "models": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
