@@ -332,7 +332,8 @@ def topology_figure(
         scatter(
             x=xs, y=ys, mode="markers+text" if show_text else "markers", marker=marker,
             text=[short_label(attrs[n], n) for n in nodes] if show_text else None,
-            textposition="top center", textfont={"size": 10},
+            textposition=["top center" if i % 2 == 0 else "bottom center" for i in range(len(nodes))],
+            textfont={"size": 10},
             customdata=[[n] for n in nodes], hovertext=[_hover(n, attrs[n], values.get(n), metric) for n in nodes],
             hoverinfo="text", name="nodes", unselected={"marker": {"opacity": 1.0}},
         )
@@ -377,7 +378,9 @@ def topology_figure(
 def short_label(attrs: Mapping[str, Any], node: str) -> str:
     """Text drawn next to a node: a collapsed node's full name, an op's module tail (conv1, bn2, add)."""
     if attrs.get("kind") in ("block", "stage"):
-        return str(attrs.get("label", node))
+        label = str(attrs.get("label", node))
+        tail = ".".join(label.split(".")[-2:])
+        return tail if len(tail) <= 14 else label.split(".")[-1][:14]
     modules = attrs.get("modules") or [node]
     return str(modules[0]).split(".")[-1][:12]
 

@@ -155,6 +155,8 @@ def test_node_details_rows():
 def test_short_labels_and_adaptive_height():
     blocks = tp.collapse_graph(tiny_graph(), level="blocks")
     assert tp.short_label(blocks.nodes["b1"], "b1") == "b1"
+    assert tp.short_label({"kind": "block", "label": "layer1.0"}, "x") == "layer1.0"
+    assert tp.short_label({"kind": "block", "label": "features.denseblock1.denselayer2"}, "x") == "denselayer2"
     layers = tp.collapse_graph(tiny_graph(), level="layers")
     assert tp.short_label(layers.nodes["conv_a"], "conv_a") == "conv_a"  # module b1.conv_a -> its tail
     assert tp.short_label(layers.nodes["add"], "add") == "add"
