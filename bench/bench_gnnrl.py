@@ -53,9 +53,14 @@ def method_options(name: str, candidates: int) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "load_average_at_start": [round(v, 2) for v in load] if load else None}
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": [round(v, 2) for v in load] if load else None,
+    }
 
 
 def load_baseline(args: argparse.Namespace) -> tuple[torch.nn.Module, str, str]:
@@ -74,7 +79,9 @@ def load_baseline(args: argparse.Namespace) -> tuple[torch.nn.Module, str, str]:
         from engine.checkpoints import load_shipped, shipped_models
 
         if args.model not in shipped_models():
-            sys.exit(f"no shipped {args.model} in assets/manifest.json yet; pass --checkpoint FILE or --untrained")
+            sys.exit(
+                f"no shipped {args.model} in assets/manifest.json yet; pass --checkpoint FILE or --untrained"
+            )
         loaded = load_shipped(args.model)
         weights = "shipped"
     return loaded.model.eval(), args.dataset or loaded.meta.get("dataset", "shapes10"), weights
@@ -98,14 +105,25 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == method]
+
         def stat(key: str, rs: list[dict[str, Any]] = rs) -> tuple[float, float]:
             vals = [r[key] for r in rs if r.get(key) is not None]
             if not vals:
                 return float("nan"), 0.0
             return statistics.fmean(vals), (statistics.pstdev(vals) if len(vals) > 1 else 0.0)
-        out.append({"method": method, "seeds": len(rs), "val_acc": stat("val_acc"), "test_acc_ft": stat("test_acc"),
-                    "test_acc_no_ft": stat("test_acc_before_finetune"), "search_seconds": stat("search_seconds"),
-                    "n_scored": stat("n_scored"), "macs_ratio": stat("macs_ratio")})
+
+        out.append(
+            {
+                "method": method,
+                "seeds": len(rs),
+                "val_acc": stat("val_acc"),
+                "test_acc_ft": stat("test_acc"),
+                "test_acc_no_ft": stat("test_acc_before_finetune"),
+                "search_seconds": stat("search_seconds"),
+                "n_scored": stat("n_scored"),
+                "macs_ratio": stat("macs_ratio"),
+            }
+        )
     return out
 
 
@@ -123,43 +141,73 @@ def to_markdown(doc: dict[str, Any]) -> str:
         f"Weights: {s['weights']}; dataset {s['dataset']}; val subset {s['val_size']} images, BN recalibration on "
         f"{s['bn_batches']}x{s['bn_batch_size']} train images; every search method scores {s['candidates']} plans; "
         f"seeds {s['seeds']}; fine-tune {s['finetune_epochs']} epoch(s)"
-        + (f" capped at {s['finetune_batches']} batches" if s["finetune_batches"] else "") + ".",
+        + (f" capped at {s['finetune_batches']} batches" if s["finetune_batches"] else "")
+        + ".",
         "",
     ]
     if doc.get("baseline"):
         b = doc["baseline"]
         lines += [f"Unpruned: val {b['val_acc']:.2f}%, test {b['test_acc']:.2f}%.", ""]
-    lines += ["## Mean over seeds (± std)", "",
-              "| method | seeds | scored | MACs kept | best val acc (no FT) | test acc (no FT) | test acc (1-epoch FT) "
-              "| search s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "## Mean over seeds (± std)",
+        "",
+        "| method | seeds | scored | MACs kept | best val acc (no FT) | test acc (no FT) | test acc (1-epoch FT) "
+        "| search s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in doc["summary"]:
+
         def f(key: str, r: dict[str, Any] = r) -> str:
             mean, sd = r[key]
             return f"{mean:.2f} ± {sd:.2f}" if sd else f"{mean:.2f}"
-        lines.append(f"| {r['method']} | {r['seeds']} | {r['n_scored'][0]:.0f} | {r['macs_ratio'][0]:.3f} | "
-                     f"{f('val_acc')} | {f('test_acc_no_ft')} | {f('test_acc_ft')} | {r['search_seconds'][0]:.0f} |")
-    lines += ["", "## Runs", "", "| method | seed | scored | val acc | test (no FT) | test (FT) | search s |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+
+        lines.append(
+            f"| {r['method']} | {r['seeds']} | {r['n_scored'][0]:.0f} | {r['macs_ratio'][0]:.3f} | "
+            f"{f('val_acc')} | {f('test_acc_no_ft')} | {f('test_acc_ft')} | {r['search_seconds'][0]:.0f} |"
+        )
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| method | seed | scored | val acc | test (no FT) | test (FT) | search s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in doc["rows"]:
-        lines.append(f"| {r['method']} | {r['seed']} | {r['n_scored']} | {r['val_acc']:.2f} | "
-                     f"{r['test_acc_before_finetune']:.2f} | {r['test_acc']:.2f} | {r['search_seconds']:.1f} |")
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {r['n_scored']} | {r['val_acc']:.2f} | "
+            f"{r['test_acc_before_finetune']:.2f} | {r['test_acc']:.2f} | {r['search_seconds']:.1f} |"
+        )
     splits = [(r["method"], r["seed"], r["episode_split_s"]) for r in doc["rows"] if r.get("episode_split_s")]
     if splits:
-        lines += ["", "## Time of one episode (mean seconds)", "",
-                  "| method | seed | graph | GNN (act) | PPO update | land | mask | eval | total | overhead share "
-                  "(graph+GNN+update+land) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Time of one episode (mean seconds)",
+            "",
+            "| method | seed | graph | GNN (act) | PPO update | land | mask | eval | total | overhead share "
+            "(graph+GNN+update+land) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for method, seed, sp in splits:
-            lines.append(f"| {method} | {seed} | {sp['graph']:.3f} | {sp['gnn']:.3f} | {sp['update']:.3f} | "
-                         f"{sp['land']:.3f} | {sp['mask']:.3f} | {sp['eval']:.3f} | {sp['total']:.3f} | "
-                         f"{sp['overhead_share']:.1%} |")
+            lines.append(
+                f"| {method} | {seed} | {sp['graph']:.3f} | {sp['gnn']:.3f} | {sp['update']:.3f} | "
+                f"{sp['land']:.3f} | {sp['mask']:.3f} | {sp['eval']:.3f} | {sp['total']:.3f} | "
+                f"{sp['overhead_share']:.1%} |"
+            )
     if doc.get("targets"):
         lines += ["", "## Targets", ""] + [f"- {t}" for t in doc["targets"]]
-    missing = [f"{m} (seed {sd})" for sd in s["seeds"] for m in s["methods"]
-               if not any(r["method"] == m and r["seed"] == sd for r in doc["rows"])]
+    missing = [
+        f"{m} (seed {sd})"
+        for sd in s["seeds"]
+        for m in s["methods"]
+        if not any(r["method"] == m and r["seed"] == sd for r in doc["rows"])
+    ]
     if missing:
         lines += ["", f"Not finished in this run: {', '.join(missing)}."]
-    lines += ["", "val acc: the search score (val subset carved from train, BN recalibrated, no fine-tuning), best "
-              "plan of the run. test: the held-out test split, read only here, after the search."]
+    lines += [
+        "",
+        "val acc: the search score (val subset carved from train, BN recalibrated, no fine-tuning), best "
+        "plan of the run. test: the held-out test split, read only here, after the search.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -169,19 +217,28 @@ def targets(summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[s
     out = []
     if "gnnrl" in by and "uniform" in by:
         d = by["gnnrl"]["val_acc"][0] - by["uniform"]["val_acc"][0]
-        out.append(f"beat uniform by >= 2 points (val, before FT): {'met' if d >= 2 else 'MISSED'} ({d:+.2f} points)")
+        out.append(
+            f"beat uniform by >= 2 points (val, before FT): {'met' if d >= 2 else 'MISSED'} ({d:+.2f} points)"
+        )
     if "gnnrl" in by and "random" in by:
         d = by["gnnrl"]["val_acc"][0] - by["random"]["val_acc"][0]
-        out.append(f"beat random search at equal scored plans (val): {'met' if d > 0 else 'MISSED'} ({d:+.2f} points)")
+        out.append(
+            f"beat random search at equal scored plans (val): {'met' if d > 0 else 'MISSED'} ({d:+.2f} points)"
+        )
     if "gnnrl" in by and "gnnrl-nognn" in by:
         d = by["gnnrl"]["val_acc"][0] - by["gnnrl-nognn"]["val_acc"][0]
         out.append(f"GNN vs no-GNN ablation (val): {d:+.2f} points")
-    shares = [r["episode_split_s"]["overhead_share"] for r in rows
-              if r["method"] == "gnnrl" and r.get("episode_split_s")]
+    shares = [
+        r["episode_split_s"]["overhead_share"]
+        for r in rows
+        if r["method"] == "gnnrl" and r.get("episode_split_s")
+    ]
     if shares:
         share = statistics.fmean(shares)
-        out.append(f"non-evaluation overhead <= 30% of an episode: {'met' if share <= 0.30 else 'MISSED'} "
-                   f"({share:.1%})")
+        out.append(
+            f"non-evaluation overhead <= 30% of an episode: {'met' if share <= 0.30 else 'MISSED'} "
+            f"({share:.1%})"
+        )
     return out
 
 
@@ -218,23 +275,40 @@ def main(argv: list[str] | None = None) -> None:
     data = load_data(dataset, seed=0)
     size = data.input_size
     topology = build_topology(model, torch.zeros(1, 3, size, size), model_name=args.model)
-    scoring = ScoringConfig(val_size=args.val_size, bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size)
+    scoring = ScoringConfig(
+        val_size=args.val_size, bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size
+    )
     doc: dict[str, Any] = {
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "settings": {"model": args.model, "budget": args.budget, "methods": methods, "candidates": args.candidates,
-                     "seeds": args.seeds, "val_size": args.val_size, "bn_batches": args.bn_batches,
-                     "bn_batch_size": args.bn_batch_size, "finetune_epochs": args.finetune_epochs,
-                     "finetune_batches": args.finetune_batches, "dataset": dataset, "weights": weights},
-        "rows": [], "summary": [], "targets": [],
+        "settings": {
+            "model": args.model,
+            "budget": args.budget,
+            "methods": methods,
+            "candidates": args.candidates,
+            "seeds": args.seeds,
+            "val_size": args.val_size,
+            "bn_batches": args.bn_batches,
+            "bn_batch_size": args.bn_batch_size,
+            "finetune_epochs": args.finetune_epochs,
+            "finetune_batches": args.finetune_batches,
+            "dataset": dataset,
+            "weights": weights,
+        },
+        "rows": [],
+        "summary": [],
+        "targets": [],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from engine.train import evaluate
 
     base_scorer = Scorer(model, topology, data, scoring)
-    doc["baseline"] = {"val_acc": base_scorer.score_model(model), "test_acc": evaluate(model, data, "test").top1}
+    doc["baseline"] = {
+        "val_acc": base_scorer.score_model(model),
+        "test_acc": evaluate(model, data, "test").top1,
+    }
 
     def write() -> None:
         doc["summary"] = summarise(doc["rows"])
@@ -246,24 +320,52 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         for method in methods:
             print(f"[bench_gnnrl] {method} seed {seed} ...", file=sys.stderr, flush=True)
-            ctx = MethodContext(model=model, topology=topology, data=data, budget=args.budget, seed=seed,
-                                scorer=Scorer(model, topology, data, scoring))
+            ctx = MethodContext(
+                model=model,
+                topology=topology,
+                data=data,
+                budget=args.budget,
+                seed=seed,
+                scorer=Scorer(model, topology, data, scoring),
+            )
             start = time.perf_counter()
             result = run_method(method, ctx, **method_options(method, args.candidates))
             search_s = time.perf_counter() - start
-            report = report_candidate(model, topology, result.plan, data, finetune_epochs=args.finetune_epochs,
-                                      finetune_max_batches=args.finetune_batches, scoring=scoring, latency=False,
-                                      seed=seed, baseline_test_acc=doc["baseline"]["test_acc"])
-            row = {"method": method, "seed": seed, "n_scored": result.n_scored, "val_acc": result.val_acc,
-                   "macs_ratio": result.macs_ratio, "test_acc_before_finetune": report.test_acc_before_finetune,
-                   "test_acc": report.test_acc, "search_seconds": search_s, "report_seconds": report.seconds,
-                   "plan": result.plan.to_dict(), "candidate_val_accs": [c.val_acc for c in result.candidates],
-                   "episode_split_s": episode_split(result.candidates) if method.startswith("gnnrl") else None,
-                   "meta": {k: v for k, v in result.meta.items() if k != "policy_plan"}}
+            report = report_candidate(
+                model,
+                topology,
+                result.plan,
+                data,
+                finetune_epochs=args.finetune_epochs,
+                finetune_max_batches=args.finetune_batches,
+                scoring=scoring,
+                latency=False,
+                seed=seed,
+                baseline_test_acc=doc["baseline"]["test_acc"],
+            )
+            row = {
+                "method": method,
+                "seed": seed,
+                "n_scored": result.n_scored,
+                "val_acc": result.val_acc,
+                "macs_ratio": result.macs_ratio,
+                "test_acc_before_finetune": report.test_acc_before_finetune,
+                "test_acc": report.test_acc,
+                "search_seconds": search_s,
+                "report_seconds": report.seconds,
+                "plan": result.plan.to_dict(),
+                "candidate_val_accs": [c.val_acc for c in result.candidates],
+                "episode_split_s": episode_split(result.candidates) if method.startswith("gnnrl") else None,
+                "meta": {k: v for k, v in result.meta.items() if k != "policy_plan"},
+            }
             doc["rows"].append(row)
             write()
-            print(f"[bench_gnnrl] {method} seed {seed}: val {result.val_acc:.2f} test(FT) {report.test_acc:.2f} "
-                  f"scored {result.n_scored} in {search_s:.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"[bench_gnnrl] {method} seed {seed}: val {result.val_acc:.2f} test(FT) {report.test_acc:.2f} "
+                f"scored {result.n_scored} in {search_s:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
     print(out.with_suffix(".md").read_text())
 
 

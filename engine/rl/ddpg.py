@@ -67,9 +67,12 @@ class DDPGAgent:
         self.config = c = config or DDPGConfig()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.actor = ActorCritic(encoder_kind=c.encoder_kind, dim=c.dim, hidden=c.hidden, num_layers=c.num_layers)
-            self.critic = GroupQCritic(encoder_kind=c.encoder_kind, dim=c.dim, hidden=c.hidden,
-                                       num_layers=c.num_layers)
+            self.actor = ActorCritic(
+                encoder_kind=c.encoder_kind, dim=c.dim, hidden=c.hidden, num_layers=c.num_layers
+            )
+            self.critic = GroupQCritic(
+                encoder_kind=c.encoder_kind, dim=c.dim, hidden=c.hidden, num_layers=c.num_layers
+            )
         self.actor_target = copy.deepcopy(self.actor)
         self.critic_target = copy.deepcopy(self.critic)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.lr_actor)
@@ -115,11 +118,14 @@ class DDPGAgent:
         """Move the episode to the replay buffer (reward minus EMA baseline, /100); train once warm."""
         c = self.config
         final = self._episode[-1][2] if self._episode else 0.0
-        self.baseline = final if self.baseline is None else (
-            (1 - c.baseline_alpha) * self.baseline + c.baseline_alpha * final)
+        self.baseline = (
+            final
+            if self.baseline is None
+            else ((1 - c.baseline_alpha) * self.baseline + c.baseline_alpha * final)
+        )
         for s, a, r, ns, d in self._episode:
             self.replay.append((s, a, (r - (self.baseline if d else 0.0)) / 100.0, ns, d))
-        self.replay = self.replay[-c.buffer_size:]
+        self.replay = self.replay[-c.buffer_size :]
         self._episode = []
         self.episodes += 1
         if self.episodes < c.warmup_episodes or not self.replay:
@@ -164,17 +170,34 @@ class DDPGAgent:
 
     def state_dict(self) -> dict:
         """Everything needed to resume: networks, targets, optimisers, generator, replay, counters."""
+
         def pack(t: tuple) -> dict:
             s, a, r, ns, d = t
-            return {"s": state_to_dict(s), "a": a, "r": r, "ns": None if ns is None else state_to_dict(ns), "d": d}
-        return copy.deepcopy({
-            "kind": "ddpg", "config": asdict(self.config),
-            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-            "actor_target": self.actor_target.state_dict(), "critic_target": self.critic_target.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-            "generator": self.generator.get_state(), "episodes": self.episodes, "baseline": self.baseline,
-            "updates": self.updates, "replay": [pack(t) for t in self.replay],
-        })  # deep copy: optimiser state tensors would otherwise stay shared with the live agent
+            return {
+                "s": state_to_dict(s),
+                "a": a,
+                "r": r,
+                "ns": None if ns is None else state_to_dict(ns),
+                "d": d,
+            }
+
+        return copy.deepcopy(
+            {
+                "kind": "ddpg",
+                "config": asdict(self.config),
+                "actor": self.actor.state_dict(),
+                "critic": self.critic.state_dict(),
+                "actor_target": self.actor_target.state_dict(),
+                "critic_target": self.critic_target.state_dict(),
+                "actor_opt": self.actor_opt.state_dict(),
+                "critic_opt": self.critic_opt.state_dict(),
+                "generator": self.generator.get_state(),
+                "episodes": self.episodes,
+                "baseline": self.baseline,
+                "updates": self.updates,
+                "replay": [pack(t) for t in self.replay],
+            }
+        )  # deep copy: optimiser state tensors would otherwise stay shared with the live agent
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict() saved."""
@@ -185,8 +208,13 @@ class DDPGAgent:
         self.baseline = state["baseline"]
         self.updates = int(state["updates"])
         self.replay = [
-            (state_from_dict(t["s"]), t["a"], float(t["r"]), None if t["ns"] is None else state_from_dict(t["ns"]),
-             bool(t["d"]))
+            (
+                state_from_dict(t["s"]),
+                t["a"],
+                float(t["r"]),
+                None if t["ns"] is None else state_from_dict(t["ns"]),
+                bool(t["d"]),
+            )
             for t in state["replay"]
         ]
 
@@ -199,7 +227,9 @@ class DDPGAgent:
             net.encoder.load_state_dict(encoder_state)
             for p in net.encoder.parameters():
                 p.requires_grad_(False)
-        self.actor_opt = torch.optim.Adam([p for p in self.actor.parameters() if p.requires_grad],
-                                          lr=self.config.lr_actor)
-        self.critic_opt = torch.optim.Adam([p for p in self.critic.parameters() if p.requires_grad],
-                                           lr=self.config.lr_critic)
+        self.actor_opt = torch.optim.Adam(
+            [p for p in self.actor.parameters() if p.requires_grad], lr=self.config.lr_actor
+        )
+        self.critic_opt = torch.optim.Adam(
+            [p for p in self.critic.parameters() if p.requires_grad], lr=self.config.lr_critic
+        )

@@ -66,8 +66,10 @@ class EnvConfig:
         if not 0.0 < self.max_change < 1.0:
             raise ValueError(f"max_change={self.max_change} must be in (0, 1) so a keep ratio stays positive")
         if not 0.0 < self.min_keep_ratio <= self.max_keep_ratio <= 1.0:
-            raise ValueError(f"need 0 < min_keep_ratio ({self.min_keep_ratio}) <= max_keep_ratio "
-                             f"({self.max_keep_ratio}) <= 1")
+            raise ValueError(
+                f"need 0 < min_keep_ratio ({self.min_keep_ratio}) <= max_keep_ratio "
+                f"({self.max_keep_ratio}) <= 1"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,8 +128,15 @@ class PruningEnv:
         BudgetError: the budget cannot be met even with every group at min_keep_ratio.
     """
 
-    def __init__(self, topology: Any, model: nn.Module | None = None, *, config: EnvConfig | None = None,
-                 scorer: Any | None = None, score_fn: Callable[[Any], float] | None = None) -> None:
+    def __init__(
+        self,
+        topology: Any,
+        model: nn.Module | None = None,
+        *,
+        config: EnvConfig | None = None,
+        scorer: Any | None = None,
+        score_fn: Callable[[Any], float] | None = None,
+    ) -> None:
         from engine.cost import plan_macs
         from engine.pruning import plan_from_ratios
 
@@ -138,8 +147,9 @@ class PruningEnv:
         self.score_fn = score_fn
         self._plan_macs = plan_macs
         self._plan_from_ratios = plan_from_ratios
-        self.builder = StateBuilder(topology, model, max_motif_channels=c.max_motif_channels,
-                                    group_features=c.group_features)
+        self.builder = StateBuilder(
+            topology, model, max_motif_channels=c.max_motif_channels, group_features=c.group_features
+        )
         self.groups = self.builder.groups
         if not self.groups:
             raise BudgetError(f"{topology.model_name} has no prunable channel group; nothing to search over")
@@ -149,7 +159,8 @@ class PruningEnv:
             raise BudgetError(
                 f"budget {c.budget} is unreachable for {topology.model_name}: with every prunable group at "
                 f"min_keep_ratio={c.min_keep_ratio} the model still keeps {floor:.3f} of its MACs; raise the "
-                "budget or lower min_keep_ratio")
+                "budget or lower min_keep_ratio"
+            )
         self.keep_ratios = np.ones(len(self.groups))
         self.t = 0
         self.done = True
@@ -160,8 +171,13 @@ class PruningEnv:
         return len(self.groups)
 
     def _plan(self, ratios: np.ndarray, *, method: str = "gnnrl") -> Any:
-        plan = self._plan_from_ratios(self.topology, [float(r) for r in ratios], round_to=self.config.round_to,
-                                      criterion=self.config.criterion, method=method)
+        plan = self._plan_from_ratios(
+            self.topology,
+            [float(r) for r in ratios],
+            round_to=self.config.round_to,
+            criterion=self.config.criterion,
+            method=method,
+        )
         plan.budget = self.config.budget
         return plan
 
@@ -177,12 +193,19 @@ class PruningEnv:
 
     def apply_action(self, action: Sequence[float] | np.ndarray | torch.Tensor) -> np.ndarray:
         """Keep ratios after `action` (clipped to [-1, 1]) from the current ones; does not change the env."""
-        a = np.asarray(action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else action, dtype=np.float64)
+        a = np.asarray(
+            action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else action, dtype=np.float64
+        )
         if a.shape != (len(self.groups),):
-            raise ValueError(f"action has shape {a.shape}; expected ({len(self.groups)},), one entry per prunable group")
+            raise ValueError(
+                f"action has shape {a.shape}; expected ({len(self.groups)},), one entry per prunable group"
+            )
         c = self.config
-        return np.clip(self.keep_ratios * (1.0 + c.max_change * np.clip(a, -1.0, 1.0)),
-                       c.min_keep_ratio, c.max_keep_ratio)
+        return np.clip(
+            self.keep_ratios * (1.0 + c.max_change * np.clip(a, -1.0, 1.0)),
+            c.min_keep_ratio,
+            c.max_keep_ratio,
+        )
 
     def step(self, action: Sequence[float] | np.ndarray | torch.Tensor) -> StepResult:
         """Apply one action; score the plan when the episode ends feasible.
@@ -222,8 +245,18 @@ class PruningEnv:
         start = time.perf_counter()
         state = self.builder.build(self.keep_ratios)
         timings["graph"] = time.perf_counter() - start
-        return StepResult(state, reward, self.done, feasible, self.keep_ratios.copy(), macs_ratio, self.t, plan,
-                          val_acc, timings)
+        return StepResult(
+            state,
+            reward,
+            self.done,
+            feasible,
+            self.keep_ratios.copy(),
+            macs_ratio,
+            self.t,
+            plan,
+            val_acc,
+            timings,
+        )
 
     def _land(self, ratios: np.ndarray) -> Any:
         """The plan shaped like `ratios`, scaled onto the budget (H1's plan_for_budget), or None if impossible."""
@@ -231,9 +264,16 @@ class PruningEnv:
 
         c = self.config
         try:
-            plan = plan_for_budget(self.topology, c.budget, keep_ratios=[float(r) for r in ratios],
-                                   min_keep_ratio=c.min_keep_ratio, max_keep_ratio=c.max_keep_ratio,
-                                   round_to=c.round_to, criterion=c.criterion, method="gnnrl")
+            plan = plan_for_budget(
+                self.topology,
+                c.budget,
+                keep_ratios=[float(r) for r in ratios],
+                min_keep_ratio=c.min_keep_ratio,
+                max_keep_ratio=c.max_keep_ratio,
+                round_to=c.round_to,
+                criterion=c.criterion,
+                method="gnnrl",
+            )
         except BudgetError:
             return None
         return plan

@@ -57,8 +57,14 @@ class StateBuilder:
         group_features: also compute the ablation's AMC-style per-group features (`group_x`).
     """
 
-    def __init__(self, topology: Any, model: nn.Module | None = None, *, max_motif_channels: int = 16,
-                 group_features: bool = True) -> None:
+    def __init__(
+        self,
+        topology: Any,
+        model: nn.Module | None = None,
+        *,
+        max_motif_channels: int = 16,
+        group_features: bool = True,
+    ) -> None:
         if max_motif_channels < 0:
             raise ValueError(f"max_motif_channels={max_motif_channels} must be >= 0 (0 = no cap)")
         self.topology = topology
@@ -186,16 +192,28 @@ class StateBuilder:
             in_group = None
             for g_pos, g in enumerate(self.groups):
                 for m in g.maps:
-                    if m.module == module_name and m.dim == ("out" if info["depthwise"] else "in") and m.mult == 1:
+                    if (
+                        m.module == module_name
+                        and m.dim == ("out" if info["depthwise"] else "in")
+                        and m.mult == 1
+                    ):
                         in_group = g_pos
                         if g_pos in rank:
                             order = np.array([m.channels[j] for j in rank[g_pos]])
                         break
                 if in_group is not None:
                     break
-            self.conv_in.append({"norms": norms.astype(np.float32), "order": order, "c_in": c_in,
-                                 "row": self.spec_row.get(module_name, -1), "depthwise": bool(info["depthwise"]),
-                                 "kernel": _first(info["kernel"], 1.0), "stride": _first(info["stride"], 1.0)})
+            self.conv_in.append(
+                {
+                    "norms": norms.astype(np.float32),
+                    "order": order,
+                    "c_in": c_in,
+                    "row": self.spec_row.get(module_name, -1),
+                    "depthwise": bool(info["depthwise"]),
+                    "kernel": _first(info["kernel"], 1.0),
+                    "stride": _first(info["stride"], 1.0),
+                }
+            )
 
     def _template(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         if n not in self._templates:
@@ -211,7 +229,9 @@ class StateBuilder:
         """The state at per-group keep ratios (prunable-group order)."""
         ratios = np.asarray(keep_ratios, dtype=np.float64)
         if ratios.shape != (len(self.groups),):
-            raise ValueError(f"got {ratios.shape} keep ratios; this topology has {len(self.groups)} prunable groups")
+            raise ValueError(
+                f"got {ratios.shape} keep ratios; this topology has {len(self.groups)} prunable groups"
+            )
         counts = self.keep_counts(ratios)
         table = self.table
         vector = np.array([g.channels for g in self.topology.groups], dtype=np.float64)
@@ -259,8 +279,8 @@ class StateBuilder:
             f = torch.zeros(2 * m + 2, MOTIF_FEATURES)
             f[torch.arange(2 * m + 2), role] = 1.0
             norms = torch.from_numpy(conv["norms"][pick])
-            f[1:m + 1, 4] = norms
-            f[m + 1:2 * m + 1, 4] = norms
+            f[1 : m + 1, 4] = norms
+            f[m + 1 : 2 * m + 1, 4] = norms
             f[0, 4] = f[2 * m + 1, 4] = float(norms.mean())
             f[:, 5] = kept / conv["c_in"]
             f[:, 6] = float(out_ratio[self.conv_ops[k]])
@@ -273,13 +293,17 @@ class StateBuilder:
             offset += 2 * m + 2
         n_motifs = len(self.conv_in)
         data = MultiStageData(
-            x=x_t, edge_index=self.edge_index, edge_attr=edge_attr,
-            conv_edge=self.conv_edge, conv_edge_motif=self.conv_edge_motif,
+            x=x_t,
+            edge_index=self.edge_index,
+            edge_attr=edge_attr,
+            conv_edge=self.conv_edge,
+            conv_edge_motif=self.conv_edge_motif,
             motif_x=torch.cat(motif_x) if motif_x else torch.zeros(0, MOTIF_FEATURES),
             motif_edge_index=torch.cat(motif_e, dim=1) if motif_e else torch.zeros(2, 0, dtype=torch.long),
             motif_batch=torch.cat(motif_batch) if motif_batch else torch.zeros(0, dtype=torch.long),
             motif_graph=torch.zeros(n_motifs, dtype=torch.long),
-            group_node=self.group_node, group_member=self.group_member,
+            group_node=self.group_node,
+            group_member=self.group_member,
             group_graph=torch.zeros(len(self.groups), dtype=torch.long),
             group_x=self.group_features(ratios),
         )

@@ -158,10 +158,14 @@ class MultiStageGNN(nn.Module):
         for layer in self.layers:
             h = layer(h, data.edge_index, edge_emb)
         n_graphs = _num_graphs(data)
-        node_graph = data.batch if getattr(data, "batch", None) is not None else torch.zeros(
-            h.size(0), dtype=torch.long
+        node_graph = (
+            data.batch
+            if getattr(data, "batch", None) is not None
+            else torch.zeros(h.size(0), dtype=torch.long)
         )
-        graph_emb = torch.tanh(self.graph_out(scatter(h, node_graph, dim=0, dim_size=n_graphs, reduce="mean")))
+        graph_emb = torch.tanh(
+            self.graph_out(scatter(h, node_graph, dim=0, dim_size=n_graphs, reduce="mean"))
+        )
         n_groups = data.group_graph.numel()
         group_emb = scatter(h[data.group_node], data.group_member, dim=0, dim_size=n_groups, reduce="mean")
         return EncoderOutput(graph_emb, group_emb, data.group_graph)

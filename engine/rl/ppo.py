@@ -133,7 +133,9 @@ class PPOAgent:
         c = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = ActorCritic(encoder_kind=c.encoder_kind, dim=c.dim, hidden=c.hidden, num_layers=c.num_layers)
+            self.net = ActorCritic(
+                encoder_kind=c.encoder_kind, dim=c.dim, hidden=c.hidden, num_layers=c.num_layers
+            )
         self.log_std = nn.Parameter(torch.tensor(math.log(c.std_init)), requires_grad=c.std_mode == "learned")
         params = [p for p in self.net.parameters() if p.requires_grad]
         if c.std_mode == "learned":
@@ -170,7 +172,9 @@ class PPOAgent:
             b.actions.append(action)
             b.log_probs.append(log_prob)
             b.values.append(float(out.value[0]))
-        return AgentStep(action, out.mean, float(out.value[0]), log_prob, out.encoded.group_embeddings.detach())
+        return AgentStep(
+            action, out.mean, float(out.value[0]), log_prob, out.encoded.group_embeddings.detach()
+        )
 
     def observe(self, reward: float, done: bool) -> None:
         """Record the outcome of the last recorded action."""
@@ -228,7 +232,9 @@ class PPOAgent:
         if n == 0:
             return {"loss": 0.0, "n": 0.0}
         if len(b.actions) != n:
-            raise RuntimeError(f"buffer holds {len(b.actions)} actions but {n} rewards; call observe() after act()")
+            raise RuntimeError(
+                f"buffer holds {len(b.actions)} actions but {n} rewards; call observe() after act()"
+            )
         returns, advantages = self._targets()
         batch = batch_states(b.states)
         actions = torch.cat(b.actions)  # (groups_total,)
@@ -238,7 +244,9 @@ class PPOAgent:
             out = self.net(batch)
             std = self._std()
             dist = torch.distributions.Normal(out.mean, std)
-            log_probs = scatter(dist.log_prob(actions), out.encoded.group_graph, dim=0, dim_size=n, reduce="sum")
+            log_probs = scatter(
+                dist.log_prob(actions), out.encoded.group_graph, dim=0, dim_size=n, reduce="sum"
+            )
             entropy = dist.entropy().expand_as(out.mean).mean()  # per action dimension
             ratio = torch.exp(log_probs - old_log_probs)  # (n,)
             surr1 = ratio * advantages
@@ -252,11 +260,17 @@ class PPOAgent:
                 [p for g in self.optimizer.param_groups for p in g["params"]], c.max_grad_norm
             )
             self.optimizer.step()
-            stats = {"loss": loss.item(), "policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
-                     "entropy": entropy.item()}
+            stats = {
+                "loss": loss.item(),
+                "policy_loss": policy_loss.item(),
+                "value_loss": value_loss.item(),
+                "entropy": entropy.item(),
+            }
         if c.std_mode == "decay":
             with torch.no_grad():
-                self.log_std.copy_(torch.tensor(max(math.log(c.std_min), float(self.log_std) + math.log(c.std_decay))))
+                self.log_std.copy_(
+                    torch.tensor(max(math.log(c.std_min), float(self.log_std) + math.log(c.std_decay)))
+                )
         b.clear()
         self.updates += 1
         stats.update({"n": float(n), "std": self.std, "updates": float(self.updates)})
@@ -266,24 +280,26 @@ class PPOAgent:
     def state_dict(self) -> dict:
         """Everything needed to resume bit-for-bit: weights, optimiser, std, generator, pending buffer."""
         b = self.buffer
-        return copy.deepcopy({  # deep copy: optimiser state tensors would otherwise stay shared with the agent
-            "kind": "ppo",
-            "config": asdict(self.config),
-            "net": self.net.state_dict(),
-            "log_std": self.log_std.detach().clone(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "episodes_since_update": self.episodes_since_update,
-            "updates": self.updates,
-            "buffer": {
-                "states": [state_to_dict(s) for s in b.states],
-                "actions": list(b.actions),
-                "log_probs": list(b.log_probs),
-                "values": list(b.values),
-                "rewards": list(b.rewards),
-                "dones": list(b.dones),
-            },
-        })
+        return copy.deepcopy(
+            {  # deep copy: optimiser state tensors would otherwise stay shared with the agent
+                "kind": "ppo",
+                "config": asdict(self.config),
+                "net": self.net.state_dict(),
+                "log_std": self.log_std.detach().clone(),
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(),
+                "episodes_since_update": self.episodes_since_update,
+                "updates": self.updates,
+                "buffer": {
+                    "states": [state_to_dict(s) for s in b.states],
+                    "actions": list(b.actions),
+                    "log_probs": list(b.log_probs),
+                    "values": list(b.values),
+                    "rewards": list(b.rewards),
+                    "dones": list(b.dones),
+                },
+            }
+        )
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict() saved (the config must match the one this agent was built with)."""
@@ -296,8 +312,12 @@ class PPOAgent:
         self.updates = int(state["updates"])
         buf = state["buffer"]
         self.buffer = _Buffer(
-            [state_from_dict(s) for s in buf["states"]], list(buf["actions"]), list(buf["log_probs"]),
-            list(buf["values"]), list(buf["rewards"]), list(buf["dones"]),
+            [state_from_dict(s) for s in buf["states"]],
+            list(buf["actions"]),
+            list(buf["log_probs"]),
+            list(buf["values"]),
+            list(buf["rewards"]),
+            list(buf["dones"]),
         )
 
     # -- transfer ---------------------------------------------------------------------------------------

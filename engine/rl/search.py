@@ -26,8 +26,16 @@ from engine.rl.ddpg import DDPGAgent, DDPGConfig
 from engine.rl.env import EnvConfig, PruningEnv
 from engine.rl.ppo import PPOAgent, PPOConfig
 
-__all__ = ["SearchConfig", "StepReport", "EpisodeReport", "SearchResult", "SearchRun", "run_search",
-           "resume_search", "state_dir_for"]
+__all__ = [
+    "SearchConfig",
+    "StepReport",
+    "EpisodeReport",
+    "SearchResult",
+    "SearchRun",
+    "run_search",
+    "resume_search",
+    "state_dir_for",
+]
 
 STATE_FILE = "search_state.pt"
 ENCODER_FILE = "encoder.pt"
@@ -193,22 +201,37 @@ class SearchRun:
         state_dir: where to save state (default: `state_dir_for(run_id)` with a store, else nothing is saved).
     """
 
-    def __init__(self, model: nn.Module, topology: Any, *, config: SearchConfig | None = None,
-                 scorer: Any | None = None, score_fn: Callable[[Any], float] | None = None,
-                 store: Any | None = None, run_id: int | None = None, dataset: str = "",
-                 callback: Callable[[EpisodeReport], None] | None = None,
-                 state_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        topology: Any,
+        *,
+        config: SearchConfig | None = None,
+        scorer: Any | None = None,
+        score_fn: Callable[[Any], float] | None = None,
+        store: Any | None = None,
+        run_id: int | None = None,
+        dataset: str = "",
+        callback: Callable[[EpisodeReport], None] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.config = c = config or SearchConfig()
         self.model, self.topology = model, topology
         self.store, self.callback = store, callback
         self.env = PruningEnv(topology, model, config=c.env, scorer=scorer, score_fn=score_fn)
-        self.agent: PPOAgent | DDPGAgent = (PPOAgent(c.ppo, seed=c.seed) if c.agent == "ppo"
-                                            else DDPGAgent(c.ddpg, seed=c.seed))
+        self.agent: PPOAgent | DDPGAgent = (
+            PPOAgent(c.ppo, seed=c.seed) if c.agent == "ppo" else DDPGAgent(c.ddpg, seed=c.seed)
+        )
         if c.transfer_from:
             self.agent.load_frozen_encoder(torch.load(c.transfer_from, weights_only=True))
         if store is not None and run_id is None:
-            run_id = store.create_run(method=self.method_name, model=topology.model_name, dataset=dataset,
-                                      budget=c.env.budget, config={"search": c.to_dict()})
+            run_id = store.create_run(
+                method=self.method_name,
+                model=topology.model_name,
+                dataset=dataset,
+                budget=c.env.budget,
+                config={"search": c.to_dict()},
+            )
         self.run_id = run_id
         if state_dir is None and run_id is not None:
             state_dir = state_dir_for(run_id)
@@ -250,9 +273,12 @@ class SearchRun:
             raise RuntimeError(f"the search finished after {self.episode} episodes; nothing left to step")
         if self._obs is None:
             self._obs = self.env.reset().state
-            self._ep = {"actions": [], "timings": dict.fromkeys(("graph", "gnn", "land", "mask", "eval", "update"),
-                                                                 0.0), "start": time.perf_counter(),
-                        "embeddings": None}
+            self._ep = {
+                "actions": [],
+                "timings": dict.fromkeys(("graph", "gnn", "land", "mask", "eval", "update"), 0.0),
+                "start": time.perf_counter(),
+                "embeddings": None,
+            }
         ep = self._ep
         start = time.perf_counter()
         act = self.agent.act(self._obs)
@@ -270,10 +296,16 @@ class SearchRun:
         report = None
         if result.done:
             report = self._finish_episode(result)
-        return StepReport(self.episode - (1 if result.done else 0), result.step,
-                          [float(a) for a in act.action], dict(zip(self.group_names, result.keep_ratios.tolist(),
-                                                                   strict=True)),
-                          float(result.macs_ratio), float(result.reward), bool(result.done), report)
+        return StepReport(
+            self.episode - (1 if result.done else 0),
+            result.step,
+            [float(a) for a in act.action],
+            dict(zip(self.group_names, result.keep_ratios.tolist(), strict=True)),
+            float(result.macs_ratio),
+            float(result.reward),
+            bool(result.done),
+            report,
+        )
 
     def run_episode(self) -> EpisodeReport:
         """Step until the current episode ends; returns its report."""
@@ -305,26 +337,52 @@ class SearchRun:
         if result.val_acc is not None:
             self.n_scored += 1
             if self.best_val_acc is None or result.val_acc > self.best_val_acc:
-                self.best_val_acc, self.best_plan, self.best_episode = float(result.val_acc), plan_dict, self.episode
+                self.best_val_acc, self.best_plan, self.best_episode = (
+                    float(result.val_acc),
+                    plan_dict,
+                    self.episode,
+                )
         ep["timings"]["total"] = time.perf_counter() - ep["start"]
         report = EpisodeReport(
-            episode=self.episode, reward=float(result.reward), val_acc=result.val_acc, macs=macs,
-            macs_ratio=float(result.macs_ratio), feasible=bool(result.feasible), steps=int(result.step),
-            plan=plan_dict, keep_ratios=dict(zip(self.group_names, [round(float(r), 5) for r in result.keep_ratios],
-                                                 strict=True)),
-            actions=ep["actions"], embeddings=ep["embeddings"].numpy().round(5).tolist(),
+            episode=self.episode,
+            reward=float(result.reward),
+            val_acc=result.val_acc,
+            macs=macs,
+            macs_ratio=float(result.macs_ratio),
+            feasible=bool(result.feasible),
+            steps=int(result.step),
+            plan=plan_dict,
+            keep_ratios=dict(
+                zip(self.group_names, [round(float(r), 5) for r in result.keep_ratios], strict=True)
+            ),
+            actions=ep["actions"],
+            embeddings=ep["embeddings"].numpy().round(5).tolist(),
             embedding_groups=self.group_names,
-            best_val_acc=self.best_val_acc, best_episode=self.best_episode,
-            timings_s={k: round(v, 5) for k, v in ep["timings"].items()}, update=update)
+            best_val_acc=self.best_val_acc,
+            best_episode=self.best_episode,
+            timings_s={k: round(v, 5) for k, v in ep["timings"].items()},
+            update=update,
+        )
         self.episode += 1
         self.history.append(report)
         self._obs = None
         if self.store is not None and self.run_id is not None:
-            extra = {k: v for k, v in report.to_dict().items()
-                     if k not in ("reward", "val_acc", "macs", "macs_ratio", "plan")}
-            self.store.add_episode(self.run_id, index=report.episode, reward=report.reward, macs=macs,
-                                   macs_ratio=report.macs_ratio, val_acc=report.val_acc, plan=plan_dict,
-                                   extra=extra, replace=True)
+            extra = {
+                k: v
+                for k, v in report.to_dict().items()
+                if k not in ("reward", "val_acc", "macs", "macs_ratio", "plan")
+            }
+            self.store.add_episode(
+                self.run_id,
+                index=report.episode,
+                reward=report.reward,
+                macs=macs,
+                macs_ratio=report.macs_ratio,
+                val_acc=report.val_acc,
+                plan=plan_dict,
+                extra=extra,
+                replace=True,
+            )
         self.save()
         if self.callback is not None:
             self.callback(report)
@@ -336,8 +394,13 @@ class SearchRun:
 
         Does not touch the agent's buffer or generator. Returns the plan (None if it cannot meet the budget).
         """
-        env = PruningEnv(self.topology, self.model, config=self.env.config, scorer=self.env.scorer,
-                         score_fn=self.env.score_fn if score else (lambda plan: float("nan")))
+        env = PruningEnv(
+            self.topology,
+            self.model,
+            config=self.env.config,
+            scorer=self.env.scorer,
+            score_fn=self.env.score_fn if score else (lambda plan: float("nan")),
+        )
         env.builder = self.env.builder
         obs = env.reset().state
         for _ in range(env.config.max_steps):
@@ -357,7 +420,11 @@ class SearchRun:
             self.policy_val_acc = env._score(plan, timings)
             self.n_scored += 1
             if self.best_val_acc is None or self.policy_val_acc > self.best_val_acc:
-                self.best_val_acc, self.best_plan, self.best_episode = self.policy_val_acc, plan.to_dict(), None
+                self.best_val_acc, self.best_plan, self.best_episode = (
+                    self.policy_val_acc,
+                    plan.to_dict(),
+                    None,
+                )
         return plan
 
     def result(self) -> SearchResult:
@@ -368,9 +435,21 @@ class SearchRun:
         ratio = None
         if best is not None:
             ratio = float(self.env._plan_macs(self.topology, best) / self.env.base_macs)
-        return SearchResult(self.run_id, self.episode, self.n_scored, best, self.best_val_acc, self.best_episode,
-                            self.policy_plan, self.policy_val_acc, ratio, time.perf_counter() - self._start,
-                            list(self.history), str(self.state_dir) if self.state_dir else None, self.finished)
+        return SearchResult(
+            self.run_id,
+            self.episode,
+            self.n_scored,
+            best,
+            self.best_val_acc,
+            self.best_episode,
+            self.policy_plan,
+            self.policy_val_acc,
+            ratio,
+            time.perf_counter() - self._start,
+            list(self.history),
+            str(self.state_dir) if self.state_dir else None,
+            self.finished,
+        )
 
     # -- persistence ---------------------------------------------------------------------------------
     def save(self) -> Path | None:
@@ -379,10 +458,15 @@ class SearchRun:
             return None
         self.state_dir.mkdir(parents=True, exist_ok=True)
         state = {
-            "version": 1, "config": self.config.to_dict(), "agent": self.agent.state_dict(),
-            "episode": self.episode, "n_scored": self.n_scored, "best_val_acc": self.best_val_acc,
+            "version": 1,
+            "config": self.config.to_dict(),
+            "agent": self.agent.state_dict(),
+            "episode": self.episode,
+            "n_scored": self.n_scored,
+            "best_val_acc": self.best_val_acc,
             "best_plan_json": None if self.best_plan is None else _json(self.best_plan),
-            "best_episode": self.best_episode, "run_id": self.run_id,
+            "best_episode": self.best_episode,
+            "run_id": self.run_id,
         }
         path = self.state_dir / STATE_FILE
         tmp = path.with_suffix(".tmp")
@@ -403,11 +487,20 @@ class SearchRun:
 
     def _finalise(self) -> None:
         if self.store is not None and self.run_id is not None:
-            extra = {"episodes_done": self.episode, "n_scored": self.n_scored,
-                     "policy_plan": self.policy_plan.to_dict() if self.policy_plan is not None else None,
-                     "policy_val_acc": self.policy_val_acc, "best_episode": self.best_episode}
-            self.store.update_run(self.run_id, status="completed", extra=extra,
-                                  best_score=self.best_val_acc, best_plan=self.best_plan)
+            extra = {
+                "episodes_done": self.episode,
+                "n_scored": self.n_scored,
+                "policy_plan": self.policy_plan.to_dict() if self.policy_plan is not None else None,
+                "policy_val_acc": self.policy_val_acc,
+                "best_episode": self.best_episode,
+            }
+            self.store.update_run(
+                self.run_id,
+                status="completed",
+                extra=extra,
+                best_score=self.best_val_acc,
+                best_plan=self.best_plan,
+            )
 
     def load(self, path: str | os.PathLike[str]) -> None:
         """Restore the state saved by save() (the run must have been built with the same config)."""
@@ -423,10 +516,18 @@ class SearchRun:
         self._obs = None
 
     @classmethod
-    def resume(cls, model: nn.Module, topology: Any, *, run_id: int | None = None,
-               state_dir: str | os.PathLike[str] | None = None, scorer: Any | None = None,
-               score_fn: Callable[[Any], float] | None = None, store: Any | None = None,
-               callback: Callable[[EpisodeReport], None] | None = None) -> SearchRun:
+    def resume(
+        cls,
+        model: nn.Module,
+        topology: Any,
+        *,
+        run_id: int | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        scorer: Any | None = None,
+        score_fn: Callable[[Any], float] | None = None,
+        store: Any | None = None,
+        callback: Callable[[EpisodeReport], None] | None = None,
+    ) -> SearchRun:
         """Rebuild a run from its saved state (by run id in `store`, or from `state_dir`).
 
         Raises:
@@ -438,11 +539,21 @@ class SearchRun:
             state_dir = state_dir_for(run_id)
         path = Path(state_dir) / STATE_FILE
         if not path.exists():
-            raise ValueError(f"no saved search state at {path}; the run finished no episode yet, start it again")
+            raise ValueError(
+                f"no saved search state at {path}; the run finished no episode yet, start it again"
+            )
         saved = torch.load(path, weights_only=True)
-        run = cls(model, topology, config=SearchConfig.from_dict(saved["config"]), scorer=scorer, score_fn=score_fn,
-                  store=store, run_id=run_id if run_id is not None else saved.get("run_id"), callback=callback,
-                  state_dir=state_dir)
+        run = cls(
+            model,
+            topology,
+            config=SearchConfig.from_dict(saved["config"]),
+            scorer=scorer,
+            score_fn=score_fn,
+            store=store,
+            run_id=run_id if run_id is not None else saved.get("run_id"),
+            callback=callback,
+            state_dir=state_dir,
+        )
         run.load(path)
         return run
 
@@ -453,27 +564,61 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
 
 
-def run_search(model: nn.Module, topology: Any, *, config: SearchConfig | None = None, scorer: Any | None = None,
-               score_fn: Callable[[Any], float] | None = None, store: Any | None = None, run_id: int | None = None,
-               dataset: str = "", callback: Callable[[EpisodeReport], None] | None = None,
-               should_stop: Callable[[], bool] | None = None,
-               state_dir: str | os.PathLike[str] | None = None) -> SearchResult:
+def run_search(
+    model: nn.Module,
+    topology: Any,
+    *,
+    config: SearchConfig | None = None,
+    scorer: Any | None = None,
+    score_fn: Callable[[Any], float] | None = None,
+    store: Any | None = None,
+    run_id: int | None = None,
+    dataset: str = "",
+    callback: Callable[[EpisodeReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+) -> SearchResult:
     """Run a GNN-RL search to completion (or until `should_stop()`); see SearchRun for the arguments.
 
     Returns:
         The best plan seen, the policy-mean plan, and the episode history.
     """
-    run = SearchRun(model, topology, config=config, scorer=scorer, score_fn=score_fn, store=store, run_id=run_id,
-                    dataset=dataset, callback=callback, state_dir=state_dir)
+    run = SearchRun(
+        model,
+        topology,
+        config=config,
+        scorer=scorer,
+        score_fn=score_fn,
+        store=store,
+        run_id=run_id,
+        dataset=dataset,
+        callback=callback,
+        state_dir=state_dir,
+    )
     return run.run(should_stop=should_stop)
 
 
-def resume_search(model: nn.Module, topology: Any, *, run_id: int | None = None,
-                  state_dir: str | os.PathLike[str] | None = None, scorer: Any | None = None,
-                  score_fn: Callable[[Any], float] | None = None, store: Any | None = None,
-                  callback: Callable[[EpisodeReport], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> SearchResult:
+def resume_search(
+    model: nn.Module,
+    topology: Any,
+    *,
+    run_id: int | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    scorer: Any | None = None,
+    score_fn: Callable[[Any], float] | None = None,
+    store: Any | None = None,
+    callback: Callable[[EpisodeReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SearchResult:
     """Continue a paused or interrupted search from its saved state and run it to completion."""
-    run = SearchRun.resume(model, topology, run_id=run_id, state_dir=state_dir, scorer=scorer, score_fn=score_fn,
-                           store=store, callback=callback)
+    run = SearchRun.resume(
+        model,
+        topology,
+        run_id=run_id,
+        state_dir=state_dir,
+        scorer=scorer,
+        score_fn=score_fn,
+        store=store,
+        callback=callback,
+    )
     return run.run(should_stop=should_stop)

@@ -57,11 +57,18 @@ def chain_state(keep: list[float], *, channels: int = 4) -> MultiStageData:
     group_x[:, 0] = torch.arange(g) / max(1, g - 1)
     group_x[:, 10] = torch.tensor(keep)
     return MultiStageData(
-        x=x, edge_index=edge_index, edge_attr=edge_attr,
-        conv_edge=torch.arange(2 * g), conv_edge_motif=torch.cat([torch.arange(g), torch.arange(g)]),
-        motif_x=torch.cat(motif_x), motif_edge_index=torch.cat(motif_e, dim=1),
-        motif_batch=torch.cat(motif_batch), motif_graph=torch.zeros(g, dtype=torch.long),
-        group_node=torch.arange(1, n), group_member=torch.arange(g), group_graph=torch.zeros(g, dtype=torch.long),
+        x=x,
+        edge_index=edge_index,
+        edge_attr=edge_attr,
+        conv_edge=torch.arange(2 * g),
+        conv_edge_motif=torch.cat([torch.arange(g), torch.arange(g)]),
+        motif_x=torch.cat(motif_x),
+        motif_edge_index=torch.cat(motif_e, dim=1),
+        motif_batch=torch.cat(motif_batch),
+        motif_graph=torch.zeros(g, dtype=torch.long),
+        group_node=torch.arange(1, n),
+        group_member=torch.arange(g),
+        group_graph=torch.zeros(g, dtype=torch.long),
         group_x=group_x,
     )
 

@@ -96,10 +96,14 @@ def test_state_is_deterministic_and_reflects_pruning(resnet20):
 
 def test_motif_cap(resnet20):
     model, topo = resnet20
-    capped = PruningEnv(topo, model, config=EnvConfig(max_motif_channels=4), score_fn=lambda p: 0.0).reset().state
+    capped = (
+        PruningEnv(topo, model, config=EnvConfig(max_motif_channels=4), score_fn=lambda p: 0.0).reset().state
+    )
     sizes = torch.bincount(capped.motif_batch)
     assert int(sizes.max()) == 2 * 4 + 2
-    full = PruningEnv(topo, model, config=EnvConfig(max_motif_channels=0), score_fn=lambda p: 0.0).reset().state
+    full = (
+        PruningEnv(topo, model, config=EnvConfig(max_motif_channels=0), score_fn=lambda p: 0.0).reset().state
+    )
     sizes = torch.bincount(full.motif_batch)
     assert int(sizes[0]) == 2 * 3 + 2  # stem conv: 3 input channels -> the paper's 2*c_in+2 nodes
     assert int(sizes.max()) == 2 * 64 + 2

@@ -26,7 +26,7 @@ def test_batched_equals_per_graph(kind):
         single = enc(batch_states([s]))
         torch.testing.assert_close(out.graph_embedding[i], single.graph_embedding[0])
         g = single.group_embeddings.size(0)
-        torch.testing.assert_close(out.group_embeddings[offset:offset + g], single.group_embeddings)
+        torch.testing.assert_close(out.group_embeddings[offset : offset + g], single.group_embeddings)
         offset += g
     # the released code's bug: distinct graphs must give distinct embeddings
     assert not torch.allclose(out.graph_embedding[0], out.graph_embedding[1])
@@ -45,11 +45,19 @@ def _permute(s: MultiStageData, seed: int) -> MultiStageData:
     einv = torch.empty_like(eperm)
     einv[eperm] = torch.arange(eperm.numel())
     return MultiStageData(
-        x=s.x[perm], edge_index=inv[s.edge_index[:, eperm]], edge_attr=s.edge_attr[eperm],
-        conv_edge=einv[s.conv_edge], conv_edge_motif=s.conv_edge_motif,
-        motif_x=s.motif_x[mperm], motif_edge_index=minv[s.motif_edge_index], motif_batch=s.motif_batch[mperm],
-        motif_graph=s.motif_graph, group_node=inv[s.group_node], group_member=s.group_member,
-        group_graph=s.group_graph, group_x=s.group_x,
+        x=s.x[perm],
+        edge_index=inv[s.edge_index[:, eperm]],
+        edge_attr=s.edge_attr[eperm],
+        conv_edge=einv[s.conv_edge],
+        conv_edge_motif=s.conv_edge_motif,
+        motif_x=s.motif_x[mperm],
+        motif_edge_index=minv[s.motif_edge_index],
+        motif_batch=s.motif_batch[mperm],
+        motif_graph=s.motif_graph,
+        group_node=inv[s.group_node],
+        group_member=s.group_member,
+        group_graph=s.group_graph,
+        group_x=s.group_x,
     )
 
 

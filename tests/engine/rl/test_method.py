@@ -37,9 +37,18 @@ def test_method_stops_and_resumes_a_stored_run(resnet20, small_shapes10):
     store = RunStore()
     run_id = store.create_run(method="gnnrl", model="cifar_resnet20", dataset="shapes10", budget=0.5)
     events = []
-    ctx = MethodContext(model=model, topology=topo, data=small_shapes10, budget=0.5, seed=0, store=store,
-                        run_id=run_id, scoring=ScoringConfig(val_size=16, bn_batches=1, bn_batch_size=16),
-                        callback=events.append, should_stop=lambda: len(events) >= 1)
+    ctx = MethodContext(
+        model=model,
+        topology=topo,
+        data=small_shapes10,
+        budget=0.5,
+        seed=0,
+        store=store,
+        run_id=run_id,
+        scoring=ScoringConfig(val_size=16, bn_batches=1, bn_batch_size=16),
+        callback=events.append,
+        should_stop=lambda: len(events) >= 1,
+    )
     first = run_method("gnnrl", ctx, episodes=2, score_policy_plan=False, resume=True)  # no state yet: fresh
     assert not first.meta["finished"] and store.get_run(run_id).status == "paused"
     store.claim_run(run_id)

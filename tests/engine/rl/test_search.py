@@ -13,6 +13,7 @@ def _score(topology):
     # a cheap stand-in for val accuracy: prefers a mean keep ratio of 0.7
     def score(plan):
         return 90.0 - 50.0 * abs(float(np.mean(list(plan.keep_ratios(topology).values()))) - 0.7)
+
     return score
 
 
@@ -31,9 +32,16 @@ def test_smoke_three_episode_method_run_records_store(resnet20, small_shapes10):
     try:
         store = RunStore()
         run_id = store.create_run(method="gnnrl", model="cifar_resnet20", dataset="shapes10", budget=0.5)
-        ctx = MethodContext(model=model, topology=topo, data=small_shapes10, budget=0.5, seed=0,
-                            scoring=ScoringConfig(val_size=32, bn_batches=1, bn_batch_size=32), store=store,
-                            run_id=run_id)
+        ctx = MethodContext(
+            model=model,
+            topology=topo,
+            data=small_shapes10,
+            budget=0.5,
+            seed=0,
+            scoring=ScoringConfig(val_size=32, bn_batches=1, bn_batch_size=32),
+            store=store,
+            run_id=run_id,
+        )
         assert get_method("gnnrl").kind == "search"
         result = run_method("gnnrl", ctx, episodes=3)
     finally:
@@ -79,7 +87,9 @@ def test_pause_and_resume_replays_the_run(resnet20):
     assert store.get_run(run.run_id).status == "paused"
     store.claim_run(run.run_id)
     resumed = resume_search(model, topo, run_id=run.run_id, score_fn=_score(topo), store=store)
-    assert _trajectory(full) == [(h.reward, h.actions, h.plan) for h in run.history[:2]] + _trajectory(resumed)
+    assert _trajectory(full) == [(h.reward, h.actions, h.plan) for h in run.history[:2]] + _trajectory(
+        resumed
+    )
     assert resumed.best_val_acc == full.best_val_acc
     assert [e.index for e in store.episodes(run.run_id)] == [0, 1, 2, 3, 4]
     assert store.get_run(run.run_id).status == "completed"
@@ -88,8 +98,15 @@ def test_pause_and_resume_replays_the_run(resnet20):
 def test_should_stop_pauses_between_episodes(resnet20, tmp_path):
     model, topo = resnet20
     calls = []
-    result = run_search(model, topo, config=SearchConfig(episodes=5), score_fn=_score(topo), state_dir=tmp_path,
-                        callback=calls.append, should_stop=lambda: len(calls) >= 2)
+    result = run_search(
+        model,
+        topo,
+        config=SearchConfig(episodes=5),
+        score_fn=_score(topo),
+        state_dir=tmp_path,
+        callback=calls.append,
+        should_stop=lambda: len(calls) >= 2,
+    )
     assert result.episodes == 2 and not result.finished
     assert [r.episode for r in calls] == [0, 1]
     assert calls[1].best_val_acc == max(r.val_acc for r in calls)
@@ -99,7 +116,12 @@ def test_should_stop_pauses_between_episodes(resnet20, tmp_path):
 @pytest.mark.parametrize("agent,encoder", [("ppo", "features"), ("ddpg", "gnn")])
 def test_variants_run(resnet20, agent, encoder):
     model, topo = resnet20
-    cfg = SearchConfig(episodes=3, agent=agent, encoder=encoder, ddpg={"warmup_episodes": 1, "batch_size": 4, "updates_per_episode": 2})
+    cfg = SearchConfig(
+        episodes=3,
+        agent=agent,
+        encoder=encoder,
+        ddpg={"warmup_episodes": 1, "batch_size": 4, "updates_per_episode": 2},
+    )
     result = run_search(model, topo, config=cfg, score_fn=_score(topo))
     assert result.episodes == 3 and result.best_plan is not None
     assert result.policy_plan is not None and abs(result.macs_ratio / 0.5 - 1) <= 0.01
@@ -107,8 +129,12 @@ def test_variants_run(resnet20, agent, encoder):
 
 def test_missing_budget_without_wall_is_penalised(resnet20):
     model, topo = resnet20
-    cfg = SearchConfig(episodes=2, score_policy_plan=False, ppo={"std_init": 0.01, "std_min": 0.01},
-                       env=EnvConfig(budget=0.2, max_steps=1, max_change=0.1, action_wall=False))
+    cfg = SearchConfig(
+        episodes=2,
+        score_policy_plan=False,
+        ppo={"std_init": 0.01, "std_min": 0.01},
+        env=EnvConfig(budget=0.2, max_steps=1, max_change=0.1, action_wall=False),
+    )
     result = run_search(model, topo, config=cfg, score_fn=_score(topo))
     assert [h.reward for h in result.history] == [-100.0, -100.0]
     assert result.best_plan is None and result.n_scored == 0
@@ -117,11 +143,21 @@ def test_missing_budget_without_wall_is_penalised(resnet20):
 def test_transfer_freezes_a_trained_encoder(resnet20, tmp_path):
     model, topo = resnet20
     fast = {"update_every_episodes": 1, "epochs": 2}
-    run_search(model, topo, config=SearchConfig(episodes=2, score_policy_plan=False, ppo=fast),
-               score_fn=_score(topo), state_dir=tmp_path / "src")
+    run_search(
+        model,
+        topo,
+        config=SearchConfig(episodes=2, score_policy_plan=False, ppo=fast),
+        score_fn=_score(topo),
+        state_dir=tmp_path / "src",
+    )
     src = torch.load(tmp_path / "src" / "encoder.pt", weights_only=True)
-    cfg = SearchConfig(episodes=2, seed=9, score_policy_plan=False, transfer_from=str(tmp_path / "src" / "encoder.pt"),
-                       ppo=fast)
+    cfg = SearchConfig(
+        episodes=2,
+        seed=9,
+        score_policy_plan=False,
+        transfer_from=str(tmp_path / "src" / "encoder.pt"),
+        ppo=fast,
+    )
     run = SearchRun(model, topo, config=cfg, score_fn=_score(topo))
     run.run()
     for k, v in run.agent.encoder_state_dict().items():
