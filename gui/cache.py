@@ -189,6 +189,12 @@ def get_topology(ref: ModelRef) -> Any:
     return build_topology(load_model(ref).model, example_inputs(ref))
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def weights_digest(ref: ModelRef) -> str:
+    """sha256 of the baseline's weights (keys stored sensitivity tables to the exact weights)."""
+    return str(engine_attr("sensitivity", "weights_sha256")(load_model(ref).model))
+
+
 @st.cache_data(show_spinner="Counting costs...", max_entries=16)
 def model_summary(ref: ModelRef) -> dict[str, Any]:
     """Params, MACs, FLOPs, activation memory and graph sizes of the baseline."""

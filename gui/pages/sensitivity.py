@@ -13,6 +13,23 @@ ref = model_ref()
 st.caption("Prune one channel group at a time to each keep ratio (fraction of channels kept) and measure the val "
            "accuracy after BN recalibration. The test split is never read here.")
 
+def stored_table(digest: str) -> dict | None:
+    """The newest sensitivity table in the run store computed for exactly these weights, or None."""
+    store = cache.run_store()
+    for key in reversed(store.sensitivity_keys(model=ref.arch, dataset=ref.dataset)):
+        record = store.load_sensitivity(key)
+        if record is not None and record.settings.get("weights_sha256") == digest:
+            return {**record.table, "stored_at": record.created_at}
+    return None
+
+
+def save_table(table: dict, digest: str) -> None:
+    """Keep a finished table in the run store so it survives restarts and other sessions see it."""
+    key = table.get("cache_key") or f"gui-{digest[:16]}-{'-'.join(str(k) for k in table['keep_ratios'])}"
+    cache.run_store().save_sensitivity(key, model=ref.arch, dataset=ref.dataset, table=table,
+                                       settings={"weights_sha256": digest, "keep_ratios": table["keep_ratios"]})
+
+
 with components.engine_errors("sensitivity"):
     analyze = cache.engine_attr("sensitivity", "analyze_sensitivity")
     loaded = cache.load_model(ref)
@@ -31,13 +48,21 @@ with components.engine_errors("sensitivity"):
     if busy and c2.button("Stop", key="sens_stop"):
         job.stop()
 
+    digest = cache.weights_digest(ref)
+    if st.session_state.get(SENS_RESULT) is None and not busy:
+        stored = stored_table(digest)
+        if stored is not None:
+            st.session_state[SENS_RESULT] = stored
+
     def panel() -> None:
         job = st.session_state.get(SENS_JOB)
         snap = job.snapshot() if job else None
-        components.job_status(snap, idle_text="Not run yet for this model (results are cached on disk per weights).")
+        components.job_status(snap, idle_text="Not run yet for these weights (finished tables are kept in the run "
+                                              "store and reloaded here).")
         if snap and snap.status == "done" and snap.result and st.session_state.get("_sens_ref") == ref:
             if st.session_state.get(SENS_RESULT) is not snap.result:
                 st.session_state[SENS_RESULT] = snap.result
+                save_table(snap.result, digest)
         if snap and not snap.active and st.session_state.get("_sens_seen") is not job:
             st.session_state["_sens_seen"] = job
             st.rerun()
@@ -50,7 +75,8 @@ table = st.session_state.get(SENS_RESULT)
 if table:
     st.caption(f"Unpruned val top-1: {table['base_acc']:.2f}%; {len(table['groups'])} prunable groups; "
                f"{table.get('n_scored', 0)} plans scored in {table.get('seconds', 0.0):.1f} s"
-               + (" (from cache)" if table.get("from_cache") else ""))
+               + (" (from cache)" if table.get("from_cache") else "")
+               + (f"; loaded from the run store (computed {table['stored_at'][:16]})" if table.get("stored_at") else ""))
     st.plotly_chart(sp.sensitivity_heatmap_figure(table), key="sens_heatmap")
     left, right = st.columns(2)
     names = [g["name"] for g in table["groups"]]

@@ -217,6 +217,10 @@ def test_sensitivity_page_runs_in_background(monkeypatch):
     goto(at, "topology")  # the table colours the graph
     at.selectbox(key="topo_metric").set_value("sensitivity").run()
     assert not at.info or all("No sensitivity" not in i.value for i in at.info)
+    # a new session (or a restarted app) finds the table in the run store
+    fresh = goto(app(), "sensitivity")
+    assert fresh.session_state[SENS_RESULT]["base_acc"] == 90.0
+    assert any("loaded from the run store" in c.value for c in fresh.caption)
 
 
 # --- Agent -----------------------------------------------------------------------------------------------------
