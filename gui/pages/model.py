@@ -49,9 +49,9 @@ with components.engine_errors("model list"):
         if upload is not None:
             blob = upload.getvalue()
             digest = hashlib.sha256(blob).hexdigest()[:16]
-            folder = topoprune_home() / "uploads"
+            folder = topoprune_home() / "uploads" / digest  # keeps the user's file name for messages
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{digest}{Path(upload.name).suffix}"
+            path = folder / Path(upload.name).name
             if not path.exists():
                 path.write_bytes(blob)
             weights = str(path)

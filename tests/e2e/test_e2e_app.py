@@ -110,3 +110,35 @@ def test_every_page_and_a_gnnrl_search(page, app_url, artifacts):
     wait_idle(page)
     no_exception(page)
     page.screenshot(path=str(artifacts / "08-agent-reopened.png"), full_page=True)
+
+
+def test_upload_weights_checked_and_used(page, app_url, artifacts, tmp_path):
+    """A state_dict that fits is loaded; one that does not is refused with a clear message, no traceback."""
+    import torch
+    from playwright.sync_api import expect
+
+    from engine.zoo import build_model
+
+    good = tmp_path / "resnet20-weights.pt"
+    torch.save(build_model("cifar_resnet20").state_dict(), good)
+    bad = tmp_path / "vgg-weights.pt"
+    torch.save({"features.0.weight": torch.zeros(4, 3, 3, 3)}, bad)
+
+    page.goto(app_url)
+    page.get_by_role("heading", name="Model & data").wait_for(timeout=LOAD_MS)
+    wait_idle(page)
+    page.get_by_text("Upload weights", exact=True).click()
+    wait_idle(page)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(bad))
+    expect(page.get_by_text(re.compile("vgg-weights|does not fit|missing", re.I)).first).to_be_visible(timeout=LOAD_MS)
+    wait_idle(page)
+    no_exception(page)
+    assert "vgg-weights.pt does not fit this architecture" in page.locator(
+        '[data-testid="stAlertContentError"]').first.inner_text()
+    page.screenshot(path=str(artifacts / "09-upload-refused.png"), full_page=True)
+
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(good))
+    expect(page.get_by_text(re.compile(r"Baseline: weights from resnet20-weights\.pt"))).to_be_visible(timeout=LOAD_MS)
+    wait_idle(page)
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "10-upload-used.png"), full_page=True)
