@@ -186,16 +186,61 @@ def depgraph_groups(meta_model: nn.Module, inputs: tuple[torch.Tensor, ...], cal
     return groups
 
 
+def _closure(graph: nx.DiGraph, start: str, n: int, modules: dict[str, nn.Module],
+             call_sites: dict[str, int]) -> list[tuple[str, str]] | None:
+    """Members reached from conv `start`'s outputs through channel-wise ops and depthwise convs, ending at the
+    inputs of plain convs/linears; None if the channels meet anything that mixes or reorders them."""
+    members: list[tuple[str, str]] = []
+    stack = list(graph.successors(start))
+    if not stack:
+        return None
+    seen: set[str] = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            return None  # two paths meet again: only an add/cat could do that
+        seen.add(node)
+        data = graph.nodes[node]
+        name, op = data.get("module"), data["op"]
+        if op in ("batchnorm", "conv", "linear") and call_sites[name] != 1:
+            return None
+        if op == "batchnorm":
+            members.append((name, "out"))
+        elif op in _CHANNELWISE_OPS:
+            pass
+        elif op == "flatten" and data["in_shape"] and len(data["in_shape"]) > 2 and \
+                torch.Size(data["in_shape"][2:]).numel() == 1:
+            pass
+        elif op == "conv" and _is_depthwise(modules[name]) and modules[name].in_channels == n:
+            members.append((name, "out"))
+        elif op in ("conv", "linear"):
+            module = modules[name]
+            in_channels = module.in_channels if op == "conv" else module.in_features
+            if in_channels != n or getattr(module, "groups", 1) != 1:
+                return None
+            members.append((name, "in"))
+            continue  # the channels end here
+        else:
+            return None
+        successors = list(graph.successors(node))
+        if not successors:
+            return None
+        stack.extend(successors)
+    return members
+
+
 def chain_groups(graph: nx.DiGraph, meta_model: nn.Module, ignored: list[str]) -> list[RawGroup]:
-    """Block-internal chains conv -> BN/act -> [dwconv -> BN/act] -> conv.in that touch no add/cat/shuffle."""
+    """Groups whose channels flow only through BN, activations, pooling and depthwise convs into the inputs of
+    plain convs/linears (block-internal chains such as conv -> BN -> dwconv -> BN -> conv.in, and fan-outs of
+    them); channels that reach an add, concat, reshape or shuffle are left out."""
     modules = dict(meta_model.named_modules())
     call_sites: dict[str, int] = defaultdict(int)
     for _, data in graph.nodes(data=True):
         if data.get("module"):
             call_sites[data["module"]] += 1
+    order = {d["module"]: d.get("order", 0) for _, d in graph.nodes(data=True) if d.get("module")}
     groups: list[RawGroup] = []
-    order = sorted(graph.nodes, key=lambda n: graph.nodes[n].get("order", 0))
-    for node in order:
+    for node in sorted(graph.nodes, key=lambda n: graph.nodes[n].get("order", 0)):
         data = graph.nodes[node]
         name = data.get("module")
         if data["op"] != "conv" or name in ignored or call_sites[name] != 1:
@@ -203,37 +248,10 @@ def chain_groups(graph: nx.DiGraph, meta_model: nn.Module, ignored: list[str]) -
         start = modules[name]
         if start.groups != 1 or start.transposed:
             continue
-        n = start.out_channels
-        members: list[tuple[str, str]] = [(name, "out")]
-        current, ok = node, False
-        while True:
-            succ = list(graph.successors(current))
-            if len(succ) != 1:
-                break
-            current = succ[0]
-            cdata = graph.nodes[current]
-            cname = cdata.get("module")
-            if cdata["op"] in ("batchnorm", "conv", "linear") and call_sites[cname] != 1:
-                break
-            if cdata["op"] == "batchnorm":
-                members.append((cname, "out"))
-            elif cdata["op"] in _CHANNELWISE_OPS:
-                continue
-            elif cdata["op"] == "flatten" and cdata["in_shape"] and len(cdata["in_shape"]) > 2 and \
-                    torch.Size(cdata["in_shape"][2:]).numel() == 1:
-                continue
-            elif cdata["op"] == "conv" and _is_depthwise(modules[cname]) and modules[cname].in_channels == n:
-                members.append((cname, "out"))
-            elif cdata["op"] in ("conv", "linear"):
-                module = modules[cname]
-                in_channels = module.in_channels if cdata["op"] == "conv" else module.in_features
-                if in_channels == n and getattr(module, "groups", 1) == 1:
-                    members.append((cname, "in"))
-                    ok = True
-                break
-            else:
-                break
-        if ok:
-            maps = [MemberMap(m, d, tuple(range(n)), 1) for m, d in members]
+        members = _closure(graph, node, start.out_channels, modules, call_sites)
+        if members:
+            members.sort(key=lambda member: (order.get(member[0], 0), member[1] != "out"))
+            n = start.out_channels
+            maps = [MemberMap(m, d, tuple(range(n)), 1) for m, d in [(name, "out"), *members]]
             groups.append(RawGroup(name, n, maps, None))
     return groups

@@ -224,7 +224,7 @@ def _trace_fx(model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict[st
         for source in tensor_inputs(node):
             graph.add_edge(source, node.name)
         kept[node.name] = [node.name]
-    for index, name in enumerate(nx.topological_sort(graph)):
+    for index, name in enumerate(graph.nodes):  # fx order: execution order, already topological
         graph.nodes[name]["order"] = index
     output_layers = _layers_feeding_output(graph)
     return TraceResult(graph, calls, "fx", output_layers)

@@ -122,7 +122,10 @@ def test_zoo_models_build(name):
     names = [g.name for g in topology.groups]
     assert len(names) == len(set(names))
     if name == "cifar_shufflenet_v2":  # channel shuffle: block-internal chains only
-        assert topology.group_method == "chains" and len(topology.groups) == 17
+        assert topology.group_method == "chains" and len(topology.groups) == 18
+        assert topology.groups[0].members == [
+            ("stem.0", "out"), ("stem.1", "out"), ("stage2.0.branch1.0", "out"), ("stage2.0.branch1.1", "out"),
+            ("stage2.0.branch1.2", "in"), ("stage2.0.branch2.0", "in")]  # the stem fans out into both branches
         assert topology.group("stage2.0.branch2.0").members == [
             ("stage2.0.branch2.0", "out"), ("stage2.0.branch2.1", "out"), ("stage2.0.branch2.3", "out"),
             ("stage2.0.branch2.4", "out"), ("stage2.0.branch2.5", "in")]
