@@ -42,6 +42,7 @@ def bench_figure(name: str, repeats: int) -> dict:
 
     from engine.graph import build_topology
     from engine.zoo import build_model, default_input_size
+    from gui.plots import graph_view as gv
     from gui.plots import topology as tp
 
     model = build_model(name).eval()
@@ -52,11 +53,11 @@ def bench_figure(name: str, repeats: int) -> dict:
     trace_s = time.perf_counter() - start
     row = {"model": name, "ops": topo.graph.number_of_nodes(), "op_edges": topo.graph.number_of_edges(),
            "groups": len(topo.groups), "trace_s": round(trace_s, 3)}
-    mg = tp.module_groups(topo.groups)
+    mg = gv.module_groups(topo.groups)
     for level in ("blocks", "layers"):
         def layout(level=level):
-            view = tp.collapse_graph(topo.graph, level=level)
-            return view, tp.layout_positions(view)
+            view = gv.collapse_graph(topo.graph, level=level)
+            return view, gv.layout_positions(view)
 
         layout_s = _median_s(layout, repeats)
         view, pos = layout()

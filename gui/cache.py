@@ -239,10 +239,10 @@ def latency_ms(ref: ModelRef) -> float:
 @st.cache_data(show_spinner="Laying out the graph...", max_entries=32)
 def topology_layout(ref: ModelRef, level: str, expanded: tuple[str, ...] = ()) -> dict[str, Any]:
     """The collapsed view of the topology at `level` and its dot layout (node -> x, y), cached per model."""
-    from gui.plots import topology as tp
+    from gui.plots import graph_view as gv
 
-    view = tp.collapse_graph(get_topology(ref).graph, level=level, expanded=expanded)
-    return {"view": view, "pos": tp.layout_positions(view)}
+    view = gv.collapse_graph(get_topology(ref).graph, level=level, expanded=expanded)
+    return {"view": view, "pos": gv.layout_positions(view)}
 
 
 # --- methods, store ---------------------------------------------------------------------------------------------

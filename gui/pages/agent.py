@@ -8,6 +8,7 @@ import streamlit as st
 
 from gui import cache, components, jobs
 from gui.plots import agent as ap
+from gui.plots import graph_view as gv
 from gui.plots import topology as tp
 from gui.state import REOPEN_RUN, SEARCH_JOB, SELECTED_PLAN, model_ref
 
@@ -74,7 +75,7 @@ def draw_action(keep_ratios: dict[str, float], topology: Any, *, prefix: str, ti
         st.plotly_chart(ap.action_bars_figure(keep_ratios, title=title), key=f"{prefix}_actions")
     with right:
         layout = cache.topology_layout(ref, "layers")
-        values = tp.node_values(layout["view"], "keep ratio", module_to_group=tp.module_groups(topology.groups),
+        values = tp.node_values(layout["view"], "keep ratio", module_to_group=gv.module_groups(topology.groups),
                                 group_values=keep_ratios)
         st.markdown("**State graph coloured by the last action** (keep ratio per layer)")
         st.plotly_chart(tp.topology_figure(layout["view"], layout["pos"], values=values, metric="keep ratio",

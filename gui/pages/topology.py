@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from gui import cache, components
+from gui.plots import graph_view as gv
 from gui.plots import topology as tp
 from gui.state import SELECTED_NODE, SELECTED_PLAN, SENS_RESULT, model_ref
 
@@ -16,7 +17,7 @@ st.caption(f"`{ref.arch}`: one node per operation call; residual branches run as
 with components.engine_errors("topology"):
     topology = cache.get_topology(ref)
     c1, c2, c3, c4 = st.columns([1.2, 1.2, 1.5, 1.5])
-    level = c1.radio("Detail", tp.LEVELS, index=1, key="topo_level", horizontal=True,
+    level = c1.radio("Detail", gv.LEVELS, index=1, key="topo_level", horizontal=True,
                      help="stages / blocks collapse the graph; layers shows every op.")
     metric = c2.selectbox("Colour by", tp.METRICS, index=tp.METRICS.index("MACs"), key="topo_metric")
     query = c3.text_input("Find a layer", key="topo_search", placeholder="e.g. layer2.0.conv1")
@@ -31,7 +32,7 @@ with components.engine_errors("topology"):
                                         help="Open collapsed stages/blocks to see their ops."))
     layout = cache.topology_layout(ref, level, expanded)
     view, pos = layout["view"], layout["pos"]
-    mod_groups = tp.module_groups(topology.groups)
+    mod_groups = gv.module_groups(topology.groups)
 
     group_values = None
     if metric == "sensitivity":
@@ -59,8 +60,8 @@ with components.engine_errors("topology"):
     if highlight_group == "(none)" and selected is not None:
         groups_here = [mod_groups[m] for m in view.nodes[selected].get("modules", ()) if m in mod_groups]
         highlight_group = groups_here[0] if groups_here else "(none)"
-    highlight = tp.group_nodes(view, None if highlight_group == "(none)" else highlight_group, mod_groups)
-    matches = tp.search_nodes(view, query) if query else []
+    highlight = gv.group_nodes(view, None if highlight_group == "(none)" else highlight_group, mod_groups)
+    matches = gv.search_nodes(view, query) if query else []
     if query:
         st.caption(f"{len(matches)} node(s) match `{query}`" + (": " + ", ".join(matches[:8]) if matches else ""))
         if len(matches) == 1 and selected != matches[0]:
@@ -89,7 +90,7 @@ with components.engine_errors("topology"):
         st.markdown(f"**{attrs.get('label', selected)}** ({attrs.get('kind')}: {attrs.get('op')}), "
                     f"MACs {components.human(attrs.get('macs'))}, params {components.human(attrs.get('params'))}, "
                     f"activation memory {components.human(attrs.get('memory_bytes'), 'B')}")
-        st.dataframe(tp.node_details(topology.graph, view, selected), hide_index=True, width="stretch")
+        st.dataframe(gv.node_details(topology.graph, view, selected), hide_index=True, width="stretch")
         if st.button("Clear selection", key="topo_clear"):
             st.session_state[SELECTED_NODE] = None
             st.rerun()
