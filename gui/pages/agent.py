@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from gui import cache, components, jobs
+from gui import cache, components, search_jobs
 from gui.plots import agent as ap
 from gui.plots import graph_view as gv
 from gui.plots import topology as tp
@@ -100,7 +100,7 @@ with components.engine_errors("agent"):
                 episodes = st.number_input("Episodes", 1, 2000, int(min(20, spec["options"]["episodes"]["default"] or 20)),
                                            key="agent_episodes")
             seed = st.number_input("Seed", 0, 10_000, 0, key="agent_seed")
-            is_rl = bool(spec) and spec["name"] in jobs.RL_METHODS
+            is_rl = bool(spec) and spec["name"] in search_jobs.RL_METHODS
             step_unit = "episode"
             if is_rl:
                 step_unit = st.radio("Step runs", ["episode", "step"], horizontal=True, key="agent_step_unit",
@@ -123,9 +123,9 @@ with components.engine_errors("agent"):
                       steps=steps, scoring=scoring,
                       store_factory=cache.run_store if cache.engine_available("store") else None)
         if is_rl:
-            st.session_state[SEARCH_JOB] = jobs.start_rl_search(step_unit=step_unit, **common)
+            st.session_state[SEARCH_JOB] = search_jobs.start_rl_search(step_unit=step_unit, **common)
         else:
-            st.session_state[SEARCH_JOB] = jobs.start_method(**common)
+            st.session_state[SEARCH_JOB] = search_jobs.start_method(**common)
         st.session_state[REOPEN_RUN] = None
 
     b1, b2, b3, b4 = st.columns(4)
@@ -175,7 +175,7 @@ with components.engine_errors("agent"):
         st.subheader(f"Run {run.id}: {run.method} on {run.model}, budget {run.budget}, {run.status}")
         events = []
         for ep in store.episodes(run.id):
-            keep_ratios = jobs.plan_keep_ratios(ep.plan, topology) if ep.plan and run.model == ref.arch else {}
+            keep_ratios = search_jobs.plan_keep_ratios(ep.plan, topology) if ep.plan and run.model == ref.arch else {}
             events.append({"episode": ep.index, "reward": ep.reward, "val_acc": ep.val_acc,
                            "macs_ratio": ep.macs_ratio, "keep_ratios": keep_ratios, "plan": ep.plan,
                            **{k: v for k, v in (ep.extra or {}).items() if k in ("embeddings", "embedding_groups")}})
@@ -183,11 +183,11 @@ with components.engine_errors("agent"):
             st.warning(f"This run pruned `{run.model}`, but the chosen model is `{ref.arch}`; choose it on the "
                        "Model & data page to see its plans on the graph.")
         draw_episodes(events, topology, prefix="reopened")
-        if run.resumable and run.method in jobs.RL_METHODS and run.model == ref.arch and not busy:
+        if run.resumable and run.method in search_jobs.RL_METHODS and run.model == ref.arch and not busy:
             if st.button("Resume this run", type="primary", key="agent_resume_run",
                          help="Continue the search from its saved state (after its last finished episode)."):
                 scoring_cfg = (run.config or {}).get("scoring")
-                st.session_state[SEARCH_JOB] = jobs.start_rl_search(
+                st.session_state[SEARCH_JOB] = search_jobs.start_rl_search(
                     method=run.method, model=loaded.model, topology=topology, data=cache.dataset_for(ref),
                     budget=float(run.budget), options={}, model_name=run.model, dataset=run.dataset,
                     scoring=cache.engine_attr("evaluate", "ScoringConfig")(**scoring_cfg) if scoring_cfg else None,

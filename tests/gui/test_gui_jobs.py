@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from engine.errors import BudgetError
-from gui import jobs
+from gui import jobs, search_jobs
 
 
 def counting(n: int, delay_s: float = 0.0):
@@ -121,7 +121,7 @@ def fake_run_method(name, ctx, **options):
 
 def test_start_method_records_events_run_and_candidate():
     store = FakeStore()
-    job = jobs.start_method(method="uniform", model=None, topology=SimpleNamespace(groups=[]), data=None, budget=0.5,
+    job = search_jobs.start_method(method="uniform", model=None, topology=SimpleNamespace(groups=[]), data=None, budget=0.5,
                             options={"episodes": 3}, model_name="m", dataset="d", run_method=fake_run_method,
                             store_factory=lambda: store)
     assert job.wait(10)
@@ -137,7 +137,7 @@ def test_start_method_records_events_run_and_candidate():
 
 
 def test_start_method_step_mode():
-    job = jobs.start_method(method="gnnrl", model=None, topology=SimpleNamespace(groups=[]), data=None, budget=0.5,
+    job = search_jobs.start_method(method="gnnrl", model=None, topology=SimpleNamespace(groups=[]), data=None, budget=0.5,
                             options={"episodes": 3}, model_name="m", dataset="d", run_method=fake_run_method,
                             steps=1, record=False)
     wait_for(lambda: job.snapshot().status == "paused")
