@@ -62,7 +62,7 @@ def _check_plan(model, x, topology, plan):
 
 
 @pytest.mark.parametrize("name", ZOO)
-@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_plans_on_zoo_models(name, data):
     model, x, topology = _zoo(name)
