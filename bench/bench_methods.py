@@ -3,12 +3,13 @@
 For one model at one MACs budget, runs every built-in method under the shared scoring protocol (same val
 subset, BN recalibration, same number of scored candidates for the search methods), then reports val
 accuracy before fine-tuning, test accuracy after a short fine-tune, MACs/params/latency and wall time.
-Writes bench/results/methods.json and methods.md (rewritten after every method, so a cut-short run still
-leaves its finished rows).
+Writes bench/results/methods.json ({"runs": [one per model]}) and methods.md, rewritten after every step, so
+a cut-short run still leaves its finished rows; --append keeps the other models' runs.
 
     python bench/bench_methods.py                         # shipped cifar_resnet20, 50% MACs
     python bench/bench_methods.py --episodes 30 --val-size 256 --finetune-batches 30
-    python bench/bench_methods.py --untrained --quick     # smoke run on an untrained model
+    python bench/bench_methods.py --model cifar_resnet56 --append --episodes 24 --val-size 256 --bn-batches 2
+    python bench/bench_methods.py --untrained --quick --out /tmp/methods   # smoke run on an untrained model
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def load_baseline(args: argparse.Namespace) -> tuple[torch.nn.Module, str, str]:
         if args.model not in shipped_models():
             sys.exit(f"no shipped {args.model} in assets/manifest.json yet; pass --checkpoint FILE or --untrained")
         loaded = load_shipped(args.model)
-        weights = "shipped"
+        weights = f"shipped (sha256 {loaded.meta['manifest']['sha256'][:16]}...)"
     return loaded.model.eval(), args.dataset or loaded.meta.get("dataset", "shapes10"), weights
 
 
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--untrained", action="store_true", help="random weights (smoke runs only)")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     p.add_argument("--out", default=str(RESULTS / "methods"), help="output path without extension")
+    p.add_argument("--append", action="store_true",
+                   help="keep the other models' runs already in the output files (one run per model)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (1 is several times faster than 2 on a loaded 2-core machine)")
     args = p.parse_args(argv)
@@ -201,11 +204,17 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
 
+    earlier: list[dict[str, Any]] = []
+    if args.append and out.with_suffix(".json").exists():  # keep the other models' runs in the same files
+        old = json.loads(out.with_suffix(".json").read_text())
+        earlier = [r for r in old.get("runs", [old]) if r["settings"]["model"] != args.model]
+
     def save() -> None:
         doc["seconds"] = time.perf_counter() - start
         doc["load_average_last"] = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-        out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-        out.with_suffix(".md").write_text(to_markdown(doc))
+        runs = [*earlier, doc]
+        out.with_suffix(".json").write_text(json.dumps({"runs": runs}, indent=1))
+        out.with_suffix(".md").write_text("\n".join(to_markdown(r) for r in runs))
 
     # phase 1: every method's search (val accuracies), so a cut-short run still has the whole search table
     plans = {}
@@ -238,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         row["report_seconds"] = found["seconds"]
         save()
         log(f"  test(FT) {report.test_acc:.2f}  {report.seconds:.0f}s")
-    print(out.with_suffix(".md").read_text())
+    print(to_markdown(doc))
 
 
 if __name__ == "__main__":
