@@ -139,6 +139,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "",
         "val acc: the search score (val subset, BN recalibrated, no fine-tuning). test acc (FT): after the fine-tune.",
         "scored: plans scored by the method (sensitivity counts its per-group curves).",
+        "latency: batch-1 CPU median on a shared, heavily loaded 2-core machine; treat it as indicative only.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -161,7 +161,7 @@ def run_amc(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
                    memory_size=100 * len(groups)),
         seed=ctx.seed,
     )
-    rng = np.random.default_rng(ctx.seed)
+    rng = np.random.default_rng((ctx.seed, 0x414D43))  # own stream: warm-up must not replay `random`'s draws
     episodes, warmup = options["episodes"], options["warmup"]
     history: list[Candidate] = []
     for episode in range(episodes):
