@@ -5,7 +5,7 @@ of scored candidates for every search method, one or more seeds. Reports the bes
 fine-tuning, test accuracy after a short fine-tune, wall time, and the time of one GNN-RL episode split into
 graph building, GNN (agent forward), PPO update, landing on the budget, masking and evaluation.
 Writes bench/results/gnnrl.json and gnnrl.md, rewritten after every method run, so a cut-short run still leaves
-its finished rows.
+its finished rows; with --append, sections of other models already there are kept (one section per model).
 
     python bench/bench_gnnrl.py                                   # shipped cifar_resnet20, 50% MACs, 40 plans
     python bench/bench_gnnrl.py --candidates 40 --seeds 0 1 --val-size 256 --finetune-batches 40
@@ -242,6 +242,12 @@ def targets(summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[s
     return out
 
 
+def _comparable(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same protocol apart from the seeds (rows of both runs can share one table)."""
+    skip = ("seeds",)
+    return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cifar_resnet20")
@@ -258,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", default=None, help="weights file (default: the shipped baseline)")
     p.add_argument("--untrained", action="store_true", help="random weights (smoke runs only)")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
+    p.add_argument("--append", action="store_true", help="keep other models' sections already in the output")
     p.add_argument("--out", default=str(RESULTS / "gnnrl"), help="output path without extension")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
@@ -310,11 +317,24 @@ def main(argv: list[str] | None = None) -> None:
         "test_acc": evaluate(model, data, "test").top1,
     }
 
+    kept: list[dict[str, Any]] = []  # sections of other models already in the output (--append)
+    if args.append and out.with_suffix(".json").exists():
+        previous = json.loads(out.with_suffix(".json").read_text())
+        sections = previous.get("sections", [previous])
+        kept = [sec for sec in sections if sec["settings"]["model"] != args.model]
+        same = [sec for sec in sections if sec["settings"]["model"] == args.model]
+        if same and _comparable(same[0]["settings"], doc["settings"]):  # other seeds of the same protocol
+            doc["rows"] = [r for r in same[0]["rows"] if r["seed"] not in args.seeds]
+            doc["settings"]["seeds"] = sorted({*same[0]["settings"]["seeds"], *args.seeds})
+            doc["baseline"] = same[0].get("baseline") or doc["baseline"]
+            doc["command"] = f"{same[0]['command']}; then {doc['command']}"
+
     def write() -> None:
         doc["summary"] = summarise(doc["rows"])
         doc["targets"] = targets(doc["summary"], doc["rows"])
-        out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
-        out.with_suffix(".md").write_text(to_markdown(doc))
+        sections = [doc, *kept]
+        out.with_suffix(".json").write_text(json.dumps({"sections": sections}, indent=1, default=str))
+        out.with_suffix(".md").write_text("\n".join(to_markdown(sec) for sec in sections))
 
     write()
     for seed in args.seeds:
