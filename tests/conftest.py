@@ -12,7 +12,8 @@ import torch
 # One cache for the whole test session so shapes10 is generated once, never in the user's folders.
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="topoprune-test-home-"))
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: the e2e server and the suite share two cores; oversubscribed torch threads run far slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
