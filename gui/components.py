@@ -115,7 +115,7 @@ def job_status(snapshot: JobSnapshot | None, *, idle_text: str) -> None:
         st.warning("Stopped by the user; results so far are kept.")
 
 
-def poll_while(active: bool, body: Callable[[], None], *, every_s: float = 0.7, key: str) -> None:
+def poll_while(active: bool, body: Callable[[], None], *, every_s: float = 0.7) -> None:
     """Draw `body` inside a fragment that reruns itself every `every_s` seconds only while `active`."""
 
     @st.fragment(run_every=every_s if active else None)

@@ -198,4 +198,4 @@ with components.engine_errors("agent"):
             st.session_state[REOPEN_RUN] = None
             st.rerun()
     else:
-        components.poll_while(bool(job and job.active and job.status == "running"), live_panel, key="agent_live")
+        components.poll_while(bool(job and job.active and job.status == "running"), live_panel)

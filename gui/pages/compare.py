@@ -158,7 +158,7 @@ with components.engine_errors("compare"):
             if snap and snap.status == "error" and not snap.user_error and job.exception is not None:
                 raise job.exception
 
-        components.poll_while(ft_busy, ft_panel, key="cmp_ft_panel")
+        components.poll_while(ft_busy, ft_panel)
     with c2:
         st.markdown("**Download**")
         if row["plan"]:

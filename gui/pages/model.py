@@ -92,7 +92,7 @@ with components.engine_errors("model list"):
                 st.rerun()
 
         job = st.session_state.get(TRAIN_JOB)
-        components.poll_while(bool(job and job.active), train_panel, key="train_panel")
+        components.poll_while(bool(job and job.active), train_panel)
 
     new_ref = ModelRef(arch=arch, dataset=dataset, data_dir=data_dir, weights=weights, num_classes=num_classes)
     if new_ref != ref:

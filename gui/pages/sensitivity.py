@@ -69,7 +69,7 @@ with components.engine_errors("sensitivity"):
         elif snap and snap.status == "error" and not snap.user_error and job.exception is not None:
             raise job.exception
 
-    components.poll_while(busy, panel, key="sens_panel")
+    components.poll_while(busy, panel)
 
 table = st.session_state.get(SENS_RESULT)
 if table:
