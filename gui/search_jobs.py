@@ -233,6 +233,7 @@ def start_rl_search(
         _record_best(store, result, method, model_name, dataset, run_id, job)
         if result.best_plan is None:
             raise _budget_error(method, budget)
+        job.report(message=f"best val top-1 {result.best_val_acc:.2f}% at {result.macs_ratio:.1%} of the MACs")
         return {"plan": result.best_plan.to_dict(), "val_acc": float(result.best_val_acc),
                 "macs_ratio": float(result.macs_ratio), "seconds": float(result.seconds)}
 
