@@ -45,7 +45,7 @@ def method_options(name: str, episodes: int, quick: bool) -> dict[str, Any]:
             opts["warmup"] = max(1, episodes // 4)
         return opts
     if name == "sensitivity":
-        return {"grid_step": 0.5 if quick else 0.25}
+        return {"grid_step": 0.5 if quick else 0.25, "use_cache": False}  # time the curves, not a cache hit
     if name == "fisher":
         return {"interval": 1, "steps": 3, "train_size": 64, "batch_size": 16} if quick else {"interval": 2}
     return {}
