@@ -117,7 +117,7 @@ def start_method(
         plan = _plan_dict(result.plan)
         if store is not None and run_id is not None:
             metrics = {"val_acc": float(result.val_acc), "macs_ratio": float(result.macs_ratio)}
-            _safe(lambda: store.update_run(run_id, status="stopped" if job.should_stop() else "completed",
+            _safe(lambda: store.update_run(run_id, status="interrupted" if job.should_stop() else "completed",
                                            best_score=float(result.val_acc), best_plan=plan))
             cid = store.add_candidate(method=method, model=model_name, dataset=dataset, plan=plan, metrics=metrics,
                                       run_id=run_id)
