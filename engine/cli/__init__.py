@@ -143,6 +143,15 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _quiet_library_noise() -> None:
+    """Hide library chatter that says nothing to a TopoPrune user (TOPOPRUNE_DEBUG=1 shows it)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``topoprune`` with ``argv`` (default: sys.argv[1:]); returns the exit code."""
     from engine.cli.context import CommandContext
@@ -154,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     ctx = CommandContext(args, argv=list(sys.argv[1:] if argv is None else argv))
     debug = bool(os.environ.get("TOPOPRUNE_DEBUG"))
+    if not debug:
+        _quiet_library_noise()
     try:
         with _sigterm_as_interrupt():
             # With --json, anything a library prints goes to stderr so stdout holds only the JSON object.
