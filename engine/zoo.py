@@ -337,18 +337,29 @@ def default_input_size(name: str) -> int:
     return 299 if name == "inception_v3" else 224
 
 
-def build_model(name: str, *, num_classes: int = 10, width: float = 1.0, pretrained: bool = False) -> nn.Module:
-    """Build a model by name.
+def build_model(name: str, *, num_classes: int = 10, width: float = 1.0, pretrained: bool = False,
+                seed: int | None = 0) -> nn.Module:
+    """Build a model by name, its random initialisation seeded (the global RNG is left untouched).
 
     Args:
         name: a CIFAR zoo name (``cifar_resnet20`` ...) or a torchvision classifier name (``resnet50`` ...).
         num_classes: size of the classifier output.
         width: channel width multiplier (CIFAR zoo; torchvision models that take ``width_mult``).
         pretrained: load torchvision's default weights (needs the network or a filled torch hub cache).
+        seed: seeds the random initialisation so the same call builds the same weights; None draws from
+            the global RNG.
 
     Raises:
         ModelError: unknown name, bad width, or pretrained weights that cannot be had.
     """
+    if seed is None:
+        return _build(name, num_classes=num_classes, width=width, pretrained=pretrained)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(name, num_classes=num_classes, width=width, pretrained=pretrained)
+
+
+def _build(name: str, *, num_classes: int, width: float, pretrained: bool) -> nn.Module:
     if width <= 0:
         raise ModelError(f"width multiplier must be > 0, got {width}")
     if num_classes < 1:

@@ -69,3 +69,16 @@ def test_pretrained_offline_gives_a_clear_message(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(ModelError, match="offline"):
         build_model("resnet18", pretrained=True)
+
+
+def test_initialisation_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(7)
+    expected_next = torch.rand(1)
+    torch.manual_seed(7)
+    a = build_model("cifar_resnet20", width=0.25)
+    b = build_model("cifar_resnet20", width=0.25)
+    assert torch.rand(1) == expected_next  # building did not consume the caller's random stream
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    c = build_model("cifar_resnet20", width=0.25, seed=1)
+    assert not torch.equal(a.conv1.weight, c.conv1.weight)
