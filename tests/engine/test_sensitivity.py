@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 
 from engine.evaluate import Scorer, ScoringConfig
-from engine.sensitivity import SensitivityTable, analyze_sensitivity, weights_sha256
+from engine.sensitivity import SensitivityTable, analyze_sensitivity, sensitivity_cache_key, weights_sha256
 
 TINY = ScoringConfig(val_size=16, bn_batches=2, bn_batch_size=8, batch_size=16)
 
@@ -74,17 +75,19 @@ def test_table_rows_shares_and_callback(resnet20, data):
 
 def test_cache_is_keyed_by_weights_and_settings(resnet20, data, tmp_path):
     from engine.paths import cache_dir
-    from engine.zoo import build_model
 
     model, topology = resnet20
-    # a 2-group model keeps this fast: restrict by building a small grid on the full model once
     first = analyze_sensitivity(model, topology, data, keep_ratios=(0.1,), scoring=TINY)
     assert not first.from_cache
     assert list((cache_dir() / "sensitivity").glob("*.json"))
     second = analyze_sensitivity(model, topology, data, keep_ratios=(0.1,), scoring=TINY)
     assert second.from_cache and second.groups == first.groups
-    other = build_model("cifar_resnet20")
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.fc.bias[0] += 1.0
     assert weights_sha256(other) != weights_sha256(model)
+    assert sensitivity_cache_key(other, data, (0.1,), TINY) != sensitivity_cache_key(model, data, (0.1,), TINY)
+    assert sensitivity_cache_key(model, data, (0.2,), TINY) != sensitivity_cache_key(model, data, (0.1,), TINY)
 
 
 def test_bad_keep_ratios_and_groups_are_rejected(resnet20, data):
