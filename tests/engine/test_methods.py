@@ -31,12 +31,6 @@ FAST = {
 MODELS = ("cifar_resnet20", "cifar_resnet56", "cifar_mobilenet_v2")
 
 
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TOPOPRUNE_HOME", str(tmp_path / "home"))
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def data():
     from engine.data import load_data

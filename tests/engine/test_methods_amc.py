@@ -15,22 +15,6 @@ from engine.methods.ddpg import DDPGAgent, DDPGConfig, truncated_normal
 TINY = ScoringConfig(val_size=8, bn_batches=1, bn_batch_size=8, batch_size=8)
 
 
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TOPOPRUNE_HOME", str(tmp_path / "home"))
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def resnet20():
-    from engine.graph import build_topology
-    from engine.zoo import build_model
-
-    torch.manual_seed(0)
-    model = build_model("cifar_resnet20").eval()
-    return model, build_topology(model, torch.zeros(1, 3, 32, 32))
-
-
 def test_state_features_shape_range_and_dynamic_columns(resnet20):
     model, topology = resnet20
     n = len(prunable_groups(topology))

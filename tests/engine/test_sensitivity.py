@@ -14,27 +14,11 @@ from engine.sensitivity import SensitivityTable, analyze_sensitivity, sensitivit
 TINY = ScoringConfig(val_size=16, bn_batches=2, bn_batch_size=8, batch_size=16)
 
 
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TOPOPRUNE_HOME", str(tmp_path / "home"))
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def data():
     from engine.data import load_data
 
     return load_data("shapes10", train_size=200, test_size=40)
-
-
-@pytest.fixture(scope="module")
-def resnet20():
-    from engine.graph import build_topology
-    from engine.zoo import build_model
-
-    torch.manual_seed(0)
-    model = build_model("cifar_resnet20").eval()
-    return model, build_topology(model, torch.zeros(1, 3, 32, 32))
 
 
 def _two_groups(topology):
