@@ -29,6 +29,13 @@ class DDPGConfig:
     moving_alpha: float = 0.5
 
 
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging of a DDPG target network: target <- (1 - tau) * target + tau * source."""
+    for p, tp in zip(source.parameters(), target.parameters(), strict=True):
+        tp.mul_(1 - tau).add_(tau * p)
+
+
 def _mlp(n_in: int, hidden: int, out: nn.Module | None) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                nn.Linear(hidden, 1)]
@@ -111,8 +118,6 @@ class DDPGAgent:
         self.actor_opt.zero_grad()
         actor_loss.backward()
         self.actor_opt.step()
-        for net, target_net in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
-            with torch.no_grad():
-                for p, tp in zip(net.parameters(), target_net.parameters(), strict=True):
-                    tp.mul_(1 - cfg.tau).add_(cfg.tau * p)
+        soft_update(self.actor_target, self.actor, cfg.tau)
+        soft_update(self.critic_target, self.critic, cfg.tau)
         return float(critic_loss.detach()), float(actor_loss.detach())

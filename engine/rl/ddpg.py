@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from engine.methods.ddpg import soft_update
 from engine.rl.policy import ActorCritic, GroupQCritic, batch_states, single_thread
 from engine.rl.ppo import AgentStep, state_from_dict, state_to_dict
 
@@ -161,10 +162,8 @@ class DDPGAgent:
         self.actor_opt.zero_grad()
         actor_loss.backward()
         self.actor_opt.step()
-        with torch.no_grad():
-            for net, tgt in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
-                for p, tp in zip(net.parameters(), tgt.parameters(), strict=True):
-                    tp.mul_(1 - c.tau).add_(c.tau * p)
+        soft_update(self.actor_target, self.actor, c.tau)
+        soft_update(self.critic_target, self.critic, c.tau)
         self.updates += 1
         return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "noise": self.noise}
 
