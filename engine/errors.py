@@ -31,3 +31,7 @@ class StoreError(TopoPruneError):
 
 class EnvironmentMismatchError(TopoPruneError):
     """The installed torch and torchvision builds do not work together."""
+
+
+class PlanError(TopoPruneError, ValueError):
+    """A pruning plan is malformed, of an unknown version, for another model, or names an unknown criterion."""
