@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from engine.data import DataSplits
     from engine.evaluate import Scorer, ScoringConfig
     from engine.pruning import PruningPlan
+    from engine.pruning.budget import Budget
 
 MethodKind = Literal["oneshot", "search"]
 _TRUE = {"1", "true", "yes", "on"}
@@ -148,7 +149,7 @@ class MethodContext:
         model: The unpruned baseline. Methods never modify it (they work on copies).
         topology: `build_topology(model, ...)` of that baseline.
         data: Dataset splits; methods use train and val only, never test.
-        budget: Fraction of the baseline's MACs the plan may keep, in (0, 1].
+        budget: Fraction of the baseline's value of `budget_metric` the plan may keep, in (0, 1].
         seed: Seed for every random choice of the method.
         scoring: Scoring settings used when `scorer` is None.
         scorer: Shared scorer; built lazily from `scoring` when None.
@@ -157,6 +158,7 @@ class MethodContext:
         store: Optional run store (engine.store.RunStore) for methods that record episodes.
         run_id: Run id in `store`, if any.
         round_to: Channel counts are rounded to multiples of this.
+        budget_metric: What `budget` is a fraction of: one of engine.pruning.budget.METRICS (default MACs).
     """
 
     model: nn.Module
@@ -171,6 +173,14 @@ class MethodContext:
     store: Any | None = None
     run_id: int | None = None
     round_to: int = 1
+    budget_metric: str = "macs"
+
+    @property
+    def budget_spec(self) -> Budget:
+        """`budget` and `budget_metric` as a Budget (validated: BudgetError on a bad metric or fraction)."""
+        from engine.pruning.budget import Budget
+
+        return Budget(self.budget_metric, float(self.budget))
 
     def get_scorer(self) -> Scorer:
         """The shared scorer, created on first use from `scoring`."""
@@ -249,6 +259,7 @@ class MethodSpec:
         kind: "oneshot" (one plan, `topoprune prune`) or "search" (many scored candidates, `topoprune search`).
         options: Option name -> OptionSpec.
         fn: `fn(ctx, options) -> MethodResult`, called with validated options.
+        budget_metrics: Budget metrics the method can land on (`run_method` refuses the others).
     """
 
     name: str
@@ -256,6 +267,7 @@ class MethodSpec:
     kind: MethodKind
     options: dict[str, OptionSpec]
     fn: MethodFn
+    budget_metrics: tuple[str, ...] = ("macs",)
 
     def defaults(self) -> dict[str, Any]:
         """Option name -> default value."""
@@ -326,15 +338,21 @@ def run_method(name: str, ctx: MethodContext, **options: Any) -> MethodResult:
         The method's result with `seconds`, `options` and (if the method left it 0) `n_scored` filled in.
 
     Raises:
-        MethodError: Unknown method or invalid option.
-        BudgetError: The budget is outside (0, 1] or unreachable.
+        MethodError: Unknown method, invalid option, or a budget metric the method cannot land on.
+        BudgetError: The budget is outside (0, 1], its metric is unknown, or it is unreachable.
     """
-    from engine.errors import BudgetError
-
     spec = get_method(name)
     opts = spec.validate(options)
-    if not (0.0 < float(ctx.budget) <= 1.0):
-        raise BudgetError(f"budget must be a fraction of the baseline MACs in (0, 1], got {ctx.budget!r}")
+    budget = ctx.budget_spec
+    if budget.metric not in spec.budget_metrics:
+        raise MethodError(
+            f"method '{name}' cannot land on a {budget.metric!r} budget; it supports "
+            f"{', '.join(spec.budget_metrics)}: pick one of those or another method"
+        )
+    if budget.metric == "latency":  # measured once per architecture and machine, then read from the cache
+        from engine.latency_table import ensure_latency_table
+
+        ensure_latency_table(ctx.model, ctx.topology)
     start = time.perf_counter()
     scored_before = ctx.scorer.n_scored if ctx.scorer is not None else 0
     result = spec.fn(ctx, opts)

@@ -1,13 +1,16 @@
-"""plan_for_budget: per-group scores or ratios -> exact keep counts that land on a MACs budget.
+"""Budgets: a metric and a fraction (`Budget`), their analytic value for a plan, and `plan_for_budget`.
 
-A single scale factor on the per-group keep ratios is bisected against the analytic cost table, then
-rounding slack is filled greedily one channel step at a time. It decides counts only; which channels go is
-select.py's job.
+A budget says which fraction of the baseline's MACs, params, activation memory, latency or weight size a
+pruned model may keep. `plan_for_budget` bisects one scale factor on the per-group keep ratios against that
+metric, then fills the rounding slack greedily. It decides counts only: which channels go is select.py's
+job, and latency is predicted by engine.latency_table (attached to the topology), never measured here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +18,161 @@ from engine.errors import BudgetError
 from engine.graph import Topology
 from engine.pruning.plan import PruningPlan
 
-TOLERANCE = 0.01  # relative: the plan's MACs land in [budget * (1 - TOLERANCE), budget] x baseline
+TOLERANCE = 0.01  # relative: the plan's value lands in [fraction * (1 - TOLERANCE), fraction] x baseline
+METRICS = ("macs", "params", "memory", "latency", "size")
+UNITS = {"macs": "MACs", "params": "parameters", "memory": "activation bytes", "latency": "ms",
+         "size": "weight bytes"}
+WEIGHT_BITS = 32  # float32 weights: size = params x 4 bytes unless bit-widths say otherwise
+LATENCY_ATTR = "_latency_table"  # where engine.latency_table attaches its predictor to a Topology
+
+Bits = Mapping[str, "int | Sequence[int]"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a pruned model may keep: `fraction` of the baseline's value of `metric`.
+
+    Metrics (all per sample, batch 1, at the topology's input size):
+        macs: multiply-accumulates of conv and linear layers.
+        params: every parameter (weights, biases, BN affine, fixed params).
+        memory: activation bytes of one forward, counted as the sum of every conv/linear output tensor
+            (float32), exactly what engine.cost.count_costs counts. It is not the allocator's peak: the
+            peak depends on tensor lifetimes and the allocator, which no cost table can reproduce exactly.
+        latency: forward time in ms on this machine, predicted by the topology's attached latency table
+            (engine.latency_table.ensure_latency_table measures and attaches one).
+        size: weight bytes = params x 4 (float32); with `bits`, sum of params x bits / 8.
+
+    Attributes:
+        metric: one of METRICS.
+        fraction: fraction of the baseline value to keep, in (0, 1] (0.5 = half remains).
+
+    Raises:
+        BudgetError: unknown metric, or a fraction outside (0, 1].
+    """
+
+    metric: str = "macs"
+    fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise BudgetError(f"unknown budget metric {self.metric!r}; use one of {', '.join(METRICS)}")
+        try:
+            fraction = float(self.fraction)
+        except (TypeError, ValueError):
+            raise BudgetError(f"budget fraction must be a number in (0, 1], got {self.fraction!r}") from None
+        if not 0.0 < fraction <= 1.0:
+            raise BudgetError(f"budget {fraction} is outside (0, 1]: it is the fraction of the baseline's "
+                              f"{self.metric} to keep (0.5 = half)")
+        object.__setattr__(self, "fraction", fraction)
+
+    @classmethod
+    def coerce(cls, budget: Budget | float) -> Budget:
+        """A Budget as is, or a bare number as a MACs budget (the pre-Budget convention)."""
+        if isinstance(budget, Budget):
+            return budget
+        if isinstance(budget, bool) or not isinstance(budget, int | float | np.floating):
+            raise BudgetError(f"a budget is a Budget or a MACs fraction in (0, 1], got {budget!r}")
+        return cls("macs", float(budget))
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{"metric": ..., "fraction": ...}`."""
+        return {"metric": self.metric, "fraction": self.fraction}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Budget:
+        """Inverse of to_dict (a missing metric means MACs).
+
+        Raises:
+            BudgetError: not a mapping, no fraction, or an invalid metric/fraction.
+        """
+        if not isinstance(data, Mapping) or "fraction" not in data:
+            raise BudgetError(f"a budget is written as {{'metric': ..., 'fraction': ...}}, got {data!r}")
+        return cls(str(data.get("metric", "macs")), data["fraction"])
+
+    def evaluator(self, topology: Topology, *, bits: Bits | None = None) -> Callable[[np.ndarray], float]:
+        """A function: per-group keep counts (topology order, `Topology.keep_vector`) -> this metric's value.
+
+        Raises:
+            BudgetError: a latency budget on a topology without an attached latency table.
+            ValueError: `bits` names an unknown group or holds a non-positive bit-width.
+        """
+        table = topology.table
+        if self.metric == "macs":
+            return lambda vector: float(table.macs(vector))
+        if self.metric == "params":
+            return lambda vector: float(table.evaluate(vector).params)
+        if self.metric == "memory":
+            return lambda vector: float(table.evaluate(vector).memory_bytes)
+        if self.metric == "size":
+            layer_bits = _layer_bits(topology, bits)
+            return lambda vector: _size_bytes(table, vector, layer_bits)
+        predictor = getattr(topology, LATENCY_ATTR, None)
+        if predictor is None:
+            raise BudgetError(
+                f"a latency budget needs a latency table for {topology.model_name}; measure one with "
+                "engine.latency_table.ensure_latency_table(model, topology) (the CLI and run_method do this)")
+        return predictor.predict_vector
+
+    def value(self, topology: Topology, plan_or_keep: Any = None, *, bits: Bits | None = None) -> float:
+        """Analytic value of the metric for a plan, a {group: channels kept} map, or None (the baseline).
+
+        Raises:
+            ValueError: the plan does not fit the topology.
+            BudgetError: see `evaluator`.
+        """
+        if plan_or_keep is None:
+            plan_or_keep = {}
+        vector = plan_or_keep if isinstance(plan_or_keep, np.ndarray) else topology.keep_vector(plan_or_keep)
+        return self.evaluator(topology, bits=bits)(vector)
+
+    def baseline(self, topology: Topology) -> float:
+        """The unpruned model's value of the metric (float32 weights for size)."""
+        return self.value(topology, None)
+
+    def ratio(self, topology: Topology, plan_or_keep: Any, *, bits: Bits | None = None) -> float:
+        """Value of the plan / value of the baseline (what `fraction` bounds)."""
+        return self.value(topology, plan_or_keep, bits=bits) / self.baseline(topology)
+
+    def on_budget(self, topology: Topology, plan_or_keep: Any, *, tolerance: float = TOLERANCE) -> bool:
+        """True when the plan's ratio is within `tolerance` (relative) of `fraction`."""
+        return abs(self.ratio(topology, plan_or_keep) / self.fraction - 1.0) <= tolerance
+
+    def describe(self) -> str:
+        """`50% of the baseline's MACs` and the like, for messages."""
+        return f"{self.fraction:.0%} of the baseline's {UNITS[self.metric]}"
+
+
+def _layer_bits(topology: Topology, bits: Bits | None) -> np.ndarray:
+    """Per cost-table layer: the mean bit-width of its weights (each layer's params follow its out channels)."""
+    table = topology.table
+    out = np.full(len(table.specs), float(WEIGHT_BITS))
+    if not bits:
+        return out
+    index = {g.name: g.index for g in topology.groups}
+    for name, width in bits.items():
+        if name not in index:
+            raise ValueError(f"bits name group {name!r}, which {topology.model_name} does not have")
+        widths = np.atleast_1d(np.asarray(width, dtype=np.float64))
+        if widths.size == 0 or np.any(widths <= 0):
+            raise ValueError(f"bit-widths of group {name!r} must be positive, got {width!r}")
+        rows = table.r_out[:, index[name]] > 0
+        out[rows] = widths.mean()  # per-channel widths: each kept channel's filter at its own width
+    return out
+
+
+def _size_bytes(table, vector: np.ndarray, layer_bits: np.ndarray) -> float:
+    result = table.evaluate(vector)
+    return float(np.dot(result.layer_params, layer_bits) + table.extra_params * WEIGHT_BITS) / 8.0
+
+
+def record_budget(plan: PruningPlan, budget: Budget) -> PruningPlan:
+    """Write `budget` on the plan (in place): `plan.budget` = fraction, the metric in meta and, on plan v2,
+    its `budget_metric` attribute."""
+    plan.budget = budget.fraction
+    plan.meta = {**(plan.meta or {}), "budget_metric": budget.metric}
+    if hasattr(plan, "budget_metric"):
+        plan.budget_metric = budget.metric
+    return plan
 
 
 def _shape(topology: Topology, values, what: str) -> np.ndarray:
@@ -40,15 +197,15 @@ def _shape(topology: Topology, values, what: str) -> np.ndarray:
     return out / out.mean()
 
 
-def plan_for_budget(topology: Topology, budget: float, *, scores: Mapping[str, float] | Sequence[float] | None = None,
+def plan_for_budget(topology: Topology, budget: Budget | float, *, scores: Mapping[str, float] | Sequence[float] | None = None,
                     keep_ratios: Mapping[str, float] | Sequence[float] | None = None, min_keep_ratio: float = 0.05,
                     max_keep_ratio: float = 1.0, round_to: int = 1, criterion: str = "l1",
                     method: str = "budget") -> PruningPlan:
-    """Keep counts for every prunable group so the pruned model keeps `budget` x baseline MACs (within 1%).
+    """Keep counts for every prunable group so the pruned model keeps `budget` of the baseline (within 1%).
 
     Args:
-        topology: the model's topology.
-        budget: fraction of baseline MACs to keep, in (0, 1] (0.5 = half the MACs remain).
+        topology: the model's topology (with an attached latency table for a latency budget).
+        budget: a Budget, or a bare fraction of baseline MACs to keep in (0, 1] (0.5 = half the MACs remain).
         scores: per-group importance (higher keeps more channels); by name or in prunable-group order.
         keep_ratios: per-group keep ratios whose *shape* is kept while they are scaled onto the budget.
         min_keep_ratio: lowest keep ratio of any group.
@@ -58,14 +215,16 @@ def plan_for_budget(topology: Topology, budget: float, *, scores: Mapping[str, f
         method: recorded on the plan.
 
     Returns:
-        A plan whose analytic MACs are <= budget x baseline and within 1% of it.
+        A plan whose value of the budget's metric is <= fraction x baseline and within 1% of it; `plan.budget`
+        is the fraction and `plan.meta` carries `budget_metric`, `budget_ratio`, `macs` and `macs_ratio`.
 
     Raises:
-        BudgetError: budget outside (0, 1], or unreachable under the keep bounds (the message says which bound).
+        BudgetError: budget outside (0, 1], unknown metric, no latency table for a latency budget, or
+            unreachable under the keep bounds (the message says which bound).
         ValueError: both scores and keep_ratios given, or malformed ones.
     """
-    if not 0.0 < budget <= 1.0:
-        raise BudgetError(f"budget {budget} is outside (0, 1]: it is the fraction of MACs to keep (0.5 = half)")
+    spec = Budget.coerce(budget)
+    budget = spec.fraction
     if not 0.0 < min_keep_ratio <= max_keep_ratio <= 1.0:
         raise BudgetError(f"keep bounds must satisfy 0 < min_keep_ratio <= max_keep_ratio <= 1, "
                           f"got {min_keep_ratio} and {max_keep_ratio}")
@@ -75,8 +234,10 @@ def plan_for_budget(topology: Topology, budget: float, *, scores: Mapping[str, f
         raise ValueError(f"round_to must be >= 1, got {round_to}")
     if not topology.prunable_groups:
         if budget >= 1.0:
-            return PruningPlan(model=topology.model_name, keep={}, criterion=criterion, round_to=round_to,
-                               budget=budget, method=method, meta={"macs": topology.macs, "macs_ratio": 1.0})
+            plan = PruningPlan(model=topology.model_name, keep={}, criterion=criterion, round_to=round_to,
+                               budget=budget, method=method,
+                               meta={"macs": topology.macs, "macs_ratio": 1.0, "budget_ratio": 1.0})
+            return record_budget(plan, spec)
         raise BudgetError(f"budget {budget:.3f} is unreachable for {topology.model_name}: it has no prunable "
                           "channel groups (see Topology.groups[i].reason)")
     shape = _shape(topology, scores if scores is not None else keep_ratios,
@@ -94,13 +255,15 @@ def plan_for_budget(topology: Topology, budget: float, *, scores: Mapping[str, f
     high = np.maximum(low, np.minimum(channels, np.floor(max_keep_ratio * channels / step) * step))
     high = np.where(max_keep_ratio >= 1.0, channels, high)
     base = topology.keep_vector({})
-    full = topology.table.full.macs
+    evaluate = spec.evaluator(topology)
+    full = evaluate(base)
     target = budget * full
+    what = UNITS[spec.metric]
 
-    def macs_of(counts: np.ndarray) -> float:
+    def macs_of(counts: np.ndarray) -> float:  # the budget's metric, whichever it is
         vector = base.copy()
         vector[index] = counts
-        return float(topology.table.macs(vector))
+        return evaluate(vector)
 
     def counts_at(alpha: float) -> np.ndarray:
         return np.clip(snap(alpha * shape * channels), low, high)
@@ -110,11 +273,11 @@ def plan_for_budget(topology: Topology, budget: float, *, scores: Mapping[str, f
         raise BudgetError(
             f"budget {budget:.3f} is unreachable for {topology.model_name}: with every prunable group at "
             f"min_keep_ratio={min_keep_ratio} (round_to={round_to}) the model still keeps {low_macs / full:.3f} "
-            "of its MACs; raise the budget or lower min_keep_ratio")
+            f"of its {what}; raise the budget or lower min_keep_ratio")
     if high_macs < target * (1 - TOLERANCE):
         raise BudgetError(
             f"budget {budget:.3f} is unreachable for {topology.model_name}: with every prunable group at "
-            f"max_keep_ratio={max_keep_ratio} the model keeps only {high_macs / full:.3f} of its MACs; "
+            f"max_keep_ratio={max_keep_ratio} the model keeps only {high_macs / full:.3f} of its {what}; "
             "lower the budget or raise max_keep_ratio")
     lo, hi = 0.0, float(np.max(1.0 / shape)) * 1.01 + 1.0
     for _ in range(60):
@@ -142,9 +305,14 @@ def plan_for_budget(topology: Topology, budget: float, *, scores: Mapping[str, f
         if not grown or macs >= target * (1 - TOLERANCE / 10):
             break
     keep = {g.name: int(c) for g, c in zip(prunable, counts, strict=True) if int(c) < g.channels}
-    return PruningPlan(model=topology.model_name, keep=keep, criterion=criterion, round_to=round_to, budget=budget,
-                       method=method, meta={"macs": int(macs), "macs_ratio": macs / full,
+    vector = base.copy()
+    vector[index] = counts
+    plan_macs = int(topology.table.macs(vector))
+    plan = PruningPlan(model=topology.model_name, keep=keep, criterion=criterion, round_to=round_to, budget=budget,
+                       method=method, meta={"macs": plan_macs, "macs_ratio": plan_macs / topology.table.full.macs,
+                                            "budget_ratio": macs / full,
                                             "on_budget": bool(macs >= target * (1 - TOLERANCE))})
+    return record_budget(plan, spec)
 
 
 def memory_aware_scores(topology: Topology) -> dict[str, float]:
