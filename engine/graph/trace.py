@@ -2,13 +2,15 @@
 
 Runs on a weightless meta-device copy, so tracing a ResNet-50 at 224x224 does no arithmetic and the input
 model is never touched. It records what was called and with which shapes; it does not find channel groups
-(groups.py) nor stages and blocks (hierarchy.py).
+(groups.py) nor stages and blocks (hierarchy.py). torch.fx patches nn.Module process-wide while it traces;
+symbolic_trace_isolated confines those patches to the tracing thread so other threads' forwards run untouched.
 """
 
 from __future__ import annotations
 
 import copy
 import operator
+import threading
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -193,10 +195,50 @@ def trace_model(meta_model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Trac
             handle.remove()
 
 
+_FX_TRACE_LOCK = threading.Lock()  # fx keeps one global patcher: two traces at once would undo each other
+
+
+class _ThreadBoundTracer(torch.fx.Tracer):
+    """A torch.fx Tracer whose process-wide patches of nn.Module act only on the thread that traces.
+
+    While tracing, fx replaces ``nn.Module.__call__`` and ``__getattr__`` for every module in the process and
+    routes them to the tracer's ``call_module`` / ``getattr``; a forward pass in another thread then fails
+    ("module is not installed as a submodule") or corrupts the trace's module stack. Calls from other threads
+    fall through here to what the unpatched methods do: run the module, return the attribute.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread = threading.get_ident()
+
+    def call_module(self, m: nn.Module, forward, args: tuple, kwargs: dict):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)  # fx's `forward` is the original nn.Module.__call__ (hooks included)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val, parameter_proxy_cache: dict):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
+def symbolic_trace_isolated(model: nn.Module) -> torch.fx.GraphModule:
+    """``torch.fx.symbolic_trace(model)`` that is safe while other threads run forward passes or trace.
+
+    Other threads' module calls and attribute reads behave as if nothing were being traced, and traces are
+    serialised (fx's patcher is process-global). Functions fx wraps (``torch.fx.wrap``, math) already fall
+    through when their arguments hold no fx Proxy, so they need no guard.
+    """
+    with _FX_TRACE_LOCK:
+        tracer = _ThreadBoundTracer()
+        graph = tracer.trace(model)
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
 def _trace_fx(model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict[str, LayerCall]) -> TraceResult:
     from torch.fx.passes.shape_prop import ShapeProp
 
-    gm = torch.fx.symbolic_trace(model)
+    gm = symbolic_trace_isolated(model)
     ShapeProp(gm).propagate(*inputs)
     modules = dict(model.named_modules())
     graph = nx.DiGraph()

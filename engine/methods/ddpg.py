@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from engine.rng import private_rng
+
 
 @dataclass(frozen=True)
 class DDPGConfig:
@@ -63,10 +65,10 @@ class DDPGAgent:
     """Actor-critic with target networks; transitions carry the episode's final reward."""
 
     def __init__(self, config: DDPGConfig, *, seed: int = 0) -> None:
-        torch.manual_seed(seed)
         self.config = config
-        self.actor = _mlp(config.state_dim, config.hidden, nn.Sigmoid())
-        self.critic = _mlp(config.state_dim + 1, config.hidden, None)
+        with private_rng(seed):  # seeded init without touching the process-global RNG
+            self.actor = _mlp(config.state_dim, config.hidden, nn.Sigmoid())
+            self.critic = _mlp(config.state_dim + 1, config.hidden, None)
         self.actor_target = copy.deepcopy(self.actor)
         self.critic_target = copy.deepcopy(self.critic)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.lr_actor)
