@@ -1,6 +1,7 @@
-"""Budget and candidate bookkeeping shared by the methods: MACs ratios, landing on budget, scoring a candidate.
+"""Candidate bookkeeping shared by the methods: landing a profile on the budget, checking it, scoring it.
 
-Plans are landed on the MACs budget by H1's `plan_for_budget`; nothing here chooses channels.
+What a budget is and how a plan's value is computed live in engine.pruning.budget (`Budget`,
+`plan_for_budget`); the helpers here apply `ctx.budget_spec`. Nothing here chooses channels.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from typing import Any
 
 from engine.errors import BudgetError
 from engine.methods.registry import Candidate, MethodContext
+from engine.pruning.budget import TOLERANCE, Budget, record_budget
 
-BUDGET_TOLERANCE = 0.01  # |macs_ratio / budget - 1|, the contract's "within 1% of the budget"
+BUDGET_TOLERANCE = TOLERANCE  # |ratio / fraction - 1|, the contract's "within 1% of the budget"
 
 
 def prunable_groups(topology: Any) -> list[Any]:
@@ -46,9 +48,14 @@ def macs_ratio(topology: Any, plan: Any, *, base: int | None = None) -> float:
     return keep_macs(topology, plan) / base
 
 
-def on_budget(topology: Any, plan: Any, budget: float, *, tolerance: float = BUDGET_TOLERANCE) -> bool:
-    """True when the plan's MACs ratio is within `tolerance` (relative) of `budget`."""
-    return abs(macs_ratio(topology, plan) / budget - 1.0) <= tolerance
+def budget_ratio(ctx: MethodContext, plan: Any) -> float:
+    """The plan's value of the budget's metric / the baseline's (what `ctx.budget` bounds)."""
+    return ctx.budget_spec.ratio(ctx.topology, plan)
+
+
+def on_budget(topology: Any, plan: Any, budget: Budget | float, *, tolerance: float = BUDGET_TOLERANCE) -> bool:
+    """True when the plan's ratio in the budget's metric (a bare float: MACs) is within `tolerance` of it."""
+    return Budget.coerce(budget).on_budget(topology, plan, tolerance=tolerance)
 
 
 def fit_ratios_to_budget(
@@ -60,7 +67,7 @@ def fit_ratios_to_budget(
     scores: Mapping[str, float] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Any:
-    """A plan on `ctx.budget` shaped like `keep_ratios` (or `scores`), via H1's plan_for_budget.
+    """A plan on `ctx.budget_spec` (any metric) shaped like `keep_ratios` (or `scores`), via plan_for_budget.
 
     Raises:
         BudgetError: The budget cannot be met under the keep bounds.
@@ -71,39 +78,45 @@ def fit_ratios_to_budget(
     shape = dict(keep_ratios) if keep_ratios is not None else None
     if scores is not None:
         kwargs["scores"] = dict(scores)
-    plan = plan_for_budget(ctx.topology, ctx.budget, keep_ratios=shape, **kwargs)
+    budget = ctx.budget_spec
+    plan = plan_for_budget(ctx.topology, budget, keep_ratios=shape, **kwargs)
     # Coarse rounding (round_to=8 on 16-channel groups) can leave a lopsided profile off budget: flatten the
     # profile towards uniform until it lands (the first attempt is exact in the common case).
     for power in (0.5, 0.0):
-        if on_budget(ctx.topology, plan, ctx.budget) or shape is None:
+        if on_budget(ctx.topology, plan, budget) or shape is None:
             break
         flat = {k: max(v, 1e-6) ** power for k, v in shape.items()}
-        plan = plan_for_budget(ctx.topology, ctx.budget, keep_ratios=flat, **kwargs)
-    return stamp(plan, method=method, budget=ctx.budget, meta=meta)
+        plan = plan_for_budget(ctx.topology, budget, keep_ratios=flat, **kwargs)
+    return stamp(plan, method=method, budget=budget, meta=meta)
 
 
-def stamp(plan: Any, *, method: str, budget: float, meta: dict[str, Any] | None = None) -> Any:
-    """Record the method, the budget and extra metadata on a plan (in place) and return it."""
+def stamp(plan: Any, *, method: str, budget: Budget | float, meta: dict[str, Any] | None = None) -> Any:
+    """Record the method, the budget (fraction and metric; a bare float is MACs) and extra metadata on a plan
+    (in place) and return it."""
     plan.method = method
-    plan.budget = budget
+    record_budget(plan, Budget.coerce(budget))
     if meta:
         plan.meta = {**(plan.meta or {}), **meta}
     return plan
 
 
 def check_on_budget(ctx: MethodContext, plan: Any, method: str) -> float:
-    """The plan's MACs ratio, after checking it is within 1% of the budget.
+    """The plan's MACs ratio (for `MethodResult.macs_ratio`), after checking that its ratio in the budget's
+    metric is within 1% of `ctx.budget`; that ratio is recorded as `plan.meta["budget_ratio"]`.
 
     Raises:
         BudgetError: The plan misses the budget by more than 1% (a method bug or an unreachable budget).
     """
-    ratio = macs_ratio(ctx.topology, plan)
-    if abs(ratio / ctx.budget - 1.0) > BUDGET_TOLERANCE:
+    budget = ctx.budget_spec
+    ratio = budget.ratio(ctx.topology, plan)
+    if abs(ratio / budget.fraction - 1.0) > BUDGET_TOLERANCE:
         raise BudgetError(
-            f"method '{method}' produced a plan keeping {ratio:.4f} of the MACs for a budget of {ctx.budget}; "
-            "the budget may be unreachable under the minimum keep ratio: raise the budget or lower min_keep_ratio"
+            f"method '{method}' produced a plan keeping {ratio:.4f} of the {budget.metric} for a budget of "
+            f"{budget.fraction}; the budget may be unreachable under the minimum keep ratio: raise the budget "
+            "or lower min_keep_ratio"
         )
-    return ratio
+    plan.meta = {**(plan.meta or {}), "budget_ratio": ratio}
+    return macs_ratio(ctx.topology, plan)
 
 
 def score_candidate(

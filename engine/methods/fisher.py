@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.methods.budget import (
+from engine.methods.candidates import (
     baseline_macs,
     check_on_budget,
     full_keep,
@@ -25,7 +25,7 @@ from engine.methods.budget import (
     prunable_groups,
     refill_to_budget,
 )
-from engine.methods.budget import score_candidate as _score
+from engine.methods.candidates import score_candidate as _score
 from engine.methods.plans import plan_with_indices
 from engine.methods.registry import MethodContext, MethodResult, MethodSpec, OptionSpec
 
@@ -180,7 +180,7 @@ def _round_counts(
     min_keep_ratio: float,
 ) -> tuple[dict[str, int], dict[str, list[int]]]:
     """Counts rounded to ctx.round_to (on budget), kept channels chosen alive-first, then latest-removed."""
-    from engine.methods.budget import fit_ratios_to_budget
+    from engine.methods.candidates import fit_ratios_to_budget
     from engine.pruning import channel_scores
 
     groups = {g.name: g for g in prunable_groups(ctx.topology)}

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from engine.methods.budget import (
+from engine.methods.candidates import (
     baseline_macs,
     check_on_budget,
     fit_ratios_to_budget,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engine.methods.budget import full_keep
+from engine.methods.candidates import full_keep
 from engine.methods.registry import MethodContext
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.methods.budget import (
+from engine.methods.candidates import (
     baseline_macs,
     check_on_budget,
     fit_ratios_to_budget,

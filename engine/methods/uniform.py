@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.methods.budget import check_on_budget, fit_ratios_to_budget, prunable_groups, score_candidate
+from engine.methods.candidates import check_on_budget, fit_ratios_to_budget, prunable_groups, score_candidate
 from engine.methods.registry import MethodContext, MethodResult, MethodSpec, OptionSpec
 
 NAME = "uniform"

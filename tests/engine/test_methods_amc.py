@@ -9,7 +9,7 @@ import torch
 from engine.evaluate import ScoringConfig
 from engine.methods import MethodContext, amc_state_features, run_method
 from engine.methods.amc import AMC_FEATURES, action_wall
-from engine.methods.budget import baseline_macs, full_keep, keep_macs, prunable_groups
+from engine.methods.candidates import baseline_macs, full_keep, keep_macs, prunable_groups
 from engine.methods.ddpg import DDPGAgent, DDPGConfig, truncated_normal
 
 TINY = ScoringConfig(val_size=8, bn_batches=1, bn_batch_size=8, batch_size=8)
