@@ -1,8 +1,12 @@
-"""Datasets and splits: the built-in procedural `shapes10`, CIFAR-10/100 from a folder, and ImageFolder.
+"""Datasets and splits: the built-in procedural `shapes10`, Fashion-MNIST, CIFAR-10/100 from a folder, ImageFolder.
 
 Every dataset comes as train / val / test, with val carved out of train (stratified, seeded) for search
 rewards and model selection; test is for reporting only. Images are held in memory as uint8 and normalised
 on the way out. Augmentation for training lives in `augment_batch`; nothing here trains or evaluates.
+
+Fashion-MNIST (engine.idx reads it from Debian's `dataset-fashion-mnist` or --data-dir) meets the zoo's 3-channel
+32x32 CIFAR models by a 2-px zero border (28 -> 32) and the grey channel replicated to 3, at load time, so
+every dataset is (N, 3, H, W) uint8; it is normalised with the padded training images' mean and std.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from engine import idx
 from engine.errors import DataError
 from engine.paths import cache_dir
 
-DATASETS: tuple[str, ...] = ("shapes10", "cifar10", "cifar100", "imagefolder")
+DATASETS: tuple[str, ...] = ("shapes10", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SHAPES10_CLASSES: tuple[str, ...] = (
     "disk", "square", "triangle", "plus", "ring", "bars", "corner", "star", "half_disk", "ellipse",
@@ -301,15 +306,17 @@ def load_data(name: str = "shapes10", *, data_dir: str | Path | None = None, see
     """Load a dataset with train / val (carved from train) / test splits.
 
     Args:
-        name: ``shapes10`` (built in), ``cifar10``, ``cifar100`` or ``imagefolder``.
-        data_dir: folder of CIFAR batches or of an ImageFolder tree (train/<class>/, test/<class>/).
+        name: ``shapes10`` (built in), ``fashion-mnist``, ``cifar10``, ``cifar100`` or ``imagefolder``.
+        data_dir: folder of CIFAR batches, of an ImageFolder tree (train/<class>/, test/<class>/), or of the
+            four Fashion-MNIST idx files (default for fashion-mnist: the Debian package's folder).
         seed: seeds the val carve-out (and shapes10's generation).
         val_fraction: fraction of train held out as val, per class.
         input_size: expected square image size for imagefolder (default 32).
         train_size, test_size: shapes10 only.
 
     Raises:
-        DataError: unknown dataset, missing or empty folder, images of the wrong size or mode.
+        DataError: unknown dataset, missing or empty folder, images of the wrong size or mode, a missing
+            Fashion-MNIST package or a corrupt idx file.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -318,6 +325,9 @@ def load_data(name: str = "shapes10", *, data_dir: str | Path | None = None, see
     if name == "shapes10":
         train_x, train_y, test_x, test_y = _load_shapes10(seed=seed, train_size=train_size, test_size=test_size)
         classes, mean, std = list(SHAPES10_CLASSES), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    elif name == "fashion-mnist":
+        train_x, train_y, test_x, test_y = idx.load_fashion_mnist(data_dir)
+        classes, mean, std = list(idx.CLASSES), (idx.MEAN,) * 3, (idx.STD,) * 3
     else:
         if data_dir is None:
             raise DataError(f"dataset {name} needs --data-dir pointing at its folder")
