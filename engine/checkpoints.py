@@ -22,6 +22,7 @@ from engine.zoo import build_model
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+DEFAULT_DATASET = "shapes10"  # the dataset whose baselines are keyed by bare architecture name
 
 
 @dataclass
@@ -192,32 +193,68 @@ def _infer_num_classes(state: dict[str, torch.Tensor]) -> int | None:
 
 
 def read_manifest() -> dict:
-    """The shipped-baseline manifest: {"models": {arch: {file, sha256, test_acc, command, seconds, ...}}}."""
+    """The shipped-baseline manifest: {"models": {key: {file, sha256, test_acc, command, seconds, dataset, ...}}}.
+
+    A key is the architecture for a shapes10 baseline (``cifar_resnet20``) and ``arch@dataset`` for any other
+    dataset (``cifar_resnet20@fashion-mnist``); ``file`` is relative to assets/.
+    """
     path = assets_dir() / MANIFEST_NAME
     if not path.exists():
         return {"models": {}}
     return json.loads(path.read_text())
 
 
-def shipped_models() -> list[str]:
-    return sorted(read_manifest()["models"])
+def manifest_key(arch: str, dataset: str = DEFAULT_DATASET) -> str:
+    """The manifest key of the baseline of `arch` trained on `dataset`."""
+    return arch if dataset == DEFAULT_DATASET else f"{arch}@{dataset}"
 
 
-def shipped_path(arch: str) -> Path:
-    entry = read_manifest()["models"].get(arch)
+def shipped_models(dataset: str = DEFAULT_DATASET) -> list[str]:
+    """Architectures with a shipped baseline trained on `dataset`."""
+    models = read_manifest()["models"]
+    return sorted(e.get("arch", k) for k, e in models.items() if _entry_dataset(k, e) == dataset)
+
+
+def shipped_datasets(arch: str) -> list[str]:
+    """Datasets that `arch` has a shipped baseline for."""
+    models = read_manifest()["models"]
+    return sorted({_entry_dataset(k, e) for k, e in models.items() if e.get("arch", k.split("@")[0]) == arch})
+
+
+def _entry_dataset(key: str, entry: dict) -> str:
+    return entry.get("dataset") or (key.split("@", 1)[1] if "@" in key else DEFAULT_DATASET)
+
+
+def shipped_entry(arch: str, dataset: str = DEFAULT_DATASET) -> dict:
+    """The manifest entry of the baseline of `arch` on `dataset`.
+
+    Raises:
+        CheckpointError: no baseline is shipped for that (architecture, dataset), naming the ones that are.
+    """
+    entry = read_manifest()["models"].get(manifest_key(arch, dataset))
     if entry is None:
-        available = ", ".join(shipped_models()) or "none yet"
+        available = ", ".join(shipped_models(dataset)) or "none"
+        others = [d for d in shipped_datasets(arch) if d != dataset]
+        elsewhere = f"; {arch} has one for {', '.join(others)}" if others else ""
         raise CheckpointError(
-            f"no shipped baseline for {arch!r} (shipped: {available}); train one with "
-            f"`topoprune train {arch} --epochs N --out FILE` and pass --checkpoint FILE"
+            f"no shipped baseline for {arch!r} on {dataset} (shipped for {dataset}: {available}{elsewhere}); "
+            f"train one with `topoprune train {arch} --dataset {dataset} --epochs N --out FILE` and pass "
+            "--checkpoint FILE"
         )
-    return assets_dir() / entry["file"]
+    return entry
 
 
-def load_shipped(arch: str, *, verify: bool = True) -> LoadedCheckpoint:
-    """Load a shipped baseline, checking its sha256 against the manifest first."""
-    path = shipped_path(arch)
-    entry = read_manifest()["models"][arch]
+def shipped_path(arch: str, dataset: str = DEFAULT_DATASET) -> Path:
+    """Where the baseline of `arch` on `dataset` lives (see `shipped_entry` for the error)."""
+    return assets_dir() / shipped_entry(arch, dataset)["file"]
+
+
+def load_shipped(arch: str, *, dataset: str = DEFAULT_DATASET, verify: bool = True) -> LoadedCheckpoint:
+    """Load the shipped baseline of `arch` trained on `dataset`, checking its sha256 against the manifest first."""
+    entry = shipped_entry(arch, dataset)
+    path = assets_dir() / entry["file"]
+    if not path.is_file():
+        raise CheckpointError(f"shipped checkpoint {path} is missing; restore it with `git checkout -- assets/`")
     if verify and sha256_file(path) != entry["sha256"]:
         raise CheckpointError(f"shipped checkpoint {path} does not match its sha256 in the manifest; "
                               "restore it with `git checkout -- assets/`")
