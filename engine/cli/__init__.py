@@ -19,7 +19,7 @@ from typing import Any
 
 from engine.errors import TopoPruneError
 
-DATASET_CHOICES = ("shapes10", "cifar10", "cifar100", "imagefolder")
+DATASET_CHOICES = ("shapes10", "fashion-mnist", "cifar10", "cifar100", "imagefolder")  # = engine.data.DATASETS
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -27,7 +27,7 @@ def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
     g.add_argument("--dataset", choices=DATASET_CHOICES, default="shapes10", help="dataset (default: shapes10)")
-    g.add_argument("--data-dir", metavar="PATH", help="folder of CIFAR batches or an ImageFolder tree")
+    g.add_argument("--data-dir", metavar="PATH", help="CIFAR batches, ImageFolder tree or Fashion-MNIST idx folder")
     g.add_argument(
         "--checkpoint", metavar="PATH|shipped", help="weights file (.safetensors / state_dict) or 'shipped'"
     )
