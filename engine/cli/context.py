@@ -142,9 +142,7 @@ class CommandContext:
             model = build_model(name, num_classes=num_classes, width=a.width)
             return LoadedModel(model, name, num_classes, a.width, input_size, "random", {})
         if checkpoint == "shipped":
-            from engine.checkpoints import load_shipped
-
-            loaded = load_shipped(name)
+            loaded = load_shipped_baseline(name, getattr(a, "dataset", None))
             weights = "shipped"
         else:
             from engine.checkpoints import load_checkpoint
@@ -212,6 +210,17 @@ class CommandContext:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def load_shipped_baseline(name: str, dataset: str | None = None):
+    """The shipped baseline of model `name` trained on `dataset` (``--checkpoint shipped``; default shapes10).
+
+    Raises:
+        CheckpointError: none is shipped for that (model, dataset), or its file fails the sha256 check.
+    """
+    from engine.checkpoints import DEFAULT_DATASET, load_shipped
+
+    return load_shipped(name, dataset=dataset or DEFAULT_DATASET)
 
 
 def _meta_dict(meta: Any) -> dict[str, Any]:
