@@ -1,12 +1,13 @@
-"""Every pruning method behind one registry: uniform, magnitude, sensitivity, fisher, random, amc (+ engine.rl's).
+"""Every pruning method behind one registry: uniform, magnitude, sensitivity, fisher, random, amc, gnnrl, ...
 
 `run_method(name, MethodContext(...), **options)` validates options and returns a MethodResult whose plan is
-within 1% of the MACs budget. Methods never modify the baseline and never read the test split.
+within 1% of the budget. Methods never modify the baseline and never read the test split. The built-in
+methods are listed in `registry.METHOD_MODULES` and imported on the first lookup; search methods run through
+the one search driver (engine.search).
 """
 
-from engine.methods import amc, fisher, magnitude, random_search, sensitivity_guided, uniform
-from engine.methods.amc import amc_state_features
 from engine.methods.registry import (
+    METHOD_MODULES,
     Candidate,
     MethodContext,
     MethodError,
@@ -20,11 +21,16 @@ from engine.methods.registry import (
     run_method,
 )
 
-for _module in (uniform, magnitude, sensitivity_guided, fisher, random_search, amc):
-    if _module.SPEC.name not in {m.name for m in list_methods()}:
-        register_method(_module.SPEC)
+
+def amc_state_features(*args, **kwargs):
+    """AMC's 10 hand-made per-group features (engine.methods.amc.amc_state_features)."""
+    from engine.methods.amc import amc_state_features as features
+
+    return features(*args, **kwargs)
+
 
 __all__ = [
+    "METHOD_MODULES",
     "Candidate",
     "MethodContext",
     "MethodError",
@@ -38,8 +44,3 @@ __all__ = [
     "register_method",
     "run_method",
 ]
-
-try:  # engine.rl registers gnnrl and gnnrl-nognn through register_method
-    import engine.rl.method  # noqa: F401
-except ImportError:
-    pass

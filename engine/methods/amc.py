@@ -16,18 +16,16 @@ import torch
 import torch.nn as nn
 
 from engine.errors import BudgetError
-from engine.methods.budget import (
+from engine.methods.candidates import (
     baseline_macs,
-    best_candidate,
-    check_on_budget,
     fit_ratios_to_budget,
     full_keep,
     keep_macs,
     prunable_groups,
-    score_candidate,
 )
 from engine.methods.ddpg import DDPGAgent, DDPGConfig, truncated_normal
-from engine.methods.registry import Candidate, MethodContext, MethodResult, MethodSpec, OptionSpec
+from engine.methods.registry import MethodContext, MethodSpec, OptionSpec
+from engine.search.protocol import Proposal, Scored, SearchMethod, rng_state, set_rng_state
 
 NAME = "amc"
 AMC_FEATURES: tuple[str, ...] = (
@@ -145,64 +143,98 @@ def _reward(val_acc: float) -> float:
     return -(100.0 - val_acc) / 100.0
 
 
-def run_amc(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
-    """DDPG search over per-group keep ratios; returns the best candidate on val."""
-    lbound, rbound = options["lbound"], options["rbound"]
-    if lbound >= rbound:
-        raise ValueError(f"lbound ({lbound}) must be below rbound ({rbound})")
-    feats = AmcFeatures(ctx.topology, model=ctx.model)
-    groups = feats.groups
-    if not groups:
-        raise BudgetError("the model has no prunable channel group; AMC has nothing to act on")
-    target = ctx.budget * feats.base
-    agent = DDPGAgent(
-        DDPGConfig(hidden=options["hidden"], lr_actor=options["lr_actor"], lr_critic=options["lr_critic"],
-                   tau=options["tau"], batch_size=options["batch_size"], discount=options["discount"],
-                   memory_size=100 * len(groups)),
-        seed=ctx.seed,
-    )
-    rng = np.random.default_rng((ctx.seed, 0x414D43))  # own stream: warm-up must not replay `random`'s draws
-    episodes, warmup = options["episodes"], options["warmup"]
-    history: list[Candidate] = []
-    for episode in range(episodes):
-        if ctx.stopped() and history:
-            break
+class AmcSearch(SearchMethod):
+    """DDPG over per-group keep ratios, one group per step, from AMC's 10-feature state (engine.search protocol).
+
+    Resumable state: the agent (networks, optimisers, replay memory, reward baseline, its RNG), the noise RNG
+    and the episode counter.
+    """
+
+    name = NAME
+
+    def __init__(self, ctx: MethodContext, options: dict[str, Any]) -> None:
+        super().__init__(ctx, options)
+        if options["lbound"] >= options["rbound"]:
+            raise ValueError(f"lbound ({options['lbound']}) must be below rbound ({options['rbound']})")
+        self.feats = AmcFeatures(ctx.topology, model=ctx.model)
+        self.groups = self.feats.groups
+        if not self.groups:
+            raise BudgetError("the model has no prunable channel group; AMC has nothing to act on")
+        self.target = ctx.budget * self.feats.base
+        self.agent = DDPGAgent(
+            DDPGConfig(hidden=options["hidden"], lr_actor=options["lr_actor"], lr_critic=options["lr_critic"],
+                       tau=options["tau"], batch_size=options["batch_size"], discount=options["discount"],
+                       memory_size=100 * len(self.groups)),
+            seed=ctx.seed,
+        )
+        self.rng = np.random.default_rng((ctx.seed, 0x414D43))  # own stream: warm-up must not replay `random`'s
+        self.episode = 0
+        self._pending: list[list[tuple[np.ndarray, float, np.ndarray, bool]]] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.episode >= self.options["episodes"]
+
+    def _episode(self) -> Proposal:
+        o = self.options
+        lbound, rbound, warmup, episode = o["lbound"], o["rbound"], o["warmup"], self.episode
         ratios: dict[str, float] = {}
         transitions: list[tuple[np.ndarray, float, np.ndarray, bool]] = []
-        sigma = options["init_delta"] * options["delta_decay"] ** max(0, episode - warmup)
-        state = feats.row(0, ratios)
-        for t, g in enumerate(groups):
+        sigma = o["init_delta"] * o["delta_decay"] ** max(0, episode - warmup)
+        state = self.feats.row(0, ratios)
+        for t, g in enumerate(self.groups):
             if episode < warmup:
-                action = float(rng.uniform(lbound, rbound))
+                action = float(self.rng.uniform(lbound, rbound))
             else:
-                action = truncated_normal(agent.act(state), sigma, lbound, rbound, rng)
-            action = min(action, action_wall(ctx.topology, groups, t, {**ratios, g.name: action}, target,
-                                             lbound=lbound))
+                action = truncated_normal(self.agent.act(state), sigma, lbound, rbound, self.rng)
+            action = min(action, action_wall(self.ctx.topology, self.groups, t, {**ratios, g.name: action},
+                                             self.target, lbound=lbound))
             ratios[g.name] = action
-            done = t == len(groups) - 1
-            next_state = state if done else feats.row(t + 1, ratios)
+            done = t == len(self.groups) - 1
+            next_state = state if done else self.feats.row(t + 1, ratios)
             transitions.append((state, action, next_state, done))
             state = next_state
+        self._pending.append(transitions)
+        self.episode += 1
+        meta = {"sigma": sigma, "warmup": episode < warmup}
         try:
-            plan = fit_ratios_to_budget(ctx, ratios, method=NAME, min_keep_ratio=min(lbound, 0.05),
+            plan = fit_ratios_to_budget(self.ctx, ratios, method=NAME, min_keep_ratio=min(lbound, 0.05),
                                         meta={"episode": episode})
         except BudgetError:
-            continue
-        cand = score_candidate(ctx, NAME, plan, history, step=episode + 1, total=episodes,
-                               meta={"episode": episode, "sigma": sigma, "warmup": episode < warmup},
-                               reward=_reward)
-        shaped = agent.baseline_reward(cand.meta["reward"])
-        for s, a, s2, d in transitions:
-            agent.observe(s, a, shaped, s2, d)
-        if episode >= warmup:
-            for _ in range(len(transitions)):
-                agent.update()
-    if not history:
-        raise BudgetError(f"no AMC episode reached the budget {ctx.budget}; lower lbound or raise the budget")
-    best = best_candidate(history)
-    ratio = check_on_budget(ctx, best.plan, NAME)
-    return MethodResult(method=NAME, plan=best.plan, val_acc=best.val_acc, macs_ratio=ratio, candidates=history,
-                        meta={"best_episode": best.meta.get("episode"), "episodes": len(history)})
+            return Proposal(None, meta)
+        return Proposal(plan, meta)
+
+    def propose(self, n: int = 1) -> list[Proposal]:
+        out = []
+        while len(out) < n and not self.finished:
+            out.append(self._episode())
+        return out
+
+    def observe(self, scored: Sequence[Scored]) -> list[float | None]:
+        pending, self._pending = self._pending, []
+        rewards: list[float | None] = []
+        for s, transitions in zip(scored, pending, strict=True):
+            if s.val_acc is None:
+                rewards.append(None)
+                continue
+            reward = _reward(s.val_acc)
+            rewards.append(reward)
+            shaped = self.agent.baseline_reward(reward)
+            for state, action, next_state, done in transitions:
+                self.agent.observe(state, action, shaped, next_state, done)
+            if not s.proposal.meta["warmup"]:
+                for _ in range(len(transitions)):
+                    self.agent.update()
+        return rewards
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"agent": self.agent.state_dict(), "rng": rng_state(self.rng), "episode": self.episode}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.agent.load_state_dict(state["agent"])
+        set_rng_state(self.rng, state["rng"])
+        self.episode = int(state["episode"])
+        self._pending = []
 
 
 SPEC = MethodSpec(
@@ -225,5 +257,5 @@ SPEC = MethodSpec(
         "batch_size": OptionSpec("batch_size", int, 64, "DDPG minibatch size", min=1),
         "discount": OptionSpec("discount", float, 1.0, "discount factor", min=0.0, max=1.0),
     },
-    fn=run_amc,
+    searcher=AmcSearch,
 )

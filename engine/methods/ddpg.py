@@ -123,3 +123,31 @@ class DDPGAgent:
         soft_update(self.actor_target, self.actor, cfg.tau)
         soft_update(self.critic_target, self.critic, cfg.tau)
         return float(critic_loss.detach()), float(actor_loss.detach())
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue: networks, optimisers, replay memory, baseline and sampling RNG."""
+        memory = {}
+        if self.memory:
+            s, a, r, s2, nd = zip(*self.memory, strict=True)
+            memory = {"s": torch.as_tensor(np.stack(s)), "a": torch.as_tensor(a, dtype=torch.float64),
+                      "r": torch.as_tensor(r, dtype=torch.float64), "s2": torch.as_tensor(np.stack(s2)),
+                      "nd": torch.as_tensor(nd, dtype=torch.float64)}
+        return {
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "actor_target": self.actor_target.state_dict(), "critic_target": self.critic_target.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+            "rng": dict(self.rng.bit_generator.state), "memory": memory, "moving_average": self.moving_average,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() saved."""
+        for key in ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt"):
+            getattr(self, key).load_state_dict(state[key])
+        self.rng.bit_generator.state = state["rng"]
+        m = state["memory"]
+        self.memory = []
+        if m:
+            for i in range(int(m["a"].shape[0])):
+                self.memory.append((m["s"][i].numpy(), float(m["a"][i]), float(m["r"][i]), m["s2"][i].numpy(),
+                                    float(m["nd"][i])))
+        self.moving_average = state["moving_average"]

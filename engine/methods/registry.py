@@ -159,6 +159,9 @@ class MethodContext:
         run_id: Run id in `store`, if any.
         round_to: Channel counts are rounded to multiples of this.
         budget_metric: What `budget` is a fraction of: one of engine.pruning.budget.METRICS (default MACs).
+        resume: Search methods continue the stored run `run_id` from its saved state (engine.search.driver).
+        batch_size: Plans a search method proposes and has scored per batch.
+        score_fn: plan -> val top-1 (%) instead of the shared scorer (tests, synthetic runs).
     """
 
     model: nn.Module
@@ -174,6 +177,9 @@ class MethodContext:
     run_id: int | None = None
     round_to: int = 1
     budget_metric: str = "macs"
+    resume: bool = False
+    batch_size: int = 1
+    score_fn: Callable[[PruningPlan], float] | None = None
 
     @property
     def budget_spec(self) -> Budget:
@@ -189,6 +195,12 @@ class MethodContext:
 
             self.scorer = Scorer(self.model, self.topology, self.data, self.scoring or ScoringConfig())
         return self.scorer
+
+    def score(self, plan: PruningPlan) -> float:
+        """Val top-1 (%) of `plan` under the shared scoring protocol (or `score_fn` when set)."""
+        if self.score_fn is not None:
+            return float(self.score_fn(plan))
+        return float(self.get_scorer().score(plan))
 
     def emit(self, method: str, step: int, total: int, message: str, candidate: Candidate | None = None) -> None:
         """Send a progress event to the callback, if any."""
@@ -258,7 +270,9 @@ class MethodSpec:
         description: One or two sentences for listings.
         kind: "oneshot" (one plan, `topoprune prune`) or "search" (many scored candidates, `topoprune search`).
         options: Option name -> OptionSpec.
-        fn: `fn(ctx, options) -> MethodResult`, called with validated options.
+        fn: `fn(ctx, options) -> MethodResult`, called with validated options (one-shot methods).
+        searcher: For search methods: an engine.search.SearchMethod subclass, run by the one search driver
+            (recording, stepping, resume); `fn` is then unused.
         budget_metrics: Budget metrics the method can land on (`run_method` refuses the others).
     """
 
@@ -266,7 +280,8 @@ class MethodSpec:
     description: str
     kind: MethodKind
     options: dict[str, OptionSpec]
-    fn: MethodFn
+    fn: MethodFn | None = None
+    searcher: type | None = None
     budget_metrics: tuple[str, ...] = ("macs",)
 
     def defaults(self) -> dict[str, Any]:
@@ -294,6 +309,38 @@ class MethodSpec:
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
+# Every built-in method's module, in listing order. Each defines SPEC (or SPECS); they are imported on the first
+# registry lookup, so engine.methods and engine.rl never import each other at import time, and a module that
+# fails to import raises its own error instead of hiding as "unknown method".
+METHOD_MODULES: tuple[str, ...] = (
+    "engine.methods.uniform",
+    "engine.methods.magnitude",
+    "engine.methods.sensitivity_guided",
+    "engine.methods.fisher",
+    "engine.methods.random_search",
+    "engine.methods.amc",
+    "engine.rl.method",
+)
+_catalog_loaded = False
+
+
+def _load_catalog() -> None:
+    global _catalog_loaded
+    if _catalog_loaded:
+        return
+    import importlib
+
+    specs = []
+    for module_name in METHOD_MODULES:
+        module = importlib.import_module(module_name)
+        specs.extend(getattr(module, "SPECS", None) or (module.SPEC,))
+    builtin = {s.name: s for s in specs}
+    plugins = {k: v for k, v in _REGISTRY.items() if k not in builtin}
+    _REGISTRY.clear()
+    _REGISTRY.update(builtin)
+    _REGISTRY.update(plugins)
+    _catalog_loaded = True
+
 
 def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
     """Add a method to the registry (engine.rl uses this for `gnnrl` and `gnnrl-nognn`).
@@ -303,6 +350,9 @@ def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
     """
     if spec.kind not in ("oneshot", "search"):
         raise ValueError(f"method kind must be 'oneshot' or 'search', got {spec.kind!r}")
+    if (spec.fn is None) == (spec.searcher is None):
+        raise ValueError(f"method '{spec.name}' needs exactly one of fn (one-shot) or searcher (search)")
+    _load_catalog()
     if spec.name in _REGISTRY and not replace:
         raise ValueError(f"method '{spec.name}' is already registered; pass replace=True to override it")
     for key, opt in spec.options.items():
@@ -313,7 +363,8 @@ def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
 
 
 def list_methods() -> list[MethodSpec]:
-    """Every registered method, in registration order."""
+    """Every registered method, in registration order (built-in methods first)."""
+    _load_catalog()
     return list(_REGISTRY.values())
 
 
@@ -323,6 +374,7 @@ def get_method(name: str) -> MethodSpec:
     Raises:
         MethodError: Unknown name (the message lists the registered ones).
     """
+    _load_catalog()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -355,7 +407,12 @@ def run_method(name: str, ctx: MethodContext, **options: Any) -> MethodResult:
         ensure_latency_table(ctx.model, ctx.topology)
     start = time.perf_counter()
     scored_before = ctx.scorer.n_scored if ctx.scorer is not None else 0
-    result = spec.fn(ctx, opts)
+    if spec.searcher is not None:
+        from engine.search import drive
+
+        result = drive(spec, ctx, opts)
+    else:
+        result = spec.fn(ctx, opts)
     result.seconds = time.perf_counter() - start
     result.options = opts
     if result.n_scored == 0 and ctx.scorer is not None:

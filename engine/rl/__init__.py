@@ -1,8 +1,6 @@
-"""GNN-RL: environment, multi-stage GNN encoder, PPO/DDPG agents and the steppable, resumable search driver.
+"""GNN-RL: environment, multi-stage GNN encoder, PPO/DDPG agents and the in-memory stepper (engine.rl.search).
 
-Importing the package registers the methods `gnnrl` and `gnnrl-nognn` in engine.methods (engine.rl.method);
-the heavy modules (torch-geometric) load only when a search runs. Entry points: engine.rl.search.run_search,
-SearchRun (step / run_episode / run / pause / resume) and resume_search.
+The methods `gnnrl` and `gnnrl-nognn` (engine.rl.method) are listed in engine.methods.registry.METHOD_MODULES and
+run through the one search driver (engine.search); importing this package registers nothing and imports
+nothing heavy (torch-geometric loads only when a search runs).
 """
-
-from engine.rl import method as _method  # noqa: F401  (registers gnnrl, gnnrl-nognn)

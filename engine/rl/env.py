@@ -100,6 +100,8 @@ class StepResult:
         plan: the scored plan (PruningPlan) when done and feasible, else None.
         val_acc: its val top-1 (%), else None.
         timings_s: seconds spent on "graph", "land", "mask" and "eval" in this step.
+        pending: the episode ended feasible but the env has no scorer (deferred scoring): `plan` awaits its
+            score, and the reward is `PruningEnv.reward_for(val_acc)`.
     """
 
     state: MultiStageData
@@ -112,6 +114,7 @@ class StepResult:
     plan: Any = None
     val_acc: float | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    pending: bool = False
 
 
 class PruningEnv:
@@ -122,7 +125,8 @@ class PruningEnv:
         model: the baseline (weights give norm features and are masked for scoring); never modified.
         config: environment settings.
         scorer: H3's `Scorer` (val top-1 of a masked model after BN recalibration); its test split is never read.
-        score_fn: alternative to `scorer`: plan -> val top-1 (%) (tests, synthetic runs).
+        score_fn: alternative to `scorer`: plan -> val top-1 (%) (tests, synthetic runs). With neither, scoring is
+            deferred to the caller (the search driver): see StepResult.pending.
 
     Raises:
         BudgetError: the budget cannot be met even with every group at min_keep_ratio.
@@ -223,7 +227,7 @@ class PruningEnv:
         macs_ratio = self._macs_ratio(self.keep_ratios)
         met = macs_ratio <= c.budget
         last = self.t >= c.max_steps
-        plan, val_acc, reward, feasible = None, None, 0.0, False
+        plan, val_acc, reward, feasible, pending = None, None, 0.0, False, False
         if met or last:
             self.done = True
             start = time.perf_counter()
@@ -240,8 +244,11 @@ class PruningEnv:
                 self.keep_ratios = np.array([ratios[g.name] for g in self.groups])
                 macs_ratio = self._plan_macs(self.topology, plan) / self.base_macs
                 plan.meta = {**(plan.meta or {}), "macs_ratio": macs_ratio, "steps": self.t}
-                val_acc = self._score(plan, timings)
-                reward = -(100.0 - val_acc)
+                if self.deferred:
+                    pending = True  # the caller scores the plan and calls reward_for(val_acc)
+                else:
+                    val_acc = self._score(plan, timings)
+                    reward = self.reward_for(val_acc)
         start = time.perf_counter()
         state = self.builder.build(self.keep_ratios)
         timings["graph"] = time.perf_counter() - start
@@ -256,7 +263,18 @@ class PruningEnv:
             plan,
             val_acc,
             timings,
+            pending,
         )
+
+    @staticmethod
+    def reward_for(val_acc: float) -> float:
+        """The reward of a feasible episode: -(val error %)."""
+        return -(100.0 - float(val_acc))
+
+    @property
+    def deferred(self) -> bool:
+        """No scorer was given: a feasible episode ends with `pending=True` and the caller scores its plan."""
+        return self.scorer is None and self.score_fn is None
 
     def _land(self, ratios: np.ndarray) -> Any:
         """The plan shaped like `ratios`, scaled onto the budget (H1's plan_for_budget), or None if impossible."""

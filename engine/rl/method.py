@@ -1,26 +1,24 @@
-"""Registers GNN-RL as pruning methods `gnnrl` and `gnnrl-nognn` (the no-GNN ablation) in the methods registry.
+"""GNN-RL as the search methods `gnnrl` and `gnnrl-nognn` (the no-GNN ablation), on the search protocol.
 
-A thin adapter: options -> SearchConfig, episodes -> registry Candidates/MethodEvents; the search itself is
-engine.rl.search. These methods record their own episodes in the run store (ctx.store / ctx.run_id) and
-resume a stored run when called with resume=True.
+`GnnRlSearch` adapts engine.rl.search.SearchRun (the agent in the environment, with deferred scoring) to
+engine.search.protocol: an episode's T steps happen in `propose` (or one at a time in `substep`, the GUI's
+Step), the driver scores the landed plan, and `observe` hands the reward to the agent. Recording, stepping
+and resume are the driver's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from engine.errors import BudgetError
-from engine.methods.registry import (
-    Candidate,
-    MethodContext,
-    MethodResult,
-    MethodSpec,
-    OptionSpec,
-    list_methods,
-    register_method,
-)
+import torch
 
-__all__ = ["GNNRL_SPEC", "GNNRL_NOGNN_SPEC", "search_config_from_options"]
+from engine.methods.registry import MethodContext, MethodSpec, OptionSpec
+from engine.rl.records import ENCODER_FILE
+from engine.search.protocol import Proposal, Scored, SearchMethod, SubStep
+
+__all__ = ["GNNRL_SPEC", "GNNRL_NOGNN_SPEC", "SPECS", "GnnRlSearch", "search_config_from_options"]
 
 
 def _options() -> dict[str, OptionSpec]:
@@ -70,7 +68,6 @@ def _options() -> dict[str, OptionSpec]:
         OptionSpec(
             "transfer_run", int, 0, "run id whose trained encoder is loaded and frozen (0 = none)", min=0
         ),
-        OptionSpec("resume", bool, False, "continue the stored run ctx.run_id from its saved state"),
     ]
     return {o.name: o for o in opts}
 
@@ -79,7 +76,8 @@ def search_config_from_options(ctx: MethodContext, options: dict[str, Any], *, e
     """The SearchConfig a method call describes."""
     from engine.rl.env import EnvConfig
     from engine.rl.ppo import PPOConfig
-    from engine.rl.search import ENCODER_FILE, SearchConfig, state_dir_for
+    from engine.rl.search import SearchConfig
+    from engine.search.driver import state_dir_for
 
     transfer = None
     if options["transfer_run"]:
@@ -119,108 +117,101 @@ def search_config_from_options(ctx: MethodContext, options: dict[str, Any], *, e
     )
 
 
-def _run(ctx: MethodContext, options: dict[str, Any], *, encoder: str, name: str) -> MethodResult:
-    from engine.methods.candidates import check_on_budget
-    from engine.pruning import PruningPlan
-    from engine.rl.search import SearchRun
+class GnnRlSearch(SearchMethod):
+    """GNN-RL's agent and environment behind the search protocol (one episode per proposal)."""
 
-    candidates: list[Candidate] = []
-    total = options["episodes"]
+    encoder = "gnn"
+    name = "gnnrl"
 
-    def on_episode(report: Any) -> None:
-        meta = {
-            "episode": report.episode,
-            "reward": report.reward,
-            "step": report.steps,
-            "actions": report.actions,
-            "embeddings": report.embeddings,
-            "embedding_groups": report.embedding_groups,
-            "timings_s": report.timings_s,
-        }
-        if report.plan is None:
-            ctx.emit(
-                name,
-                report.episode + 1,
-                total,
-                f"episode {report.episode}: budget missed, reward {report.reward:.1f}",
-            )
-            return
-        cand = Candidate(
-            index=len(candidates),
-            plan=PruningPlan.from_dict(report.plan),
-            val_acc=float(report.val_acc),
-            macs_ratio=report.macs_ratio,
-            meta=meta,
-        )
-        candidates.append(cand)
-        ctx.emit(
-            name,
-            report.episode + 1,
-            total,
-            f"episode {report.episode}: val {report.val_acc:.2f}% at "
-            f"{report.macs_ratio:.3f} MACs (best {report.best_val_acc:.2f}%)",
-            cand,
-        )
+    def __init__(self, ctx: MethodContext, options: dict[str, Any]) -> None:
+        from engine.rl.search import SearchRun
 
-    from engine.rl.search import STATE_FILE, state_dir_for
+        super().__init__(ctx, options)
+        self.run = SearchRun(ctx.model, ctx.topology, config=search_config_from_options(ctx, options,
+                                                                                       encoder=self.encoder))
+        self._ended: Any = None  # the StepReport that ended the episode awaiting observe()
 
-    scorer = ctx.get_scorer()
-    if options["resume"] and (ctx.store is None or ctx.run_id is None):
-        raise ValueError(f"method '{name}' got resume=True without a stored run (ctx.store and ctx.run_id)")
-    # a run killed before its first episode ended has no state yet: it simply starts again
-    if options["resume"] and (state_dir_for(ctx.run_id) / STATE_FILE).exists():
-        run = SearchRun.resume(
-            ctx.model, ctx.topology, run_id=ctx.run_id, scorer=scorer, store=ctx.store, callback=on_episode
-        )
-    else:
-        run = SearchRun(
-            ctx.model,
-            ctx.topology,
-            config=search_config_from_options(ctx, options, encoder=encoder),
-            scorer=scorer,
-            store=ctx.store,
-            run_id=ctx.run_id,
-            callback=on_episode,
-            dataset=getattr(ctx.data, "name", ""),
-        )
-    result = run.run(should_stop=ctx.should_stop)
-    if result.best_plan is None:
-        raise BudgetError(
-            f"no episode of '{name}' met the budget {ctx.budget}; turn action_wall on, raise "
-            "max_steps or max_change, or lower min_keep_ratio"
-        )
-    plan = result.best_plan
-    plan.method = name
-    plan.budget = float(ctx.budget)
-    ratio = check_on_budget(ctx, plan, name)
-    meta = {
-        "run_id": result.run_id,
-        "best_episode": result.best_episode,
-        "episodes": result.episodes,
-        "policy_plan": result.policy_plan.to_dict() if result.policy_plan is not None else None,
-        "policy_val_acc": result.policy_val_acc,
-        "state_dir": result.state_dir,
-        "finished": result.finished,
-    }
-    return MethodResult(
-        method=name,
-        plan=plan,
-        val_acc=float(result.best_val_acc),
-        macs_ratio=ratio,
-        candidates=candidates,
-        n_scored=result.n_scored,
-        meta=meta,
-    )
+    @property
+    def finished(self) -> bool:
+        return self.run.finished and self._ended is None
+
+    def substep(self) -> SubStep:
+        if self._ended is not None:
+            raise RuntimeError("the episode's plan awaits its score; the driver observes it first")
+        rep = self.run.step()
+        info = {"episode": rep.episode, "step": rep.step, "action": rep.action, "keep_ratios": rep.keep_ratios,
+                "macs_ratio": rep.macs_ratio, "reward": rep.reward, "done": rep.done}
+        proposal = None
+        if rep.done:
+            self._ended = rep
+            plan = rep.pending_plan
+            if plan is not None:
+                plan.method = self.name
+            proposal = Proposal(plan, self._meta(rep))
+        return SubStep(rep.episode, rep.step, info, proposal)
+
+    def _meta(self, rep: Any) -> dict[str, Any]:
+        ep = self.run._ep
+        emb = ep.get("embeddings")
+        return {"step": rep.step, "actions": list(ep.get("actions", [])),
+                "embeddings": emb.numpy().round(5).tolist() if emb is not None else None,
+                "embedding_groups": self.run.group_names,
+                "keep_ratios": {k: round(float(v), 5) for k, v in rep.keep_ratios.items()}}
+
+    def propose(self, n: int = 1) -> list[Proposal]:
+        # PPO learns between episodes, so a batch holds one episode (vectorised episodes: a later issue)
+        while not self.run.finished:
+            sub = self.substep()
+            if sub.proposal is not None:
+                return [sub.proposal]
+        return []
+
+    def observe(self, scored: Sequence[Scored]) -> list[float | None]:
+        rewards: list[float | None] = []
+        for s in scored:
+            rep, self._ended = self._ended, None
+            if rep is None:
+                raise RuntimeError("observe() without a proposed episode")
+            if s.val_acc is None:  # missed the budget: the agent already got the penalty
+                rewards.append(float(rep.reward))
+                continue
+            report = self.run.complete_episode(s.val_acc)
+            s.proposal.meta.update(timings_s=report.timings_s, update=report.update)
+            rewards.append(float(report.reward))
+        return rewards
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.run.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run.load_state_dict(state)
+        self._ended = None
+
+    def save_artifacts(self, directory: Path) -> None:
+        """The trained encoder, for `transfer_run` of a later search."""
+        torch.save(self.run.agent.encoder_state_dict(), directory / ENCODER_FILE)
+
+    def final_proposals(self) -> list[Proposal]:
+        if not self.run.config.score_policy_plan:
+            return []
+        plan = self.run.evaluate_policy(score=False)
+        return [] if plan is None else [Proposal(plan, {"policy_mean": True})]
+
+    def observe_final(self, scored: Sequence[Scored]) -> None:
+        for s in scored:
+            if s.proposal.meta.get("policy_mean"):
+                self.run.policy_val_acc = s.val_acc
+
+    def summary(self) -> dict[str, Any]:
+        plan = self.run.policy_plan
+        return {"policy_plan": None if plan is None else plan.to_dict(), "policy_val_acc": self.run.policy_val_acc}
 
 
-def run_gnnrl(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
-    """GNN-RL: multi-stage GNN state + PPO over all groups' keep ratios; the best plan seen wins."""
-    return _run(ctx, options, encoder="gnn", name="gnnrl")
-
-
-def run_gnnrl_nognn(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
+class GnnRlNoGnnSearch(GnnRlSearch):
     """The ablation: the same search with AMC's hand-made per-group features instead of the GNN."""
-    return _run(ctx, options, encoder="features", name="gnnrl-nognn")
+
+    encoder = "features"
+    name = "gnnrl-nognn"
 
 
 GNNRL_SPEC = MethodSpec(
@@ -229,16 +220,14 @@ GNNRL_SPEC = MethodSpec(
     "group's keep ratio per step until the MACs budget is met; the best plan on val wins.",
     kind="search",
     options=_options(),
-    fn=run_gnnrl,
+    searcher=GnnRlSearch,
 )
 GNNRL_NOGNN_SPEC = MethodSpec(
     name="gnnrl-nognn",
     description="GNN-RL's search with the GNN replaced by AMC's 10 hand-made per-group features (ablation).",
     kind="search",
     options=_options(),
-    fn=run_gnnrl_nognn,
+    searcher=GnnRlNoGnnSearch,
 )
 
-for _spec in (GNNRL_SPEC, GNNRL_NOGNN_SPEC):
-    if _spec.name not in {m.name for m in list_methods()}:
-        register_method(_spec)
+SPECS = (GNNRL_SPEC, GNNRL_NOGNN_SPEC)

@@ -91,7 +91,8 @@ class StepReport:
         step: step within the episode (1-based).
         action: the raw action per group. keep_ratios: per-group keep ratios after it (group name -> ratio).
         macs_ratio: MACs of the current plan / baseline. reward, done: as the environment returned them.
-        episode_report: the finished episode's report when `done`.
+        episode_report: the finished episode's report when `done` (None while its plan awaits a score).
+        pending_plan: with deferred scoring, the plan of an episode that ended feasible, awaiting its score.
     """
 
     episode: int
@@ -102,6 +103,7 @@ class StepReport:
     reward: float
     done: bool
     episode_report: EpisodeReport | None = None
+    pending_plan: Any = None
 
 
 @dataclass
@@ -168,7 +170,7 @@ class SearchResult:
 
 
 def state_dir_for(run_id: int) -> Path:
-    """`topoprune_home()/runs/<run_id>`, where a stored run keeps its search state."""
-    from engine.paths import topoprune_home
+    """`topoprune_home()/runs/<run_id>`, where a stored run keeps its search state (engine.search.driver)."""
+    from engine.search.driver import state_dir_for as driver_state_dir
 
-    return topoprune_home() / "runs" / str(int(run_id))
+    return driver_state_dir(run_id)

@@ -1,20 +1,17 @@
-"""The GNN-RL search driver: runs an agent in the pruning environment, one env step, one episode or a whole
-run at a time; saves its state after every episode so a run can be paused and resumed; reports each episode
-through a callback and to the run store.
+"""The GNN-RL stepper: runs an agent in the pruning environment one env step, one episode or a whole search at a
+time, in memory. It records nothing: recorded, resumable runs go through the one search driver (engine.search)
+via engine.rl.method.GnnRlSearch, which drives this stepper with deferred scoring (the env returns the plan;
+the driver scores it; `complete_episode(val_acc)` hands the reward to the agent).
 
-State lives in `<state_dir>/search_state.pt` (default `topoprune_home()/runs/<run_id>/`): agent weights,
-optimiser, sampling generator, episode count and best plan, written atomically after each episode (after the
-episode is committed to the store), so a SIGKILL loses at most the episode in flight, and a resumed run
-replays exactly the trajectory an uninterrupted one would have taken. It neither defines the agent (ppo.py,
-ddpg.py) nor the environment (env.py).
+`state_dict()` / `load_state_dict()` hold everything needed to continue after the last finished episode
+(agent weights, optimiser, sampling generator, episode count, best plan); an episode in flight is replayed
+identically after a load. It neither defines the agent (ppo.py, ddpg.py) nor the environment (env.py).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,23 +40,19 @@ __all__ = [
     "SearchResult",
     "SearchRun",
     "run_search",
-    "resume_search",
     "state_dir_for",
 ]
 
 
 class SearchRun:
-    """A steppable, pausable, resumable GNN-RL search.
+    """A steppable GNN-RL search in memory, with state_dict()/load_state_dict() to continue it.
 
     Args:
         model: the baseline (never modified). topology: its Topology.
         config: search settings.
-        scorer: H3's Scorer (or pass score_fn: plan -> val top-1 %).
-        store: a RunStore to record the run's episodes (optional). run_id: an existing run in `store`
-            (created by the CLI/GUI); None with a store creates one.
-        dataset: dataset name recorded on a created run.
+        scorer: H3's Scorer, or score_fn: plan -> val top-1 %; with neither, scoring is deferred: an episode
+            ends with StepReport.pending_plan set, and complete_episode(val_acc) finishes it.
         callback: called with every EpisodeReport.
-        state_dir: where to save state (default: `state_dir_for(run_id)` with a store, else nothing is saved).
     """
 
     def __init__(
@@ -70,33 +63,17 @@ class SearchRun:
         config: SearchConfig | None = None,
         scorer: Any | None = None,
         score_fn: Callable[[Any], float] | None = None,
-        store: Any | None = None,
-        run_id: int | None = None,
-        dataset: str = "",
         callback: Callable[[EpisodeReport], None] | None = None,
-        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.config = c = config or SearchConfig()
         self.model, self.topology = model, topology
-        self.store, self.callback = store, callback
+        self.callback = callback
         self.env = PruningEnv(topology, model, config=c.env, scorer=scorer, score_fn=score_fn)
         self.agent: PPOAgent | DDPGAgent = (
             PPOAgent(c.ppo, seed=c.seed) if c.agent == "ppo" else DDPGAgent(c.ddpg, seed=c.seed)
         )
         if c.transfer_from:
             self.agent.load_frozen_encoder(torch.load(c.transfer_from, weights_only=True))
-        if store is not None and run_id is None:
-            run_id = store.create_run(
-                method=self.method_name,
-                model=topology.model_name,
-                dataset=dataset,
-                budget=c.env.budget,
-                config={"search": c.to_dict()},
-            )
-        self.run_id = run_id
-        if state_dir is None and run_id is not None:
-            state_dir = state_dir_for(run_id)
-        self.state_dir = Path(state_dir) if state_dir is not None else None
         self.episode = 0
         self.n_scored = 0
         self.best_val_acc: float | None = None
@@ -107,6 +84,7 @@ class SearchRun:
         self.policy_val_acc: float | None = None
         self._obs = None
         self._ep: dict[str, Any] = {}
+        self._pending: Any = None
         self._start = time.perf_counter()
 
     @property
@@ -132,6 +110,8 @@ class SearchRun:
         """
         if self.finished:
             raise RuntimeError(f"the search finished after {self.episode} episodes; nothing left to step")
+        if self._pending is not None:
+            raise RuntimeError("the episode's plan awaits its score; call complete_episode(val_acc) first")
         if self._obs is None:
             self._obs = self.env.reset().state
             self._ep = {
@@ -149,16 +129,16 @@ class SearchRun:
         for k, v in result.timings_s.items():
             ep["timings"][k] += v
         ep["actions"].append([round(float(a), 5) for a in act.action])
-        if isinstance(self.agent, DDPGAgent):
-            self.agent.observe(result.reward, result.done, result.state)
-        else:
-            self.agent.observe(result.reward, result.done)
         self._obs = result.state
         report = None
-        if result.done:
-            report = self._finish_episode(result)
+        if result.pending:
+            self._pending = result  # the agent observes the reward in complete_episode()
+        else:
+            self._observe(result)
+            if result.done:
+                report = self._finish_episode(result)
         return StepReport(
-            self.episode - (1 if result.done else 0),
+            self.episode - (1 if result.done and not result.pending else 0),
             result.step,
             [float(a) for a in act.action],
             dict(zip(self.group_names, result.keep_ratios.tolist(), strict=True)),
@@ -166,26 +146,49 @@ class SearchRun:
             float(result.reward),
             bool(result.done),
             report,
+            result.plan if result.pending else None,
         )
+
+    def _observe(self, result: Any) -> None:
+        if isinstance(self.agent, DDPGAgent):
+            self.agent.observe(result.reward, result.done, result.state)
+        else:
+            self.agent.observe(result.reward, result.done)
+
+    def complete_episode(self, val_acc: float) -> EpisodeReport:
+        """Finish the episode whose plan awaited its score (deferred scoring): reward the agent, report it.
+
+        Raises:
+            RuntimeError: no episode awaits a score.
+        """
+        result = self._pending
+        if result is None:
+            raise RuntimeError("no episode awaits a score; step() until an episode ends first")
+        self._pending = None
+        result.val_acc = float(val_acc)
+        result.reward = self.env.reward_for(val_acc)
+        self._observe(result)
+        return self._finish_episode(result)
 
     def run_episode(self) -> EpisodeReport:
         """Step until the current episode ends; returns its report."""
         while True:
             rep = self.step()
             if rep.done:
-                assert rep.episode_report is not None
+                if rep.episode_report is None:
+                    raise RuntimeError("the episode's plan awaits its score (deferred scoring); score it and "
+                                       "call complete_episode(val_acc)")
                 return rep.episode_report
 
     def run(self, *, should_stop: Callable[[], bool] | None = None) -> SearchResult:
         """Run episodes until finished or `should_stop()` says so (checked between episodes); then save."""
         while not self.finished:
             if should_stop is not None and should_stop():
-                self.pause()
+                self._obs = None  # an episode in flight is dropped; it replays identically after a load
                 return self.result()
             self.run_episode()
         if self.config.score_policy_plan and self.policy_plan is None:
             self.evaluate_policy()
-        self._finalise()
         return self.result()
 
     def _finish_episode(self, result: Any) -> EpisodeReport:
@@ -227,24 +230,6 @@ class SearchRun:
         self.episode += 1
         self.history.append(report)
         self._obs = None
-        if self.store is not None and self.run_id is not None:
-            extra = {
-                k: v
-                for k, v in report.to_dict().items()
-                if k not in ("reward", "val_acc", "macs", "macs_ratio", "plan")
-            }
-            self.store.add_episode(
-                self.run_id,
-                index=report.episode,
-                reward=report.reward,
-                macs=macs,
-                macs_ratio=report.macs_ratio,
-                val_acc=report.val_acc,
-                plan=plan_dict,
-                extra=extra,
-                replace=True,
-            )
-        self.save()
         if self.callback is not None:
             self.callback(report)
         return report
@@ -297,7 +282,7 @@ class SearchRun:
         if best is not None:
             ratio = float(self.env._plan_macs(self.topology, best) / self.env.base_macs)
         return SearchResult(
-            self.run_id,
+            None,
             self.episode,
             self.n_scored,
             best,
@@ -308,18 +293,16 @@ class SearchRun:
             ratio,
             time.perf_counter() - self._start,
             list(self.history),
-            str(self.state_dir) if self.state_dir else None,
+            None,
             self.finished,
         )
 
     # -- persistence ---------------------------------------------------------------------------------
-    def save(self) -> Path | None:
-        """Write the state after the last finished episode (atomic); None when the run has no state_dir."""
-        if self.state_dir is None:
-            return None
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        state = {
-            "version": 1,
+    def state_dict(self) -> dict[str, Any]:
+        """The state after the last finished episode (plain data and tensors: loads with weights_only=True)."""
+        if self._pending is not None:
+            raise RuntimeError("an episode awaits its score; save after complete_episode()")
+        return {
             "config": self.config.to_dict(),
             "agent": self.agent.state_dict(),
             "episode": self.episode,
@@ -327,47 +310,12 @@ class SearchRun:
             "best_val_acc": self.best_val_acc,
             "best_plan_json": None if self.best_plan is None else _json(self.best_plan),
             "best_episode": self.best_episode,
-            "run_id": self.run_id,
         }
-        path = self.state_dir / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        torch.save(self.agent.encoder_state_dict(), self.state_dir / ENCODER_FILE)
-        if self.store is not None and self.run_id is not None and self.episode == 1:
-            self.store.update_run(self.run_id, state_path=str(path))
-        return path
 
-    def pause(self) -> Path | None:
-        """Stop here: the saved state is the one after the last finished episode (an episode in flight is
-        replayed identically on resume); marks the stored run paused."""
-        self._obs = None
-        if self.store is not None and self.run_id is not None:
-            self.store.update_run(self.run_id, status="paused", extra={"episodes_done": self.episode})
-        return self.state_dir / STATE_FILE if self.state_dir else None
-
-    def _finalise(self) -> None:
-        if self.store is not None and self.run_id is not None:
-            extra = {
-                "episodes_done": self.episode,
-                "n_scored": self.n_scored,
-                "policy_plan": self.policy_plan.to_dict() if self.policy_plan is not None else None,
-                "policy_val_acc": self.policy_val_acc,
-                "best_episode": self.best_episode,
-            }
-            self.store.update_run(
-                self.run_id,
-                status="completed",
-                extra=extra,
-                best_score=self.best_val_acc,
-                best_plan=self.best_plan,
-            )
-
-    def load(self, path: str | os.PathLike[str]) -> None:
-        """Restore the state saved by save() (the run must have been built with the same config)."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore state_dict() output (the run must have been built with the same config)."""
         import json
 
-        state = torch.load(path, weights_only=True)
         self.agent.load_state_dict(state["agent"])
         self.episode = int(state["episode"])
         self.n_scored = int(state["n_scored"])
@@ -375,48 +323,7 @@ class SearchRun:
         self.best_plan = json.loads(state["best_plan_json"]) if state["best_plan_json"] else None
         self.best_episode = state["best_episode"]
         self._obs = None
-
-    @classmethod
-    def resume(
-        cls,
-        model: nn.Module,
-        topology: Any,
-        *,
-        run_id: int | None = None,
-        state_dir: str | os.PathLike[str] | None = None,
-        scorer: Any | None = None,
-        score_fn: Callable[[Any], float] | None = None,
-        store: Any | None = None,
-        callback: Callable[[EpisodeReport], None] | None = None,
-    ) -> SearchRun:
-        """Rebuild a run from its saved state (by run id in `store`, or from `state_dir`).
-
-        Raises:
-            ValueError: neither run_id nor state_dir given, or no saved state there.
-        """
-        if state_dir is None:
-            if run_id is None:
-                raise ValueError("resume needs run_id=... (with its store) or state_dir=...")
-            state_dir = state_dir_for(run_id)
-        path = Path(state_dir) / STATE_FILE
-        if not path.exists():
-            raise ValueError(
-                f"no saved search state at {path}; the run finished no episode yet, start it again"
-            )
-        saved = torch.load(path, weights_only=True)
-        run = cls(
-            model,
-            topology,
-            config=SearchConfig.from_dict(saved["config"]),
-            scorer=scorer,
-            score_fn=score_fn,
-            store=store,
-            run_id=run_id if run_id is not None else saved.get("run_id"),
-            callback=callback,
-            state_dir=state_dir,
-        )
-        run.load(path)
-        return run
+        self._pending = None
 
 
 def _json(obj: Any) -> str:
@@ -432,54 +339,13 @@ def run_search(
     config: SearchConfig | None = None,
     scorer: Any | None = None,
     score_fn: Callable[[Any], float] | None = None,
-    store: Any | None = None,
-    run_id: int | None = None,
-    dataset: str = "",
     callback: Callable[[EpisodeReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    state_dir: str | os.PathLike[str] | None = None,
 ) -> SearchResult:
-    """Run a GNN-RL search to completion (or until `should_stop()`); see SearchRun for the arguments.
+    """Run a GNN-RL search in memory to completion (or until `should_stop()`); nothing is recorded.
 
-    Returns:
-        The best plan seen, the policy-mean plan, and the episode history.
+    For a recorded, resumable run use the methods `gnnrl` / `gnnrl-nognn` through engine.methods.run_method
+    (or `topoprune search`), which go through the search driver.
     """
-    run = SearchRun(
-        model,
-        topology,
-        config=config,
-        scorer=scorer,
-        score_fn=score_fn,
-        store=store,
-        run_id=run_id,
-        dataset=dataset,
-        callback=callback,
-        state_dir=state_dir,
-    )
-    return run.run(should_stop=should_stop)
-
-
-def resume_search(
-    model: nn.Module,
-    topology: Any,
-    *,
-    run_id: int | None = None,
-    state_dir: str | os.PathLike[str] | None = None,
-    scorer: Any | None = None,
-    score_fn: Callable[[Any], float] | None = None,
-    store: Any | None = None,
-    callback: Callable[[EpisodeReport], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> SearchResult:
-    """Continue a paused or interrupted search from its saved state and run it to completion."""
-    run = SearchRun.resume(
-        model,
-        topology,
-        run_id=run_id,
-        state_dir=state_dir,
-        scorer=scorer,
-        score_fn=score_fn,
-        store=store,
-        callback=callback,
-    )
+    run = SearchRun(model, topology, config=config, scorer=scorer, score_fn=score_fn, callback=callback)
     return run.run(should_stop=should_stop)
