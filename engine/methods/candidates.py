@@ -42,6 +42,13 @@ def keep_macs(topology: Any, keep: Mapping[str, int] | Any) -> int:
     return int(plan_macs(topology, keep))
 
 
+def keep_value(topology: Any, keep: Mapping[str, int] | Any, budget: Budget | float) -> float:
+    """The budget's metric (a bare float budget: MACs) for a keep map (group name -> channels kept) or a plan."""
+    if isinstance(keep, Mapping):
+        keep = {**full_keep(topology), **{k: int(v) for k, v in keep.items()}}
+    return Budget.coerce(budget).value(topology, keep)
+
+
 def macs_ratio(topology: Any, plan: Any, *, base: int | None = None) -> float:
     """MACs of `plan` / MACs of the baseline."""
     base = base or baseline_macs(topology)
@@ -155,9 +162,9 @@ def refill_to_budget(
     topology: Any,
     keep: dict[str, int],
     removed: list[tuple[str, int]],
-    budget: float,
+    budget: Budget | float,
 ) -> tuple[dict[str, int], list[tuple[str, int]]]:
-    """Give back removed channels, most recently removed first, while MACs stay <= budget x baseline.
+    """Give back removed channels, most recently removed first, while the budget's metric stays within it.
 
     Removing one channel of a large coupled group can overshoot the budget by more than 1%; this fills the slack.
 
@@ -165,18 +172,19 @@ def refill_to_budget(
         topology: The topology.
         keep: Channels kept per group after the removals.
         removed: (group, channel) in removal order.
-        budget: Fraction of baseline MACs allowed.
+        budget: The budget (a bare float: fraction of baseline MACs allowed).
 
     Returns:
         (keep, removed) after the refill.
     """
-    target = budget * baseline_macs(topology)
+    spec = Budget.coerce(budget)
+    target = spec.fraction * spec.baseline(topology)
     keep = dict(keep)
     still: list[tuple[str, int]] = []
-    macs = keep_macs(topology, keep)
+    macs = keep_value(topology, keep, spec)
     for name, channel in reversed(removed):
         trial = {**keep, name: keep[name] + 1}
-        trial_macs = keep_macs(topology, trial) if macs < target * (1 - 1e-4) else target + 1
+        trial_macs = keep_value(topology, trial, spec) if macs < target * (1 - 1e-4) else target + 1
         if trial_macs <= target:
             keep, macs = trial, trial_macs
         else:

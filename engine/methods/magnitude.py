@@ -1,7 +1,7 @@
 """`magnitude`: global L1/L2 ranking of channels across groups, each group's scores normalised by its mean.
 
 The lowest-ranked channels are removed one at a time (never below a group's minimum keep) until the plan
-meets the MACs budget; the kept channel indices are recorded in the plan. No data is used except to score.
+meets the budget (any metric); the kept channel indices are recorded in the plan. No data is used except to score.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import torch
 import torch.nn as nn
 
 from engine.methods.candidates import (
-    baseline_macs,
     check_on_budget,
     fit_ratios_to_budget,
     full_keep,
-    keep_macs,
+    keep_value,
     prunable_groups,
     refill_to_budget,
     score_candidate,
 )
 from engine.methods.plans import plan_with_indices
 from engine.methods.registry import MethodContext, MethodResult, MethodSpec, OptionSpec
+from engine.pruning.budget import METRICS, Budget
 
 NAME = "magnitude"
 
@@ -50,16 +50,17 @@ def normalise_scores(scores: torch.Tensor, how: str) -> torch.Tensor:
 def remove_lowest(
     topology: Any,
     scores: dict[str, torch.Tensor],
-    budget: float,
+    budget: Budget | float,
     *,
     min_keep_ratio: float,
 ) -> tuple[dict[str, int], dict[str, list[int]]]:
-    """Remove globally lowest-scored channels one by one until MACs <= budget x baseline.
+    """Remove globally lowest-scored channels one by one until the budget's metric (a float: MACs) is met.
 
     Returns:
         (keep, indices): channels kept per group and the kept channel indices (sorted) per group.
     """
-    target = budget * baseline_macs(topology)
+    budget = Budget.coerce(budget)
+    target = budget.fraction * budget.baseline(topology)
     keep = full_keep(topology)
     removed: list[tuple[str, int]] = []
     min_keep = {
@@ -69,7 +70,7 @@ def remove_lowest(
         ((float(s), name, c) for name, vec in scores.items() for c, s in enumerate(vec.tolist())),
         key=lambda t: (t[0], t[1], t[2]),
     )
-    macs = keep_macs(topology, keep)
+    macs = keep_value(topology, keep, budget)
     for _, name, channel in order:
         if macs <= target:
             break
@@ -77,7 +78,7 @@ def remove_lowest(
             continue
         keep[name] -= 1
         removed.append((name, channel))
-        macs = keep_macs(topology, keep)
+        macs = keep_value(topology, keep, budget)
     keep, removed = refill_to_budget(topology, keep, removed, budget)
     gone: dict[str, set[int]] = {name: set() for name in scores}
     for name, channel in removed:
@@ -94,7 +95,7 @@ def run_magnitude(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
                                    options["normalize"])
         for g in groups
     }
-    keep, indices = remove_lowest(ctx.topology, scores, ctx.budget, min_keep_ratio=options["min_keep_ratio"])
+    keep, indices = remove_lowest(ctx.topology, scores, ctx.budget_spec, min_keep_ratio=options["min_keep_ratio"])
     if ctx.round_to > 1:  # re-land on budget with rounded counts, keeping the top channels by score
         ratios = {g.name: keep[g.name] / g.channels for g in groups}
         rounded = fit_ratios_to_budget(ctx, ratios, method=NAME, min_keep_ratio=options["min_keep_ratio"])
@@ -110,7 +111,7 @@ def run_magnitude(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
 SPEC = MethodSpec(
     name=NAME,
     description="Global L1/L2 ranking of channels across groups (normalised per group); "
-    "the lowest are removed until the MACs budget is met.",
+    "the lowest are removed until the budget is met.",
     kind="oneshot",
     options={
         "norm": OptionSpec("norm", str, "l1", "weight norm of a channel", choices=("l1", "l2")),
@@ -120,4 +121,5 @@ SPEC = MethodSpec(
                                      min=0.01, max=1.0),
     },
     fn=run_magnitude,
+    budget_metrics=METRICS,
 )

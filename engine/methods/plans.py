@@ -39,7 +39,9 @@ def plan_with_indices(
             if counts[name] < sizes[name]:
                 idx[name] = chosen
     crit = criterion if criterion in ("l1", "l2", "bn_scale", "taylor", "fisher") else "l1"
-    return PruningPlan(
+    from engine.pruning.budget import record_budget
+
+    plan = PruningPlan(
         model=str(getattr(ctx.topology, "model_name", "")),
         keep={k: v for k, v in counts.items() if v < sizes[k]},
         indices=idx or None,
@@ -49,3 +51,4 @@ def plan_with_indices(
         method=method,
         meta=dict(meta or {}),
     )
+    return record_budget(plan, ctx.budget_spec)

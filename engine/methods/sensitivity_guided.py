@@ -1,8 +1,8 @@
 """`sensitivity`: prune the least sensitive groups most, from per-group sensitivity curves.
 
-Greedy (lower, one grid step at a time, the group with the smallest accuracy drop per MACs saved) or a
-multiple-choice knapsack over the curves (MACs savings taken as additive); the resulting keep-ratio profile is
-then landed exactly on the budget by plan_for_budget. The curves come from engine.sensitivity (cached).
+Greedy (lower, one grid step at a time, the group with the smallest accuracy drop per unit of the budget's
+metric saved) or a multiple-choice knapsack over the curves (savings taken as additive); the resulting
+keep-ratio profile is then landed exactly on the budget by plan_for_budget. The curves come from engine.sensitivity (cached).
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 
 from engine.methods.candidates import (
-    baseline_macs,
     check_on_budget,
     fit_ratios_to_budget,
     full_keep,
-    keep_macs,
+    keep_value,
     prunable_groups,
     score_candidate,
 )
 from engine.methods.registry import MethodContext, MethodResult, MethodSpec, OptionSpec
+from engine.pruning.budget import METRICS, Budget
 
 NAME = "sensitivity"
 
@@ -32,18 +32,20 @@ def _counts(topology: Any, ratios: dict[str, float]) -> dict[str, int]:
     return keep
 
 
-def allocate_greedy(topology: Any, table: Any, budget: float) -> dict[str, float]:
-    """Lower groups step by step along the grid, cheapest accuracy per MACs saved first, until on budget."""
+def allocate_greedy(topology: Any, table: Any, budget: Budget | float) -> dict[str, float]:
+    """Lower groups step by step along the grid, cheapest accuracy per unit of the budget's metric saved first
+    (a bare float budget: MACs), until on budget."""
     grid = sorted(table.keep_ratios, reverse=True)  # 0.9, 0.8, ...
     level = {g.name: -1 for g in table.groups}  # -1 = keep ratio 1.0
     drops = {g.name: dict(zip(table.keep_ratios, g.drop, strict=True)) for g in table.groups}
-    target = budget * baseline_macs(topology)
+    budget = Budget.coerce(budget)
+    target = budget.fraction * budget.baseline(topology)
 
     def ratios() -> dict[str, float]:
         return {n: (1.0 if lv < 0 else grid[lv]) for n, lv in level.items()}
 
     current = ratios()
-    macs = keep_macs(topology, _counts(topology, current))
+    macs = keep_value(topology, _counts(topology, current), budget)
     while macs > target:
         best: tuple[float, str, int] | None = None
         for name, lv in level.items():
@@ -52,7 +54,7 @@ def allocate_greedy(topology: Any, table: Any, budget: float) -> dict[str, float
             before = 0.0 if lv < 0 else drops[name][grid[lv]]
             after = drops[name][grid[lv + 1]]
             trial = {**current, name: grid[lv + 1]}
-            trial_macs = keep_macs(topology, _counts(topology, trial))
+            trial_macs = keep_value(topology, _counts(topology, trial), budget)
             saved = macs - trial_macs
             if saved <= 0:
                 continue
@@ -67,17 +69,19 @@ def allocate_greedy(topology: Any, table: Any, budget: float) -> dict[str, float
     return current
 
 
-def allocate_knapsack(topology: Any, table: Any, budget: float, *, bins: int = 1000) -> dict[str, float]:
-    """Multiple-choice knapsack: one grid ratio per group minimising the summed drop, savings taken as additive."""
-    base = baseline_macs(topology)
-    need = (1.0 - budget) * base
+def allocate_knapsack(topology: Any, table: Any, budget: Budget | float, *, bins: int = 1000) -> dict[str, float]:
+    """Multiple-choice knapsack: one grid ratio per group minimising the summed drop, savings (in the budget's
+    metric; a bare float budget: MACs) taken as additive."""
+    budget = Budget.coerce(budget)
+    base = budget.baseline(topology)
+    need = (1.0 - budget.fraction) * base
     full = full_keep(topology)
     choices: list[tuple[str, list[tuple[float, float, float]]]] = []  # group -> [(ratio, saved, drop)]
     for g in table.groups:
         opts = [(1.0, 0.0, 0.0)]
         for r, d in zip(table.keep_ratios, g.drop, strict=True):
             trial = {**full, g.name: max(1, int(round(r * g.channels)))}
-            opts.append((r, float(base - keep_macs(topology, trial)), float(d)))
+            opts.append((r, float(base - keep_value(topology, trial, budget)), float(d)))
         choices.append((g.name, opts))
     scale = bins / max(need, 1.0)
     states = np.arange(bins + 1)
@@ -125,7 +129,7 @@ def run_sensitivity(ctx: MethodContext, options: dict[str, Any]) -> MethodResult
         callback=lambda done, total, msg: ctx.emit(NAME, done, total, f"sensitivity: {msg}"),
     )
     allocate = allocate_greedy if options["allocation"] == "greedy" else allocate_knapsack
-    ratios = allocate(ctx.topology, table, ctx.budget)
+    ratios = allocate(ctx.topology, table, ctx.budget_spec)
     plan = fit_ratios_to_budget(ctx, ratios, method=NAME, min_keep_ratio=options["min_keep_ratio"],
                                 meta={"allocation": options["allocation"]})
     ratio = check_on_budget(ctx, plan, NAME)
@@ -150,4 +154,5 @@ SPEC = MethodSpec(
         "use_cache": OptionSpec("use_cache", bool, True, "reuse cached sensitivity tables"),
     },
     fn=run_sensitivity,
+    budget_metrics=METRICS,
 )

@@ -1,4 +1,4 @@
-"""`uniform`: the same keep ratio for every prunable group, chosen so the plan lands on the MACs budget.
+"""`uniform`: the same keep ratio for every prunable group, chosen so the plan lands on the budget (any metric).
 
 Channels inside each group are picked by the plan's criterion (L1 by default) when the plan is applied.
 """
@@ -9,6 +9,7 @@ from typing import Any
 
 from engine.methods.candidates import check_on_budget, fit_ratios_to_budget, prunable_groups, score_candidate
 from engine.methods.registry import MethodContext, MethodResult, MethodSpec, OptionSpec
+from engine.pruning.budget import METRICS
 
 NAME = "uniform"
 
@@ -26,7 +27,7 @@ def run_uniform(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
 
 SPEC = MethodSpec(
     name=NAME,
-    description="Same keep ratio for every prunable group, scaled to meet the MACs budget.",
+    description="Same keep ratio for every prunable group, scaled to meet the budget.",
     kind="oneshot",
     options={
         "criterion": OptionSpec("criterion", str, "l1", "channel criterion inside each group",
@@ -35,4 +36,5 @@ SPEC = MethodSpec(
                                      min=0.01, max=1.0),
     },
     fn=run_uniform,
+    budget_metrics=METRICS,
 )
