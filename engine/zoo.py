@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from engine.errors import EnvironmentMismatchError, ModelError
+from engine.rng import private_rng
 
 CIFAR_MODELS: tuple[str, ...] = (
     "cifar_resnet20",
@@ -354,8 +355,7 @@ def build_model(name: str, *, num_classes: int = 10, width: float = 1.0, pretrai
     """
     if seed is None:
         return _build(name, num_classes=num_classes, width=width, pretrained=pretrained)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with private_rng(seed):
         return _build(name, num_classes=num_classes, width=width, pretrained=pretrained)
 
 

@@ -17,6 +17,7 @@ from torch_geometric.data import Data
 from engine.methods.ddpg import soft_update
 from engine.rl.policy import ActorCritic, GroupQCritic, batch_states, single_thread
 from engine.rl.ppo import AgentStep, state_from_dict, state_to_dict
+from engine.rng import private_rng
 
 __all__ = ["DDPGConfig", "DDPGAgent"]
 
@@ -66,8 +67,7 @@ class DDPGAgent:
 
     def __init__(self, config: DDPGConfig | None = None, *, seed: int = 0) -> None:
         self.config = c = config or DDPGConfig()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with private_rng(seed):  # seeded init without touching the process-global RNG
             self.actor = ActorCritic(
                 encoder_kind=c.encoder_kind, dim=c.dim, hidden=c.hidden, num_layers=c.num_layers
             )

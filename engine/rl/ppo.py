@@ -17,6 +17,7 @@ from torch_geometric.utils import scatter
 
 from engine.rl.gnn import MultiStageData
 from engine.rl.policy import ActorCritic, batch_states, single_thread
+from engine.rng import private_rng
 
 __all__ = ["PPOConfig", "AgentStep", "PPOAgent", "state_to_dict", "state_from_dict"]
 
@@ -131,8 +132,7 @@ class PPOAgent:
     def __init__(self, config: PPOConfig | None = None, *, seed: int = 0) -> None:
         self.config = config or PPOConfig()
         c = self.config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with private_rng(seed):  # seeded init without touching the process-global RNG
             self.net = ActorCritic(
                 encoder_kind=c.encoder_kind, dim=c.dim, hidden=c.hidden, num_layers=c.num_layers
             )
