@@ -100,10 +100,10 @@ def model_names() -> list[str]:
 
 
 @st.cache_data(show_spinner=False, ttl=60)
-def shipped_models() -> list[str]:
-    """Architectures with a shipped baseline in assets/ (empty until the manifest lands)."""
+def shipped_models(dataset: str = "shapes10") -> list[str]:
+    """Architectures with a shipped baseline trained on `dataset` in assets/ (empty until the manifest lands)."""
     try:
-        return list(engine_attr("checkpoints", "shipped_models")())
+        return list(engine_attr("checkpoints", "shipped_models")(dataset))
     except EngineGap:
         return []
     except Exception:  # a missing/half-written manifest means "nothing shipped", not a broken page
@@ -143,8 +143,8 @@ def load_model(ref: ModelRef) -> LoadedModel:
     """
     zoo = engine("zoo")
     if ref.weights == "shipped":
-        if ref.arch in shipped_models() and ref.num_classes == 10 and ref.dataset == "shapes10":
-            loaded = engine_attr("checkpoints", "load_shipped")(ref.arch)
+        if ref.arch in shipped_models(ref.dataset) and ref.num_classes == 10:
+            loaded = engine_attr("checkpoints", "load_shipped")(ref.arch, dataset=ref.dataset)
             meta = _meta_dict(loaded.meta)
             acc = (meta.get("metrics") or {}).get("test_acc")
             label = "shipped baseline" + (f" (test top-1 {acc:.1f}% on {meta.get('dataset', ref.dataset)})" if acc else "")
@@ -152,7 +152,8 @@ def load_model(ref: ModelRef) -> LoadedModel:
             return LoadedModel(loaded.model, ref, True, label, meta)
         model = zoo.build_model(ref.arch, num_classes=ref.num_classes)
         model.eval()
-        return LoadedModel(model, ref, False, "untrained (random init): no shipped baseline for this model yet", {})
+        note = f"untrained (random init): no shipped baseline for this model on {ref.dataset} yet"
+        return LoadedModel(model, ref, False, note, {})
     if ref.weights == "random":
         model = zoo.build_model(ref.arch, num_classes=ref.num_classes)
         model.eval()

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import streamlit as st
 
+from engine.idx import available as fashion_mnist_installed
 from engine.paths import topoprune_home
 from gui import cache, components, jobs
 from gui.state import TRAIN_JOB, ModelRef, model_ref, set_model_ref
 
-DATASETS = ("shapes10", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("shapes10", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 WEIGHTS = {"shipped": "Shipped baseline", "random": "Untrained (random init)", "upload": "Upload weights",
            "train": "Train a baseline here"}
 
@@ -28,9 +29,15 @@ with components.engine_errors("model list"):
     with left:
         arch = st.selectbox("Model", names, index=names.index(ref.arch) if ref.arch in names else 0, key="arch",
                             format_func=lambda n: n + ("  (shipped baseline)" if n in shipped else ""))
-        dataset = st.selectbox("Dataset", DATASETS, index=DATASETS.index(ref.dataset), key="dataset")
+        # Fashion-MNIST is offered where Debian's dataset-fashion-mnist is installed (or already chosen).
+        datasets = [d for d in DATASETS if d != "fashion-mnist" or ref.dataset == d or fashion_mnist_installed()]
+        dataset = st.selectbox("Dataset", datasets, index=datasets.index(ref.dataset), key="dataset")
         data_dir = None
-        if dataset != "shapes10":
+        if dataset == "fashion-mnist":
+            data_dir = st.text_input("Dataset folder (optional)", value=ref.data_dir or "", key="data_dir",
+                                     help="The four Fashion-MNIST *-ubyte.gz files; default: Debian's "
+                                          "/usr/share/datasets/fashion-mnist.") or None
+        elif dataset != "shapes10":
             data_dir = st.text_input("Dataset folder", value=ref.data_dir or "", key="data_dir",
                                      help="CIFAR python batches, or an ImageFolder tree with train/ and test/.") or None
     with right:
