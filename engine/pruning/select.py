@@ -1,4 +1,4 @@
-"""Which channels of a group to keep: magnitude (L1/L2), BN scale, Taylor, Fisher (given scores), random.
+"""Which channels of a group to keep: rank by a registered criterion (criteria.py) or by given scores.
 
 Scores are summed over the group's members after normalising each member by its mean, so a group spanning
 several convs (a residual stage) weighs them alike. This module only ranks; apply.py and mask.py remove.
@@ -6,62 +6,29 @@ several convs (a residual stage) weighs them alike. This module only ranks; appl
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from engine.graph import ChannelGroup, Topology
-from engine.pruning.plan import CRITERIA
-
-
-def _per_channel(values: torch.Tensor, group: ChannelGroup, channels: tuple[int, ...], mult: int) -> torch.Tensor:
-    picked = values[list(channels)].reshape(group.channels, mult)  # (group channels, mult)
-    return picked.sum(dim=1)
+from engine.graph import Topology
+from engine.pruning.criteria import get_criterion
 
 
 def channel_scores(model: nn.Module, topology: Topology, group_name: str, *, criterion: str = "l1") -> torch.Tensor:
-    """Importance of each channel of a group (higher = keep), shape (channels,).
+    """Importance of each channel of a group (higher = keep), shape (channels,), by a registered criterion.
 
     Raises:
-        ValueError: unknown criterion, "fisher" (needs given scores), or "taylor" without gradients.
+        PlanError: unknown criterion, "fisher" (needs given scores), or "taylor" without gradients.
+        ValueError: unknown group, or a registered criterion returning the wrong number of scores.
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown channel criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    entry = get_criterion(criterion)
     group = topology.group(group_name)
-    if criterion == "fisher":
-        raise ValueError("criterion 'fisher' needs per-channel scores: pass importance=... (Group Fisher hook)")
-    if criterion == "random":
-        generator = torch.Generator().manual_seed(zlib.crc32(group_name.encode()))
-        return torch.rand(group.channels, generator=generator)
-    modules = dict(model.named_modules())
-    total = torch.zeros(group.channels, dtype=torch.float64)
-    used = 0
-    for m in group.maps:
-        module = modules[m.module]
-        values = None
-        if criterion == "bn_scale":
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
-                values = module.weight.detach().abs()
-        elif m.dim == "out" and isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
-            weight = module.weight
-            if criterion == "taylor":
-                if weight.grad is None:
-                    raise ValueError(f"criterion 'taylor' needs gradients but {m.module}.weight.grad is None; "
-                                     "run a backward pass on some batches first")
-                values = (weight.detach() * weight.grad.detach()).abs().flatten(1).sum(1)
-            else:
-                flat = weight.detach().flatten(1)
-                values = flat.abs().sum(1) if criterion == "l1" else flat.pow(2).sum(1).sqrt()
-        if values is None:
-            continue
-        per = _per_channel(values.double().cpu(), group, m.channels, m.mult)
-        total += per / (per.mean() + 1e-12)
-        used += 1
-    if used == 0 and criterion == "bn_scale":
-        return channel_scores(model, topology, group_name, criterion="l1")
-    return total
+    scores = torch.as_tensor(entry.fn(model, topology, group_name)).flatten()
+    if scores.numel() != group.channels:
+        raise ValueError(f"criterion {criterion!r} gave {scores.numel()} scores for group {group_name!r}, "
+                         f"expected {group.channels}")
+    return scores
 
 
 def select_channels(model: nn.Module, topology: Topology, group_name: str, n_keep: int, *,
@@ -73,16 +40,18 @@ def select_channels(model: nn.Module, topology: Topology, group_name: str, n_kee
         topology: its topology.
         group_name: the group.
         n_keep: channels to keep, in [1, channels].
-        criterion: "l1", "l2", "bn_scale", "taylor" (needs .grad), "random", or "fisher" (needs importance).
+        criterion: a registered criterion (engine.pruning.list_criteria()); "taylor" needs .grad and
+            "fisher" needs importance.
         importance: per-channel scores that override the criterion (Group Fisher or any custom score).
 
     Raises:
-        ValueError: bad n_keep, bad importance length, or a criterion that cannot be computed.
+        ValueError: bad n_keep, bad importance length, an unknown criterion or one that cannot be computed.
     """
     group = topology.group(group_name)
     if not 1 <= n_keep <= group.channels:
         raise ValueError(f"n_keep {n_keep} for group {group_name!r} is outside [1, {group.channels}]")
     if importance is not None:
+        get_criterion(criterion)
         scores = torch.as_tensor(importance, dtype=torch.float64).flatten()
         if scores.numel() != group.channels:
             raise ValueError(f"importance for group {group_name!r} has {scores.numel()} scores, "

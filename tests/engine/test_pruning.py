@@ -90,7 +90,7 @@ def test_masked_equals_physical_in_train_mode_and_no_bn_leak():
     pruned, masked = apply_plan(model, topology, plan).train(), mask_model(model, topology, plan).train()
     torch.testing.assert_close(masked(x), pruned(x), atol=1e-10, rtol=0)
     # removed channels are exactly zero after their BN, in train mode (no bias leak)
-    dropped = sorted(set(range(8)) - set(masked.topoprune_plan["indices"]["stem"]))
+    dropped = sorted(set(range(8)) - set(PruningPlan.from_dict(masked.topoprune_plan).indices["stem"]))
     features = masked.bn(masked.stem(x))
     assert torch.count_nonzero(features[:, dropped]) == 0
 
