@@ -29,8 +29,7 @@ def resolve_plan(model: nn.Module, topology: Topology, plan: PruningPlan) -> Pru
         group = topology.group(name)
         if count < group.channels and name not in indices:
             indices[name] = select_channels(model, topology, name, count, criterion=plan.criterion)
-    return PruningPlan(model=plan.model, keep=dict(plan.keep), indices=indices, criterion=plan.criterion,
-                       round_to=plan.round_to, budget=plan.budget, method=plan.method, meta=dict(plan.meta))
+    return plan.with_indices(indices)
 
 
 def removed_channels(topology: Topology, plan: PruningPlan) -> dict[tuple[str, str], list[int]]:

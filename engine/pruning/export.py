@@ -83,8 +83,7 @@ def shape_plan(plan: PruningPlan, topology: Topology) -> PruningPlan:
     for name, count in plan.keep.items():
         if count < topology.group(name).channels and name not in indices:
             indices[name] = list(range(count))
-    return PruningPlan(model=plan.model, keep=dict(plan.keep), indices=indices, criterion=plan.criterion,
-                       round_to=plan.round_to, budget=plan.budget, method=plan.method, meta=dict(plan.meta))
+    return plan.with_indices(indices)
 
 
 def load_pruned(model: nn.Module, topology: Topology, plan: PruningPlan, weights: str | Path | dict) -> nn.Module:
