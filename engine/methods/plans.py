@@ -38,14 +38,13 @@ def plan_with_indices(
                 raise ValueError(f"group {name!r}: {len(chosen)} indices for {counts[name]} kept channels")
             if counts[name] < sizes[name]:
                 idx[name] = chosen
-    crit = criterion if criterion in ("l1", "l2", "bn_scale", "taylor", "fisher") else "l1"
     from engine.pruning.budget import record_budget
 
     plan = PruningPlan(
         model=str(getattr(ctx.topology, "model_name", "")),
         keep={k: v for k, v in counts.items() if v < sizes[k]},
         indices=idx or None,
-        criterion=crit,
+        criterion=criterion,  # PruningPlan refuses an unregistered criterion
         round_to=ctx.round_to,
         budget=ctx.budget,
         method=method,
