@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli.context import CommandContext
-from engine.errors import BudgetError, TopoPruneError
+from engine.errors import BudgetError, PlanError, TopoPruneError
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -43,6 +43,8 @@ def load_plan_file(path_text: str):
         raise TopoPruneError(f"plan file {path} does not exist; check the path given to --plan")
     try:
         return PruningPlan.from_json(path.read_text())
+    except PlanError as exc:
+        raise PlanError(f"plan file {path}: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise TopoPruneError(f"plan file {path} is not a TopoPrune plan ({exc}); save one with `prune --out`") from None
 

@@ -138,14 +138,14 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         from engine.methods import get_method
 
         get_method(a.method).validate(options)  # fail fast, before loading anything
+    plan = load_plan_file(a.plan) if a.plan is not None else None  # fail fast, before loading anything
     out_dir = Path(a.out).expanduser() if a.out else None
     data = ctx.data()
     loaded = ctx.load_model(a.model, need_data=True)
     topology = build_topology_for(ctx, loaded)
     scoring = scoring_config(ctx, a.val_size)
     method_result = None
-    if a.plan is not None:
-        plan = load_plan_file(a.plan)
+    if plan is not None:
         check_plan_model(plan, a.model, a.plan)
         method = a.method or getattr(plan, "method", None) or "plan"
     else:
