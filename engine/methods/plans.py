@@ -44,6 +44,7 @@ def plan_with_indices(
         model=str(getattr(ctx.topology, "model_name", "")),
         keep={k: v for k, v in counts.items() if v < sizes[k]},
         indices=idx or None,
+        channels=sizes,
         criterion=criterion,  # PruningPlan refuses an unregistered criterion
         round_to=ctx.round_to,
         budget=ctx.budget,
