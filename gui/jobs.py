@@ -1,9 +1,10 @@
 """Background jobs for the GUI: a worker thread per long engine call (search, training, sensitivity, fine-tune).
 
 A Job is a plain Python object the worker writes into under a lock and the page reads with ``snapshot()``
-(from an st.fragment that polls while the job runs). Search jobs (methods, GNN-RL) are in gui.search_jobs. Workers never call st.*; they receive the engine
-objects (model, topology, data) from the page, which got them from gui.cache. Pause/Resume/Step work at
-the engine's callback boundaries (one episode, one scored plan, one training step).
+(from an st.fragment that polls while the job runs). Search jobs (methods, GNN-RL) are in gui.search_jobs.
+Workers never call st.*; they receive the engine objects (model, topology, data) from the page, which got
+them from gui.cache. Pause/Resume/Step work at the engine's callback boundaries (one episode, one scored
+plan, one training step); job_controls says which buttons a page offers in each state.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class JobSnapshot:
 
     kind: str
     label: str
-    status: str  # "running" | "paused" | "done" | "stopped" | "error"
+    status: str  # one of STATUSES
     done: int
     total: int
     message: str
@@ -39,16 +40,59 @@ class JobSnapshot:
     user_error: bool
     elapsed_s: float
     info: dict[str, Any]
+    version: int = 0  # bumped on every status change: a page redraws its controls when it differs
 
     @property
     def active(self) -> bool:
-        """True while the worker thread is alive (running or paused)."""
-        return self.status in ("running", "paused")
+        """True while the worker thread is alive (running, pausing or paused)."""
+        return self.status in ("running", "pausing", "paused")
 
     @property
     def fraction(self) -> float:
         """Progress in [0, 1]."""
         return min(1.0, self.done / self.total) if self.total else 0.0
+
+    @property
+    def controls(self) -> JobControls:
+        """Which controls a page offers in this state (see JobControls)."""
+        return job_controls(self.status)
+
+
+# running: the worker works | pausing: Pause pressed, the worker finishes its unit | paused: the worker waits at a
+# unit boundary | done / stopped / error: the worker has ended
+STATUSES = ("running", "pausing", "paused", "done", "stopped", "error")
+
+
+@dataclass(frozen=True)
+class JobControls:
+    """The state of a job's buttons: which may be pressed, and what the pause/resume button says and does."""
+
+    can_launch: bool  # start a new job (none is active)
+    toggle: str | None  # "pause" or "resume": what the pause/resume button does; None = disabled
+    can_step: bool  # Step: run one more unit of a paused job, or start a new job in step mode
+    can_stop: bool
+
+    @property
+    def toggle_label(self) -> str:
+        """The pause/resume button's label, always naming what a click does."""
+        return "Resume" if self.toggle == "resume" else "Pause"
+
+
+def job_controls(status: str | None) -> JobControls:
+    """The buttons' state for a job in `status` (None = no job yet).
+
+    Raises:
+        ValueError: `status` is not one of STATUSES.
+    """
+    if status is None or status in ("done", "stopped", "error"):
+        return JobControls(can_launch=True, toggle=None, can_step=True, can_stop=False)
+    if status == "running":
+        return JobControls(can_launch=False, toggle="pause", can_step=False, can_stop=True)
+    if status == "pausing":  # not yet at a boundary: Step would count the unit in flight, so it waits
+        return JobControls(can_launch=False, toggle="resume", can_step=False, can_stop=True)
+    if status == "paused":
+        return JobControls(can_launch=False, toggle="resume", can_step=True, can_stop=True)
+    raise ValueError(f"unknown job status {status!r}; expected one of {', '.join(STATUSES)}")
 
 
 @dataclass
@@ -69,11 +113,13 @@ class Job:
     info: dict[str, Any] = field(default_factory=dict)  # ids the page needs (run id, ...)
     started_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
+    version: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _run: threading.Event = field(default_factory=threading.Event, repr=False)  # set = may run
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _steps_left: int | None = field(default=None, repr=False)  # None = run freely; n = pause after n units
     _thread: threading.Thread | None = field(default=None, repr=False)
+    _exception_tb: Any = field(default=None, repr=False)
 
     # -- script-thread side -----------------------------------------------------------------------------------
     def start(self, fn: Callable[[Job], Any], *, steps: int | None = None) -> Job:
@@ -85,29 +131,28 @@ class Job:
         return self
 
     def pause(self) -> None:
-        """Pause at the next unit boundary."""
+        """Pause at the next unit boundary: "pausing" until the worker gets there, then "paused"."""
         with self._lock:
             if self.status == "running":
                 self._run.clear()
-                self.status = "paused"
-                self.message = "paused"
+                self._set_status("pausing", "pausing at the next step boundary...")
 
     def resume(self) -> None:
-        """Run freely again."""
+        """Run freely again (also cancels a pause that has not taken effect yet)."""
         with self._lock:
             self._steps_left = None
-            if self.status == "paused":
-                self.status = "running"
-                self.message = "resumed"
+            if self.status in ("paused", "pausing"):
+                self._set_status("running", "resumed")
             self._run.set()
 
     def step(self, units: int = 1) -> None:
-        """Run `units` more units (episodes, ...) and pause again."""
+        """Run `units` more units (episodes, ...) and pause again; on a running job, pause after `units` units."""
         with self._lock:
+            if self.finished_at is not None:
+                return
             self._steps_left = units
-            if self.status == "paused":
-                self.status = "running"
-                self.message = f"stepping {units}"
+            if self.status in ("paused", "pausing"):
+                self._set_status("running", f"stepping {units}")
             self._run.set()
 
     def stop(self) -> None:
@@ -129,12 +174,22 @@ class Job:
                 kind=self.kind, label=self.label, status=self.status, done=self.done, total=self.total,
                 message=self.message, events=list(self.events), result=self.result, error=self.error,
                 user_error=self.user_error, elapsed_s=end - self.started_at, info=dict(self.info),
+                version=self.version,
             )
+
+    def reraise(self) -> None:
+        """Raise the worker's unexpected exception with its own traceback (which does not grow per poll)."""
+        if self.exception is not None:
+            raise self.exception.with_traceback(self._exception_tb)
 
     @property
     def active(self) -> bool:
         """True while the worker runs or waits paused."""
         return self.finished_at is None
+
+    def _set_status(self, status: str, message: str) -> None:  # caller holds the lock
+        self.status, self.message = status, message
+        self.version += 1
 
     # -- worker side ------------------------------------------------------------------------------------------
     def report(self, *, done: int | None = None, total: int | None = None, message: str | None = None,
@@ -147,26 +202,37 @@ class Job:
                 self.done = done
             if total is not None:
                 self.total = total
-            if message is not None:
-                self.message = message
+            if message is not None and self.status != "paused":  # "paused" stays on screen while it holds
+                self.message = f"pausing after this unit: {message}" if self.status == "pausing" else message
             if event is not None:
                 self.events.append(event)
 
-    def checkpoint(self, *, unit_done: bool = True) -> None:
-        """Called by the worker at each unit boundary: honour Step, block while paused, raise on Stop."""
+    def checkpoint(self, *, unit_done: bool = True, on_pause: Callable[[], Any] | None = None,
+                   on_resume: Callable[[], Any] | None = None) -> None:
+        """Called by the worker at each unit boundary: honour Step, block while paused, raise on Stop.
+
+        `on_pause` runs (on the worker) when the job starts waiting paused, `on_resume` when it runs again
+        (the search jobs mark the stored run paused / running with them).
+        """
         with self._lock:
             if unit_done and self._steps_left is not None:
                 self._steps_left -= 1
                 if self._steps_left <= 0:
                     self._steps_left = None
                     self._run.clear()
-                    self.status = "paused"
-                    self.message = "paused after step"
+                    self._set_status("paused", "paused after step")
+            if not self._run.is_set() and not self._stop.is_set() and self.status in ("running", "pausing"):
+                self._set_status("paused", "paused")
+        paused = not self._run.is_set() and not self._stop.is_set()
+        if paused and on_pause is not None:
+            on_pause()
         while not self._run.wait(0.1):
             if self._stop.is_set():
                 break
         if self._stop.is_set():
             raise JobStopped()
+        if paused and on_resume is not None:
+            on_resume()
 
     def should_stop(self) -> bool:
         """True when the user pressed Stop (for engine APIs that poll)."""
@@ -187,10 +253,10 @@ class Job:
             status, message, exception = "error", "failed", exc
             error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         with self._lock:
-            self.result, self.status, self.error, self.user_error, self.exception = (
-                result, status, error, user_error, exception)
-            if status != "done" or self.message in ("", "starting..."):
-                self.message = message
+            self.result, self.error, self.user_error, self.exception = result, error, user_error, exception
+            self._exception_tb = exception.__traceback__ if exception is not None else None
+            keep = status == "done" and self.message not in ("", "starting...")
+            self._set_status(status, self.message if keep else message)
             self.finished_at = time.monotonic()
 
 

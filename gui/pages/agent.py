@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import streamlit as st
 
-from gui import cache, components, search_jobs
+from gui import cache, components, jobs, search_jobs
 from gui.plots import agent as ap
 from gui.plots import graph_view as gv
 from gui.plots import topology as tp
@@ -100,9 +101,9 @@ with components.engine_errors("agent"):
                 episodes = st.number_input("Episodes", 1, 2000, int(min(20, spec["options"]["episodes"]["default"] or 20)),
                                            key="agent_episodes")
             seed = st.number_input("Seed", 0, 10_000, 0, key="agent_seed")
-            is_rl = bool(spec) and spec["name"] in search_jobs.RL_METHODS
+            has_steps = bool(spec) and spec["name"] in search_jobs.STEPPABLE_METHODS
             step_unit = "episode"
-            if is_rl:
+            if has_steps:
                 step_unit = st.radio("Step runs", ["episode", "step"], horizontal=True, key="agent_step_unit",
                                      format_func={"episode": "one episode", "step": "one env step"}.get)
             with st.popover("Method options"):
@@ -122,30 +123,31 @@ with components.engine_errors("agent"):
                       budget=budget, options=options, model_name=ref.arch, dataset=ref.dataset, seed=int(seed),
                       steps=steps, scoring=scoring,
                       store_factory=cache.run_store if cache.engine_available("store") else None)
-        if is_rl:
-            st.session_state[SEARCH_JOB] = search_jobs.start_rl_search(step_unit=step_unit, **common)
+        if spec["kind"] == "search":
+            st.session_state[SEARCH_JOB] = search_jobs.start_search(step_unit=step_unit,
+                                                                    provenance=search_jobs.provenance_of(ref), **common)
         else:
             st.session_state[SEARCH_JOB] = search_jobs.start_method(**common)
         st.session_state[REOPEN_RUN] = None
 
+    # each button's action is bound when it is drawn (on_click), so a click does what its label said even if
+    # the job changed state since; job_controls is the single table of which buttons each state offers
+    snap_now = job.snapshot() if job else None
+    ctl = jobs.job_controls(snap_now.status if snap_now else None)
     b1, b2, b3, b4 = st.columns(4)
-    if b1.button("Launch", type="primary", key="agent_launch", disabled=busy or spec is None):
+    if b1.button("Launch", type="primary", key="agent_launch", disabled=not ctl.can_launch or spec is None):
         launch(None)
         st.rerun()
-    paused = bool(job and job.active and job.status == "paused")
-    if b2.button("Resume" if paused else "Pause", key="agent_pause", disabled=not busy):
-        job.resume() if paused else job.pause()
-        st.rerun()
-    if b3.button("Step", key="agent_step", disabled=spec is None or (busy and not paused),
+    b2.button(ctl.toggle_label, key="agent_pause", disabled=ctl.toggle is None,
+              on_click=(job.resume if ctl.toggle == "resume" else job.pause) if ctl.toggle else None)
+    stepping_job = ctl.toggle is not None  # Step on an active job: one more unit; else a new job in step mode
+    if b3.button("Step", key="agent_step", disabled=not ctl.can_step or (spec is None and not stepping_job),
+                 on_click=functools.partial(job.step, 1) if stepping_job else None,
                  help="Run one episode (or one env step) and pause; starts a new search in step mode when none is running."):
-        if busy and paused:
-            job.step(1)
-        else:
+        if not stepping_job:
             launch(1)
-        st.rerun()
-    if b4.button("Stop", key="agent_stop", disabled=not busy):
-        job.stop()
-        st.rerun()
+            st.rerun()
+    b4.button("Stop", key="agent_stop", disabled=not ctl.can_stop, on_click=job.stop if ctl.can_stop else None)
 
     def live_panel() -> None:
         job = st.session_state.get(SEARCH_JOB)
@@ -153,18 +155,19 @@ with components.engine_errors("agent"):
         components.job_status(snap, idle_text="Press Launch to run a search, or Step to run one episode at a time.")
         if snap is None:
             return
+        # one full rerun on every status change (pause, a Step's pause, end), so the buttons follow the job;
+        # checked before re-raising a bug so that a failed job also frees Launch
+        marker = (id(job), snap.version)
+        if snap.status != "running" and st.session_state.get("_agent_seen") != marker:
+            st.session_state["_agent_seen"] = marker
+            st.rerun()
         if snap.status == "error" and not snap.user_error and job.exception is not None:
-            raise job.exception
+            job.reraise()
         if snap.status == "done" and snap.result:
             r = snap.result
             st.success(f"Search finished: best val top-1 {r['val_acc']:.2f}% at {r['macs_ratio']:.1%} of the MACs"
                        + (f" (run {snap.info['run_id']}; candidate on the Compare page)" if "run_id" in snap.info else ""))
         draw_episodes(snap.events, topology, prefix="live", last_step=snap.info.get("last_step"))
-        # one full rerun when the job ends or pauses, so the buttons update and polling stops
-        marker = (id(job), snap.status)
-        if snap.status != "running" and st.session_state.get("_agent_seen") != marker:
-            st.session_state["_agent_seen"] = marker
-            st.rerun()
 
     reopen = st.session_state.get(REOPEN_RUN)
     if reopen is not None:
@@ -183,19 +186,20 @@ with components.engine_errors("agent"):
             st.warning(f"This run pruned `{run.model}`, but the chosen model is `{ref.arch}`; choose it on the "
                        "Model & data page to see its plans on the graph.")
         draw_episodes(events, topology, prefix="reopened")
-        if run.resumable and run.method in search_jobs.RL_METHODS and run.model == ref.arch and not busy:
+        if run.resumable and search_jobs.is_search(run.method) and run.model == ref.arch and not busy:
             if st.button("Resume this run", type="primary", key="agent_resume_run",
                          help="Continue the search from its saved state (after its last finished episode)."):
                 scoring_cfg = (run.config or {}).get("scoring")
-                st.session_state[SEARCH_JOB] = search_jobs.start_rl_search(
+                st.session_state[SEARCH_JOB] = search_jobs.start_search(
                     method=run.method, model=loaded.model, topology=topology, data=cache.dataset_for(ref),
                     budget=float(run.budget), options={}, model_name=run.model, dataset=run.dataset,
                     scoring=cache.engine_attr("evaluate", "ScoringConfig")(**scoring_cfg) if scoring_cfg else None,
-                    store_factory=cache.run_store, resume_run_id=run.id, past_events=events)
+                    store_factory=cache.run_store, resume_run_id=run.id, past_events=events,
+                    budget_metric=(run.config or {}).get("budget_metric", "macs"))
                 st.session_state[REOPEN_RUN] = None
                 st.rerun()
         if st.button("Close this run", key="agent_close_run"):
             st.session_state[REOPEN_RUN] = None
             st.rerun()
     else:
-        components.poll_while(bool(job and job.active and job.status == "running"), live_panel)
+        components.poll_while(bool(job and job.active and job.status in ("running", "pausing")), live_panel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -51,13 +52,95 @@ def test_pause_and_stop():
     job = jobs.Job(kind="t").start(counting(1000, 0.005))
     wait_for(lambda: job.snapshot().done >= 2)
     job.pause()
-    assert job.snapshot().status == "paused"
+    assert job.snapshot().status in ("pausing", "paused")  # "pausing" until the worker reaches a boundary
+    wait_for(lambda: job.snapshot().status == "paused")
     time.sleep(0.1)
     done = job.snapshot().done
     time.sleep(0.1)
     assert job.snapshot().done <= done + 1  # at most the unit in flight finishes
     job.stop()
     assert job.wait(10) and job.snapshot().status == "stopped"
+
+
+def gated(n: int):
+    """A worker that runs one unit each time the test sets the returned event."""
+    gate = threading.Event()
+
+    def work(job: jobs.Job):
+        for i in range(n):
+            assert gate.wait(10), "the test never opened the gate"
+            gate.clear()
+            job.report(done=i + 1, total=n, message=f"unit {i + 1}")
+            job.checkpoint()
+        return "ok"
+
+    return work, gate
+
+
+def test_every_status_change_bumps_the_version_even_back_to_the_same_status():
+    work, gate = gated(3)
+    job = jobs.Job(kind="t").start(work, steps=1)
+    gate.set()
+    wait_for(lambda: job.snapshot().status == "paused")
+    first = job.snapshot().version
+    job.step(1)
+    assert job.snapshot().status == "running" and job.snapshot().version > first
+    gate.set()
+    wait_for(lambda: job.snapshot().status == "paused")
+    second = job.snapshot()
+    assert second.done == 2 and second.version > first + 1  # a page keyed on status alone saw no change here
+    job.resume()
+    gate.set()
+    assert job.wait(10) and job.snapshot().status == "done" and job.snapshot().version > second.version
+
+
+def test_pause_is_pausing_until_the_worker_reaches_a_boundary_then_step_runs_one_unit():
+    work, gate = gated(3)
+    job = jobs.Job(kind="t").start(work)
+    job.pause()
+    assert job.snapshot().status == "pausing" and job.snapshot().done == 0
+    assert job.snapshot().controls == jobs.JobControls(can_launch=False, toggle="resume", can_step=False,
+                                                       can_stop=True)
+    gate.set()  # the unit in flight finishes, then the worker parks
+    wait_for(lambda: job.snapshot().status == "paused")
+    assert job.snapshot().done == 1 and job.snapshot().controls.can_step
+    job.step(1)
+    gate.set()
+    wait_for(lambda: job.snapshot().status == "paused" and job.snapshot().done == 2)
+    time.sleep(0.05)
+    assert job.snapshot().done == 2  # one Step = one unit, not two
+    job.stop()
+    assert job.wait(10) and job.snapshot().status == "stopped"
+
+
+def test_job_controls_match_every_state():
+    table = {status: jobs.job_controls(status) for status in (None, *jobs.STATUSES)}
+    assert table["running"].toggle == "pause" and table["running"].toggle_label == "Pause"
+    assert not table["running"].can_step and not table["running"].can_launch and table["running"].can_stop
+    assert table["paused"].toggle == "resume" and table["paused"].toggle_label == "Resume"
+    assert table["paused"].can_step and table["paused"].can_stop
+    for ended in (None, "done", "stopped", "error"):
+        assert table[ended] == jobs.JobControls(can_launch=True, toggle=None, can_step=True, can_stop=False)
+    with pytest.raises(ValueError, match="unknown job status 'lost'"):
+        jobs.job_controls("lost")
+
+
+def test_reraise_keeps_the_workers_traceback_without_growing():
+    def bug(job):
+        raise KeyError("oops")
+
+    job = jobs.Job(kind="t").start(bug)
+    job.wait(10)
+    depths = []
+    for _ in range(3):
+        try:
+            job.reraise()
+        except KeyError as exc:
+            depth, tb = 0, exc.__traceback__
+            while tb is not None:
+                depth, tb = depth + 1, tb.tb_next
+            depths.append(depth)
+    assert depths[0] == depths[1] == depths[2]
 
 
 def test_user_error_is_kept_as_message_and_bug_as_exception():
@@ -119,30 +202,69 @@ def fake_run_method(name, ctx, **options):
     return SimpleNamespace(plan=FakePlan(0.7), val_acc=52.0, macs_ratio=0.5, seconds=0.1)
 
 
-def test_start_method_records_events_run_and_candidate():
+def test_start_method_records_events_and_candidate():
     store = FakeStore()
-    job = search_jobs.start_method(method="uniform", model=None, topology=SimpleNamespace(groups=[]), data=None, budget=0.5,
-                            options={"episodes": 3}, model_name="m", dataset="d", run_method=fake_run_method,
-                            store_factory=lambda: store)
+    job = search_jobs.start_method(method="uniform", model=None, topology=SimpleNamespace(groups=[]), data=None,
+                                   budget=0.5, options={"episodes": 3}, model_name="m", dataset="d",
+                                   run_method=fake_run_method, store_factory=lambda: store)
     assert job.wait(10)
     snap = job.snapshot()
     assert snap.status == "done", snap.error
     assert [e["episode"] for e in snap.events] == [0, 1, 2]
     assert snap.events[1]["keep_ratios"] == {"g1": pytest.approx(0.6), "g2": 1.0}
     assert snap.events[2]["reward"] == pytest.approx(0.2)
-    assert snap.result["val_acc"] == 52.0 and snap.info == {"run_id": 1, "candidate_id": 1}
-    assert store.runs[1]["status"] == "completed" and store.runs[1]["best_score"] == 52.0
-    assert len(store.episodes) == 3  # non-RL methods are recorded by the GUI
-    assert store.candidates[0]["plan"]["keep"] == {"g1": 11} and store.candidates[0]["run_id"] == 1
+    assert snap.result["val_acc"] == 52.0 and snap.info == {"candidate_id": 1}
+    assert store.candidates[0]["plan"]["keep"] == {"g1": 11}
 
 
-def test_start_method_step_mode():
-    job = search_jobs.start_method(method="gnnrl", model=None, topology=SimpleNamespace(groups=[]), data=None, budget=0.5,
-                            options={"episodes": 3}, model_name="m", dataset="d", run_method=fake_run_method,
-                            steps=1, record=False)
-    wait_for(lambda: job.snapshot().status == "paused")
+@pytest.fixture(scope="module")
+def resnet20():
+    import torch
+
+    from engine.graph import build_topology
+    from engine.zoo import build_model
+
+    model = build_model("cifar_resnet20").eval()
+    return model, build_topology(model, torch.zeros(1, 3, 32, 32))
+
+
+def _search_job(resnet20, small_shapes10, **kwargs):
+    from engine.evaluate import ScoringConfig
+    from engine.store import RunStore
+
+    model, topo = resnet20
+    store = RunStore()
+    job = search_jobs.start_search(method="random", model=model, topology=topo, data=small_shapes10, budget=0.5,
+                                   options={"episodes": 3}, model_name="cifar_resnet20", dataset="shapes10",
+                                   scoring=ScoringConfig(val_size=16, bn_batches=1, bn_batch_size=16),
+                                   store_factory=lambda: store, **kwargs)
+    return job, store
+
+
+def test_search_job_steps_pauses_in_the_store_and_resumes(resnet20, small_shapes10):
+    job, store = _search_job(resnet20, small_shapes10, steps=1, provenance={"checkpoint": "shipped"})
+    wait_for(lambda: job.snapshot().status == "paused", 60)
+    run_id = job.snapshot().info["run_id"]
     assert len(job.snapshot().events) == 1
+    wait_for(lambda: store.get_run(run_id).status == "paused")  # the run store says paused too
     job.step(1)
-    wait_for(lambda: len(job.snapshot().events) == 2 and job.snapshot().status == "paused")
+    wait_for(lambda: len(job.snapshot().events) == 2 and job.snapshot().status == "paused", 60)
+    job.resume()
+    assert job.wait(60) and job.snapshot().status == "done", job.snapshot().error
+    run = store.get_run(run_id)
+    assert run.status == "completed" and run.n_episodes == 3 and run.config["checkpoint"] == "shipped"
+    assert [e.reward for e in store.episodes(run_id)] == [e.val_acc for e in store.episodes(run_id)]
+
+
+def test_search_job_stop_leaves_a_resumable_run_and_its_best_candidate(resnet20, small_shapes10):
+    job, store = _search_job(resnet20, small_shapes10, steps=1)
+    wait_for(lambda: job.snapshot().status == "paused", 60)
     job.stop()
-    assert job.wait(10) and job.snapshot().status == "stopped"
+    assert job.wait(30) and job.snapshot().status == "stopped"
+    run_id = job.snapshot().info["run_id"]
+    assert store.get_run(run_id).status == "interrupted" and job.snapshot().info["candidate_id"] >= 1
+    resumed = search_jobs.start_search(method="random", model=resnet20[0], topology=resnet20[1],
+                                       data=small_shapes10, budget=0.5, options={}, model_name="cifar_resnet20",
+                                       dataset="shapes10", store_factory=lambda: store, resume_run_id=run_id)
+    assert resumed.wait(60) and resumed.snapshot().status == "done", resumed.snapshot().error
+    assert store.get_run(run_id).n_episodes == 3  # the recorded options (3 episodes), not the defaults
