@@ -4,6 +4,7 @@ scoring settings, and a stored run's recorded options. Shared by the command mod
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,43 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def check_budget(budget: float | None) -> float:
+def check_budget(budget: float | None, metric: str = "macs") -> float:
     """The budget, or BudgetError naming the accepted range."""
+    from engine.pruning.budget import UNITS
+
+    what = UNITS.get(metric, metric)
     if budget is None:
-        raise BudgetError("--budget is required: the fraction of the baseline's MACs to keep, in (0, 1]")
+        raise BudgetError(f"--budget is required: the fraction of the baseline's {what} to keep, in (0, 1]")
     if not 0.0 < budget <= 1.0:
         raise BudgetError(
-            f"budget {budget:g} is outside (0, 1]; it is the fraction of the baseline's MACs to keep "
+            f"budget {budget:g} is outside (0, 1]; it is the fraction of the baseline's {what} to keep "
             f"(0.5 keeps half)"
         )
     return float(budget)
+
+
+def add_budget_arguments(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """Add `--budget B` and `--budget-metric METRIC` (shared by `prune` and `search`)."""
+    from engine.pruning.budget import METRICS
+
+    parser.add_argument("--budget", type=float, required=required, metavar="B",
+                        help="fraction of the baseline's value of --budget-metric to keep, in (0, 1]")
+    parser.add_argument("--budget-metric", default="macs", metavar="METRIC",
+                        help=f"what the budget is a fraction of: {', '.join(METRICS)} (default macs); latency "
+                        "is predicted from a per-group table measured once on this machine")
+
+
+def budget_from_args(args: argparse.Namespace):
+    """The engine.pruning.budget.Budget of `--budget` and `--budget-metric`.
+
+    Raises:
+        BudgetError: no --budget, a fraction outside (0, 1], or an unknown metric (the message lists them).
+    """
+    from engine.pruning.budget import Budget
+
+    metric = getattr(args, "budget_metric", None) or "macs"
+    Budget(metric, 1.0)  # an unknown metric is reported before a missing or bad fraction
+    return Budget(metric, check_budget(getattr(args, "budget", None), metric))
 
 
 def load_plan_file(path_text: str):

@@ -13,9 +13,10 @@ from typing import Any
 
 from engine.cli.context import CommandContext
 from engine.cli.inputs import (
+    add_budget_arguments,
     apply_run_config,
+    budget_from_args,
     build_topology_for,
-    check_budget,
     check_plan_model,
     load_plan_file,
     method_callback,
@@ -47,7 +48,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                             description="Choose a plan with a method (or load one), prune, measure, record it.")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--method", metavar="M", help="pruning method (`topoprune info --methods` lists them)")
-    p.add_argument("--budget", type=float, metavar="B", help="fraction of the baseline's MACs to keep, in (0, 1]")
+    add_budget_arguments(p)
     p.add_argument("--plan", metavar="FILE", help="apply this saved plan (JSON) instead of running a method")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option (repeatable; `topoprune info --methods --json` lists them)")
@@ -130,20 +131,34 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     if a.plan is None:
         if not a.method:
             raise TopoPruneError("prune needs --method M (and --budget B), or --plan FILE")
-        budget = check_budget(a.budget)
+        spec = budget_from_args(a)
     else:
-        budget = None if a.budget is None else check_budget(a.budget)
+        spec = None if a.budget is None else budget_from_args(a)
+    budget = None if spec is None else spec.fraction
+    metric = spec.metric if spec is not None else (getattr(a, "budget_metric", None) or "macs")
     options = parse_options(a.option)
     if a.method and a.plan is None:
-        from engine.methods import get_method
+        from engine.methods import MethodError, get_method
 
-        get_method(a.method).validate(options)  # fail fast, before loading anything
+        method_spec = get_method(a.method)
+        method_spec.validate(options)  # fail fast, before loading anything
+        if metric not in method_spec.budget_metrics:
+            raise MethodError(f"method {a.method!r} cannot land on a {metric!r} budget; it supports "
+                              f"{', '.join(method_spec.budget_metrics)}: pick one of those with --budget-metric, "
+                              "or another method")
     plan = load_plan_file(a.plan) if a.plan is not None else None  # fail fast, before loading anything
     out_dir = Path(a.out).expanduser() if a.out else None
     data = ctx.data()
     loaded = ctx.load_model(a.model, need_data=True)
     topology = build_topology_for(ctx, loaded)
     scoring = scoring_config(ctx, a.val_size)
+    if metric == "latency":  # measured once per architecture and machine (cached), before the method needs it
+        from engine.latency_table import ensure_latency_table
+
+        lat_bar = ctx.progress(total=None, desc="latency table")
+        ensure_latency_table(loaded.model, topology, callback=lambda done, total, msg: lat_bar.update_to(
+            done, total, msg))
+        lat_bar.close()
     method_result = None
     if plan is not None:
         check_plan_model(plan, a.model, a.plan)
@@ -153,7 +168,7 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
 
         callback, bar = method_callback(ctx, f"{a.method} {a.model}")
         mctx = MethodContext(model=loaded.model, topology=topology, data=data, budget=budget, seed=a.seed,
-                             scoring=scoring, callback=callback, round_to=a.round_to)
+                             scoring=scoring, callback=callback, round_to=a.round_to, budget_metric=metric)
         method_result = run_method(a.method, mctx, **options)
         bar.close()
         plan, method = method_result.plan, a.method
@@ -169,10 +184,12 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     artifacts: dict[str, str] = {}
     if out_dir is not None:
         artifacts = save_pruned(report.pruned_model, plan_dict, metrics, out_dir, example=ctx.example_inputs(loaded))
+    budget_ratio = achieved_ratio(metric, topology, plan, report)
     store = ctx.store()
     candidate_id = store.add_candidate(
         method=method, model=a.model, dataset=data.name, plan=plan_dict,
-        metrics={**metrics, "budget": budget, "weights": loaded.weights,
+        metrics={**metrics, "budget": budget, "budget_metric": metric, "budget_ratio": budget_ratio,
+                 "weights": loaded.weights,
                  "options": method_result.options if method_result else {}},
         artifacts=artifacts,
     )
@@ -181,6 +198,8 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         "model": a.model,
         "method": method,
         "budget": budget,
+        "budget_metric": metric,
+        "budget_ratio": budget_ratio,
         "macs_before": report.macs_before,
         "macs_after": report.macs_after,
         "macs_ratio": report.macs_ratio,
@@ -198,6 +217,19 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         "seconds": report.seconds + (method_result.seconds if method_result else 0.0),
     }
     return result, _human_prune
+
+
+def achieved_ratio(metric: str, topology: Any, plan: Any, report: Any) -> float | None:
+    """The plan's fraction of the baseline in `metric`: analytic, except latency, which is the measured ratio
+    when latency was measured and the table's prediction otherwise (None without either)."""
+    from engine.pruning.budget import LATENCY_ATTR, Budget
+
+    if metric == "latency":
+        if report.latency_ms_before and report.latency_ms_after is not None:
+            return report.latency_ms_after / report.latency_ms_before
+        if getattr(topology, LATENCY_ATTR, None) is None:
+            return None
+    return Budget(metric, 1.0).ratio(topology, plan)
 
 
 def save_pruned(pruned: Any, plan: dict[str, Any], metrics: dict[str, Any], out_dir: Path, *, example: Any) -> dict[str, str]:
@@ -228,6 +260,8 @@ def _human_prune(r: dict[str, Any]) -> str:
     lines = [
         f"{r['model']} pruned by {r['method']} (candidate {r['candidate_id']}):",
         f"  MACs     {r['macs_before']:,} -> {r['macs_after']:,}  ({100 * r['macs_ratio']:.1f}% kept)",
+        *([f"  budget   {100 * r['budget_ratio']:.1f}% of the {r['budget_metric']} kept"
+           f" (budget {100 * r['budget']:.0f}%)"] if r["budget_ratio"] is not None and r["budget"] else []),
         f"  params   {r['params_before']:,} -> {r['params_after']:,}",
         f"  latency  {lat(r['latency_ms_before'])} -> {lat(r['latency_ms_after'])}",
         f"  val acc  {r['val_acc']:.2f}%   test acc {r['test_acc']:.2f}% (unpruned {r['baseline_test_acc']:.2f}%)",

@@ -1,0 +1,239 @@
+"""Budgets as objects: analytic values equal counted costs, plans land on every metric, latency tables, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import BudgetError
+from engine.pruning.budget import METRICS, Budget, plan_for_budget
+
+ANALYTIC = ("macs", "params", "memory", "size")
+
+
+def _random_keep(topology, seed: int) -> dict[str, int]:
+    rng = np.random.default_rng(seed)
+    return {g.name: int(rng.integers(1, g.channels + 1)) for g in topology.prunable_groups}
+
+
+@pytest.fixture(scope="module")
+def mobilenet_v2():
+    from engine.graph import build_topology
+    from engine.zoo import build_model
+
+    model = build_model("cifar_mobilenet_v2").eval()
+    return model, build_topology(model, torch.zeros(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("which", ["resnet20", "mobilenet_v2"])
+def test_analytic_metrics_equal_the_counted_pruned_model(which, request):
+    from engine.cost import count_costs
+    from engine.pruning import PruningPlan, apply_plan
+
+    model, topology = request.getfixturevalue(which)
+    plan = PruningPlan(model=topology.model_name, keep=_random_keep(topology, 3))
+    counted = count_costs(apply_plan(model, topology, plan), torch.zeros(1, 3, 32, 32))
+    assert counted.macs < topology.macs  # the random plan really prunes
+    assert Budget("macs").value(topology, plan) == counted.macs
+    assert Budget("params").value(topology, plan) == counted.params
+    assert Budget("memory").value(topology, plan) == counted.memory_bytes
+    assert Budget("size").value(topology, plan) == 4 * counted.params
+    assert Budget("params").baseline(topology) == sum(p.numel() for p in model.parameters())
+    assert Budget("params").ratio(topology, plan) == counted.params / topology.params
+
+
+@pytest.mark.parametrize("metric", ANALYTIC)
+def test_plan_for_budget_lands_on_each_metric_within_one_percent(resnet20, metric):
+    _, topology = resnet20
+    rng = np.random.default_rng(1)
+    shape = {g.name: float(rng.uniform(0.3, 1.0)) for g in topology.prunable_groups}
+    for fraction in (0.7, 0.4):
+        budget = Budget(metric, fraction)
+        plan = plan_for_budget(topology, budget, keep_ratios=shape)
+        ratio = budget.ratio(topology, plan)
+        assert fraction * 0.99 <= ratio <= fraction + 1e-12
+        assert plan.budget == fraction and plan.meta["budget_metric"] == metric
+        assert plan.meta["budget_ratio"] == pytest.approx(ratio)
+        assert plan.meta["macs_ratio"] == pytest.approx(Budget("macs").ratio(topology, plan))
+    # the metrics really differ: a params budget is not a MACs budget
+    if metric == "params":
+        assert abs(Budget("macs").ratio(topology, plan) - 0.4) > 0.02
+
+
+def test_a_bare_float_is_still_a_macs_budget(resnet20):
+    _, topology = resnet20
+    old = plan_for_budget(topology, 0.5)
+    new = plan_for_budget(topology, Budget("macs", 0.5))
+    assert old.keep == new.keep and old.budget == 0.5 and old.meta["budget_metric"] == "macs"
+
+
+def test_size_counts_weight_bits_per_group(resnet20):
+    _, topology = resnet20
+    size = Budget("size")
+    group = topology.prunable_groups[2].name
+    full = size.baseline(topology)
+    assert size.value(topology, None, bits={group: 32}) == full
+    half = size.value(topology, None, bits={group: 16})
+    assert half < full
+    # per-channel widths: each kept channel's filter at its own width (mean 16 = the same bytes)
+    channels = topology.group(group).channels
+    assert size.value(topology, None, bits={group: [8, 24] * (channels // 2)}) == half
+    eight = size.value(topology, None, bits={group: 8})
+    assert full - eight == pytest.approx(1.5 * (full - half))  # bytes saved are linear in the bits removed
+    with pytest.raises(ValueError, match="must be positive"):
+        size.value(topology, None, bits={group: 0})
+    with pytest.raises(ValueError, match="does not have"):
+        size.value(topology, None, bits={"nope": 8})
+
+
+def test_budget_validation_and_round_trip():
+    assert Budget().to_dict() == {"metric": "macs", "fraction": 0.5}
+    for metric in METRICS:
+        assert Budget.from_dict(Budget(metric, 0.3).to_dict()) == Budget(metric, 0.3)
+    with pytest.raises(BudgetError, match="unknown budget metric 'flops'; use one of macs, params, memory"):
+        Budget("flops", 0.5)
+    for bad in (0.0, -0.2, 1.5):
+        with pytest.raises(BudgetError, match=r"outside \(0, 1\]"):
+            Budget("params", bad)
+    with pytest.raises(BudgetError, match="'fraction'"):
+        Budget.from_dict({"metric": "macs"})
+    with pytest.raises(BudgetError, match="a Budget or a MACs fraction"):
+        Budget.coerce("half")
+
+
+# ----------------------------------------------------------------------------------------------- latency
+def test_attributed_macs_sum_to_the_plans_reduction(mobilenet_v2):
+    from engine.latency_table import attributed_macs
+
+    _, topology = mobilenet_v2
+    vector = topology.keep_vector(_random_keep(topology, 5))
+    split = attributed_macs(topology, vector)
+    assert np.all(split >= 0)
+    assert split.sum() == pytest.approx(topology.table.full.macs - topology.table.macs(vector), rel=1e-12)
+
+
+def test_latency_table_is_measured_once_then_read_from_the_cache(resnet20):
+    from engine.graph import build_topology
+    from engine.latency_table import ensure_latency_table
+
+    model, topology = resnet20
+    fresh = build_topology(model, torch.zeros(1, 3, 32, 32))
+    table = ensure_latency_table(model, fresh, threads=1, min_run_time_s=0.003, keep_ratios=(0.5,))
+    assert not table.from_cache and table.baseline_ms > 0
+    assert len(table.groups) == len(fresh.prunable_groups) and len(table.fitted_rate_per_mac) == len(table.groups)
+    assert Budget("latency").baseline(fresh) == pytest.approx(table.baseline_ms)
+    again = build_topology(model, torch.zeros(1, 3, 32, 32))
+    cached = ensure_latency_table(model, again, threads=1, min_run_time_s=0.003, keep_ratios=(0.5,))
+    assert cached.from_cache and cached.to_dict() == table.to_dict()
+    # once bound, the same request is answered by the bound table itself
+    assert ensure_latency_table(model, again, threads=1, min_run_time_s=0.003, keep_ratios=(0.5,)) is cached
+    other = build_topology(model, torch.zeros(1, 3, 40, 40))
+    with pytest.raises(BudgetError, match="another architecture"):
+        table.bind(other)
+
+
+def _synthetic_table(topology, rates):
+    from engine.latency_table import LatencyTable, architecture_hash
+
+    names = [g.name for g in topology.prunable_groups]
+    return LatencyTable(model_name=topology.model_name, arch_hash=architecture_hash(topology),
+                        input_shape=(3, 32, 32), batch=1, device="cpu", threads=1, min_run_time_s=1.0,
+                        baseline_ms=10.0, keep_ratios=[0.5], groups=names, measured_ms=[[0.0]] * len(names),
+                        rate_per_mac=[[r] for r in rates], fitted_rate_per_mac=list(rates))
+
+
+def test_latency_budget_lands_on_the_predictor(resnet20):
+    from engine.graph import build_topology
+
+    model, _ = resnet20
+    topology = build_topology(model, torch.zeros(1, 3, 32, 32))
+    with pytest.raises(BudgetError, match="needs a latency table"):
+        plan_for_budget(topology, Budget("latency", 0.6))
+    n = len(topology.prunable_groups)
+    # early (high-resolution) groups cost more per MAC, as on a CPU: the plan must prune them harder
+    rates = np.linspace(3.0, 0.5, n) / topology.macs
+    table = _synthetic_table(topology, rates).bind(topology)
+    single = topology.prunable_groups[0]
+    keep = {single.name: single.channels // 2}
+    removed = topology.table.full.macs - topology.table.macs(topology.keep_vector(keep))
+    assert table.predict_ms(keep) == pytest.approx(10.0 * (1 - rates[0] * removed))
+    budget = Budget("latency", 0.6)
+    plan = plan_for_budget(topology, budget)
+    assert 0.6 * 0.99 <= budget.ratio(topology, plan) <= 0.6 + 1e-12
+    assert plan.meta["budget_metric"] == "latency"
+    assert Budget("macs").ratio(topology, plan) > 0.6  # latency falls faster than MACs under these rates
+
+
+# ----------------------------------------------------------------------------------------------- methods
+def _ctx(resnet20, shapes10, metric):
+    from engine.evaluate import ScoringConfig
+    from engine.methods import MethodContext
+
+    model, topology = resnet20
+    return MethodContext(model=model, topology=topology, data=shapes10, budget=0.5, budget_metric=metric,
+                         scoring=ScoringConfig(val_size=8, recalibrate_bn=False))
+
+
+@pytest.mark.parametrize(("method", "metric"), [("uniform", "params"), ("magnitude", "memory"),
+                                                ("uniform", "size")])
+def test_one_shot_methods_land_on_other_metrics(resnet20, shapes10, method, metric):
+    from engine.methods import run_method
+
+    ctx = _ctx(resnet20, shapes10, metric)
+    result = run_method(method, ctx)
+    assert ctx.budget_spec == Budget(metric, 0.5)
+    assert abs(Budget(metric).ratio(ctx.topology, result.plan) / 0.5 - 1) <= 0.01
+    assert result.plan.meta["budget_metric"] == metric
+    assert result.macs_ratio == pytest.approx(Budget("macs").ratio(ctx.topology, result.plan))
+
+
+def test_a_method_refuses_a_metric_it_cannot_honour(resnet20, shapes10):
+    from engine.methods import MethodError, get_method, run_method
+
+    assert get_method("uniform").budget_metrics == METRICS
+    assert get_method("fisher").budget_metrics == ("macs",)
+    with pytest.raises(MethodError, match="method 'fisher' cannot land on a 'params' budget; it supports macs"):
+        run_method("fisher", _ctx(resnet20, shapes10, "params"))
+    with pytest.raises(BudgetError, match="unknown budget metric"):
+        run_method("uniform", _ctx(resnet20, shapes10, "flops"))
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def _image_folder(root):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 3)):
+        for c in range(3):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), "RGB").save(folder / f"{i}.png")
+    return root
+
+
+def test_cli_prune_with_a_params_budget(tmp_path, capsys, monkeypatch):
+    from engine.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    data = ["--dataset", "imagefolder", "--data-dir", str(_image_folder(tmp_path / "images"))]
+    args = ["prune", "cifar_resnet20", "--width", "0.5", *data, "--method", "uniform", "--budget", "0.5",
+            "--val-size", "4", "--no-latency"]
+    assert main([*args, "--budget-metric", "params", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["budget_metric"] == "params" and out["budget"] == 0.5
+    assert abs(out["budget_ratio"] / 0.5 - 1) <= 0.01
+    assert out["budget_ratio"] == pytest.approx(out["params_after"] / out["params_before"])
+    assert out["macs_ratio"] == pytest.approx(out["macs_after"] / out["macs_before"])
+    assert out["plan"]["meta"]["budget_metric"] == "params"
+
+    assert main([*args, "--budget-metric", "flops"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["topoprune: error: unknown budget metric 'flops'; use one of macs, params, memory, latency, size"]
+    args[args.index("uniform")] = "fisher"
+    assert main([*args, "--budget-metric", "size"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "method 'fisher' cannot land on a 'size' budget; it supports macs" in err[0]
