@@ -1,12 +1,12 @@
 """CLI commands about recorded runs: ``search`` (a search method, every episode written to the run store),
-``resume`` (continue an interrupted or paused run) and ``runs`` (list runs, show one, move a corrupt store
-aside). The search algorithms themselves live in engine.methods and engine.rl.
+``resume`` (continue an interrupted or paused run of any search method) and ``runs`` (list runs, show one,
+move a corrupt store aside). The run lifecycle (scoring, recording, resumable state) is engine.search's driver;
+this module only turns arguments into a MethodContext and the result into output.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from engine.cli.context import CommandContext
@@ -18,13 +18,14 @@ from engine.cli.inputs import (
     scoring_config,
 )
 from engine.errors import TopoPruneError
+from engine.pruning.budget import METRICS as BUDGET_METRICS
 
 
 def is_resumable(method: str) -> bool:
-    """True for methods whose driver records its own episodes and resumable state (they take ``resume``)."""
+    """True for search methods: the search driver records their episodes and resumable state."""
     from engine.methods import get_method
 
-    return "resume" in get_method(method).options
+    return get_method(method).kind == "search"
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -36,7 +37,9 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--method", required=True, metavar="M", help="search method (gnnrl, amc, random, ...)")
     p.add_argument("--budget", type=float, required=True, metavar="B",
-                   help="fraction of the baseline's MACs to keep, in (0, 1]")
+                   help="fraction of the baseline's value of --budget-metric to keep, in (0, 1]")
+    p.add_argument("--budget-metric", default="macs", choices=BUDGET_METRICS, metavar="METRIC",
+                   help=f"what the budget is a fraction of: {', '.join(BUDGET_METRICS)} (default macs)")
     p.add_argument("--episodes", type=_positive_int, metavar="N", help="episodes (scored candidates)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option (repeatable; `topoprune info --methods --json` lists them)")
@@ -67,6 +70,12 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     a = ctx.args
     budget = check_budget(a.budget)
     spec = get_method(a.method)
+    metric = getattr(a, "budget_metric", None) or "macs"
+    if metric not in spec.budget_metrics:
+        raise TopoPruneError(
+            f"method {a.method!r} cannot land on a {metric!r} budget; it supports "
+            f"{', '.join(spec.budget_metrics)}: pick one of those with --budget-metric, or another method"
+        )
     if spec.kind != "search":
         raise TopoPruneError(f"method {a.method!r} is one-shot; use `topoprune prune {a.model} --method {a.method}`")
     options = parse_options(a.option)
@@ -80,7 +89,8 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     data = ctx.data()
     loaded = ctx.load_model(a.model, need_data=True)
     config = {
-        "model": a.model, "method": a.method, "budget": budget, "options": options, "val_size": a.val_size,
+        "model": a.model, "method": a.method, "budget": budget, "budget_metric": metric, "options": options,
+        "val_size": a.val_size,
         "round_to": a.round_to, "dataset": a.dataset, "data_dir": a.data_dir, "checkpoint": a.checkpoint,
         "input_size": loaded.input_size, "seed": a.seed, "num_classes": loaded.num_classes, "width": loaded.width,
         "weights": loaded.weights, "command": ctx.command_line,
@@ -88,63 +98,42 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     store = ctx.store()
     run_id = store.create_run(method=a.method, model=a.model, dataset=data.name, budget=budget, config=config)
     ctx.active_run_id = run_id
-    ctx.active_run_resumable = is_resumable(a.method)
-    hint = f"; `topoprune resume {run_id}` continues it if stopped" if is_resumable(a.method) else ""
-    ctx.log(f"topoprune: run {run_id} started ({a.method} on {a.model}, budget {budget:g}){hint}")
+    ctx.active_run_resumable = True
+    ctx.log(f"topoprune: run {run_id} started ({a.method} on {a.model}, budget {budget:g} of the {metric}); "
+            f"`topoprune resume {run_id}` continues it if stopped")
     return _drive(ctx, run_id, loaded, config, resume=False)
 
 
 def _drive(ctx: CommandContext, run_id: int, loaded: Any, config: dict[str, Any], *, resume: bool):
-    """Run (or continue) the search of ``run_id`` and return the ``search`` result."""
-    from engine.cost import plan_macs
+    """Run (or continue) the search of ``run_id`` through the search driver; returns the ``search`` result."""
     from engine.methods import MethodContext, run_method
 
     store = ctx.store()
     data = ctx.data()
     topology = build_topology_for(ctx, loaded)
     method = config["method"]
-    self_recording = is_resumable(method)
-    if resume and not self_recording:
-        raise TopoPruneError(
-            f"run {run_id} used method {method!r}, which keeps no resumable state; start a new "
-            f"`topoprune search` (its {store.get_run(run_id).n_episodes} recorded episodes stay in the store)"
-        )
+    metric = config.get("budget_metric") or "macs"
+    if metric == "latency":
+        from engine.latency_table import ensure_latency_table
+
+        ensure_latency_table(loaded.model, topology)
     total = int(config["options"].get("episodes") or 0) or None
     bar = ctx.progress(total=total, desc=f"{method} run {run_id}")
-    baseline_macs = plan_macs(topology, {g.name: g.channels for g in topology.groups})
 
     def on_event(event: Any) -> None:
         bar.update_to(int(event.step), int(event.total) or total, event.message)
-        cand = event.candidate
-        if cand is None or self_recording:
-            return
-        meta = dict(cand.meta or {})
-        store.add_episode(
-            run_id, index=int(cand.index), reward=meta.get("reward", cand.val_acc - 100.0),
-            macs=int(plan_macs(topology, cand.plan)), macs_ratio=cand.macs_ratio, val_acc=cand.val_acc,
-            plan=cand.plan, extra=meta, replace=True,
-        )
 
     mctx = MethodContext(
         model=loaded.model, topology=topology, data=data, budget=config["budget"], seed=int(config["seed"]),
-        scoring=scoring_config(ctx, int(config["val_size"])), callback=on_event,
-        store=store if self_recording else None, run_id=run_id if self_recording else None,
-        round_to=int(config.get("round_to", 1)),
+        scoring=scoring_config(ctx, int(config["val_size"])), callback=on_event, store=store, run_id=run_id,
+        round_to=int(config.get("round_to", 1)), budget_metric=metric, resume=resume,
     )
-    start = time.perf_counter()
-    options = dict(config["options"])
-    if resume:
-        options["resume"] = True
-    result = run_method(method, mctx, **options)
+    result = run_method(method, mctx, **dict(config["options"]))
     bar.close()
-    seconds = time.perf_counter() - start
-    previous = store.get_run(run_id)
-    total_seconds = float(previous.extra.get("seconds", 0.0)) + seconds
-    store.update_run(
-        run_id, status="completed", best_score=result.val_acc, best_plan=result.plan,
-        extra={"seconds": total_seconds, "macs_ratio": result.macs_ratio, "n_scored": result.n_scored,
-               "baseline_macs": baseline_macs},
-    )
+    from engine.pruning.budget import Budget
+
+    store.update_run(run_id, extra={"budget_metric": metric,
+                                    "budget_ratio": Budget(metric, config["budget"]).ratio(topology, result.plan)})
     ctx.active_run_id = None
     return run_result(store.get_run(run_id)), _human_search
 
@@ -161,6 +150,8 @@ def run_result(run: Any) -> dict[str, Any]:
         "best_val_acc": run.best_score,
         "best_plan": run.best_plan,
         "macs_ratio": run.extra.get("macs_ratio"),
+        "budget_metric": run.extra.get("budget_metric") or run.config.get("budget_metric") or "macs",
+        "budget_ratio": run.extra.get("budget_ratio"),
         "seconds": run.extra.get("seconds"),
     }
 
@@ -181,8 +172,8 @@ def cmd_resume(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     run = store.get_run(a.run_id)
     if not is_resumable(run.method):
         raise TopoPruneError(
-            f"run {run.id} used method {run.method!r}, which keeps no resumable state; start a new "
-            f"`topoprune search` (its {run.n_episodes} recorded episodes stay in the store)"
+            f"run {run.id} used the one-shot method {run.method!r}, which has nothing to resume; run "
+            f"`topoprune prune {run.model} --method {run.method}` again"
         )
     previous_status = run.status
     run = store.claim_run(a.run_id)  # refuses completed/failed runs and runs alive in another process

@@ -143,11 +143,11 @@ def test_resume_refuses_completed_and_non_resumable_runs(home, capsys):
     with RunStore() as store:
         done = store.create_run(method="gnnrl", model="m", dataset="shapes10", budget=0.5)
         store.update_run(done, status="completed")
-        amc = store.create_run(method="amc", model="m", dataset="shapes10", budget=0.5, status="interrupted")
+        amc = store.create_run(method="uniform", model="m", dataset="shapes10", budget=0.5, status="interrupted")
     code, _, err = run_cli(["resume", str(done)], capsys)
     assert_one_line_error(code, err, f"run {done} is completed; only paused or interrupted runs can be resumed")
     code, _, err = run_cli(["resume", str(amc)], capsys)
-    assert_one_line_error(code, err, f"run {amc} used method 'amc', which keeps no resumable state")
+    assert_one_line_error(code, err, f"run {amc} used the one-shot method 'uniform', which has nothing to resume")
     with RunStore() as store:
         assert store.get_run(done).status == "completed" and store.get_run(amc).status == "interrupted"
 

@@ -371,27 +371,14 @@ def test_gui_and_cli_write_the_same_store_at_once(home, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- kill + resume
-def _gnnrl_available() -> bool:
-    if not _has("engine.rl", "__name__"):
-        return False
-    try:
-        import engine.rl  # noqa: F401  (registers gnnrl)
-        from engine.methods import get_method
-
-        get_method("gnnrl")
-        return True
-    except Exception:
-        return False
-
-
 @needs_graph
-@pytest.mark.skipif(not _gnnrl_available(), reason="waiting for the gnnrl search driver (issue 5)")
-def test_search_killed_with_sigkill_then_resumed_loses_no_episode(home, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["gnnrl", "amc", "random"])
+def test_search_killed_with_sigkill_then_resumed_loses_no_episode(home, tmp_path, capsys, method):
     images = make_image_folder(tmp_path / "images")
     env = {**os.environ, "TOPOPRUNE_HOME": str(home)}
     episodes = 6
     cmd = [sys.executable, "-m", "engine.cli", "search", "cifar_resnet20", *TINY, "--dataset", "imagefolder",
-           "--data-dir", str(images), "--method", "gnnrl", "--budget", "0.5", "--episodes", str(episodes),
+           "--data-dir", str(images), "--method", method, "--budget", "0.5", "--episodes", str(episodes),
            "--val-size", "8", "--json"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store_path = home / "runs.sqlite"

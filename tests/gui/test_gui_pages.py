@@ -261,7 +261,8 @@ def fake_methods(monkeypatch):
     monkeypatch.setattr(engine.methods, "run_method", fake_run_method)
 
 
-def test_agent_launch_runs_and_records(fake_methods):
+def test_agent_launch_runs_and_records():
+    """A real random search through the search driver (search methods are not faked)."""
     at = goto(app(), "agent")
     methods = at.selectbox(key="agent_method").options
     assert "uniform (oneshot)" in methods and "random (search)" in methods
@@ -274,7 +275,6 @@ def test_agent_launch_runs_and_records(fake_methods):
     assert any("Search finished" in s.value for s in at.success)
     kinds = [c["data"][0].get("name") or c["data"][0]["type"] for c in charts(at)]
     assert kinds[0] == "reward" and "heatmap" in [c["data"][0]["type"] for c in charts(at)]
-    assert any(t.get("name") == "stage 0" for c in charts(at) for t in c["data"])  # embeddings PCA
     runs = cache.run_store().list_runs()
     assert runs[0].method == "random" and runs[0].status == "completed" and runs[0].n_episodes == 3
     assert cache.run_store().candidates()[0].run_id == runs[0].id
@@ -312,66 +312,70 @@ def test_agent_budget_error_shown(monkeypatch):
     assert any("unreachable" in e.value for e in at.error)
 
 
-class FakeSearchRun:
-    """engine.rl.search.SearchRun's stepping surface: 2 steps per episode, one scored plan per episode."""
+class FakeSteppable:
+    """A search method with 2 inner steps per episode (GNN-RL's stepping surface) on the real search driver."""
 
-    def __init__(self, model, topology, *, config, scorer=None, store=None, run_id=None, callback=None, dataset=""):
-        self.topology, self.config, self.callback = topology, config, callback
-        self.store, self.run_id = store, run_id
-        self.episode, self.steps_in_episode, self.paused = 0, 0, False
-        self.groups = [g.name for g in topology.groups if g.prunable]
+    name = "gnnrl"
 
-    @property
-    def finished(self):
-        return self.episode >= self.config.episodes
+    def __new__(cls, ctx, options):
+        from engine.methods.candidates import fit_ratios_to_budget
+        from engine.search import Proposal, SearchMethod, SubStep
 
-    def step(self):
-        self.steps_in_episode += 1
-        ratio = 1.0 - 0.2 * self.steps_in_episode
-        keep = dict.fromkeys(self.groups, ratio)
-        done = self.steps_in_episode == 2
-        report = None
-        if done:
-            plan = {"keep": {g.name: max(1, int(g.channels * ratio)) for g in self.topology.groups if g.prunable},
-                    "model": "cifar_resnet20", "method": "gnnrl"}
-            report = SimpleNamespace(episode=self.episode, reward=-1.0 + self.episode, val_acc=30.0 + self.episode,
-                                     macs_ratio=0.5, keep_ratios=keep, plan=plan, steps=2, feasible=True,
-                                     embeddings=[[float(i), float(i % 3)] for i in range(len(self.groups))],
-                                     embedding_groups=self.groups, actions=[[0.1] * len(self.groups)] * 2)
-            if self.store is not None:
-                self.store.add_episode(self.run_id, reward=report.reward, macs_ratio=0.5, val_acc=report.val_acc,
-                                       plan=plan)
-            self.episode += 1
-            self.steps_in_episode = 0
-            self.callback(report)
-        return SimpleNamespace(episode=self.episode - (1 if done else 0), step=2 if done else 1,
-                               action=[0.1] * len(self.groups), keep_ratios=keep, macs_ratio=0.6, reward=0.0,
-                               done=done, episode_report=report)
+        class Method(SearchMethod):
+            name = "gnnrl"
 
-    @classmethod
-    def resume(cls, model, topology, *, run_id, scorer=None, store=None, callback=None):
-        run = cls(model, topology, config=SimpleNamespace(episodes=3), store=store, run_id=run_id, callback=callback)
-        run.episode = 1  # one episode was done before the pause
-        return run
+            def __init__(self, ctx, options):
+                super().__init__(ctx, options)
+                self.episode, self.t = 0, 0
+                self.groups = [g.name for g in ctx.topology.groups if g.prunable]
 
-    def run(self, *, should_stop=None):
-        return self.result()
+            @property
+            def finished(self):
+                return self.episode >= self.options["episodes"]
 
-    def pause(self):
-        self.paused = True
+            def substep(self):
+                self.t += 1
+                ratio = 1.0 - 0.2 * self.t
+                keep = dict.fromkeys(self.groups, ratio)
+                info = {"episode": self.episode, "step": self.t, "action": [0.1] * len(self.groups),
+                        "keep_ratios": keep, "macs_ratio": 0.6, "reward": 0.0, "done": self.t == 2}
+                proposal = None
+                if self.t == 2:
+                    plan = fit_ratios_to_budget(self.ctx, keep, method="gnnrl")
+                    proposal = Proposal(plan, {
+                        "embeddings": [[float(i), float(i % 3)] for i in range(len(self.groups))],
+                        "embedding_groups": self.groups, "actions": [[0.1] * len(self.groups)] * 2})
+                return SubStep(self.episode, self.t, info, proposal)
 
-    def result(self):
-        from engine.pruning import PruningPlan
+            def propose(self, n=1):
+                while True:
+                    sub = self.substep()
+                    if sub.proposal is not None:
+                        return [sub.proposal]
 
-        plan = PruningPlan(model="cifar_resnet20", keep={self.groups[0]: 8}, method="gnnrl")
-        return SimpleNamespace(best_plan=plan if self.episode else None, best_val_acc=30.0 + self.episode - 1,
-                               macs_ratio=0.5, seconds=0.01)
+            def observe(self, scored):
+                self.episode, self.t = self.episode + 1, 0
+                return [s.val_acc - 100.0 for s in scored]
+
+            def state_dict(self):
+                return {"episode": self.episode}
+
+            def load_state_dict(self, state):
+                self.episode = int(state["episode"])
+
+        return Method(ctx, options)
+
+
+def fake_gnnrl(monkeypatch):
+    import dataclasses
+
+    from engine.methods import get_method, registry
+
+    monkeypatch.setitem(registry._REGISTRY, "gnnrl", dataclasses.replace(get_method("gnnrl"), searcher=FakeSteppable))
 
 
 def test_agent_gnnrl_steps_one_env_step_at_a_time(monkeypatch):
-    import engine.rl.search
-
-    monkeypatch.setattr(engine.rl.search, "SearchRun", FakeSearchRun)
+    fake_gnnrl(monkeypatch)
     at = goto(app(), "agent")
     assert at.selectbox(key="agent_method").value == "gnnrl"  # the default when registered
     at.number_input(key="agent_episodes").set_value(2).run()
@@ -380,6 +384,7 @@ def test_agent_gnnrl_steps_one_env_step_at_a_time(monkeypatch):
     wait_job(at, SEARCH_JOB, status=("paused",))
     snap = at.session_state[SEARCH_JOB].snapshot()
     assert snap.info["last_step"]["step"] == 1 and not snap.events
+    assert cache.run_store().get_run(snap.info["run_id"]).status == "paused"  # the store says so too
     assert "episode 1, step 1" in texts(at)
     assert any("Action at episode 1, step 1" in json.dumps(c) for c in charts(at))
     at.button(key="agent_step").click().run()  # the second step ends episode 1
@@ -391,16 +396,29 @@ def test_agent_gnnrl_steps_one_env_step_at_a_time(monkeypatch):
     assert len(snap.events) == 2 and snap.info["candidate_id"] >= 1
     assert any(t.get("name") == "stage 0" for c in charts(at) for t in c["data"])  # embeddings PCA by stage
     assert cache.run_store().candidates()[-1].method == "gnnrl"
+    run = cache.run_store().get_run(snap.info["run_id"])
+    assert run.status == "completed" and run.config["checkpoint"] == "shipped"  # `topoprune resume` needs no flag
 
 
 def test_agent_resumes_a_paused_gnnrl_run(monkeypatch):
-    import engine.rl.search
+    from engine.methods import MethodContext, get_method
+    from engine.search import SearchDriver
 
-    monkeypatch.setattr(engine.rl.search, "SearchRun", FakeSearchRun)
+    fake_gnnrl(monkeypatch)
     store = cache.run_store()
     run_id = store.create_run(method="gnnrl", model="cifar_resnet20", dataset="shapes10", budget=0.5,
-                              status="paused", config={"scoring": {"val_size": 128}})
-    store.add_episode(run_id, reward=-1.0, macs_ratio=0.5, val_acc=30.0, plan={"keep": {"conv1": 8}})
+                              status="paused", config={"scoring": {"val_size": 32}, "options": {"episodes": 3}})
+    from gui.state import ModelRef
+
+    ref = ModelRef()
+    loaded = cache.load_model(ref)
+    topology = cache.get_topology(ref)
+    ctx = MethodContext(model=loaded.model, topology=topology, data=cache.dataset_for(ref), budget=0.5,
+                        store=store, run_id=run_id, score_fn=lambda plan: 30.0)
+    spec = get_method("gnnrl")
+    driver = SearchDriver(spec, ctx, spec.validate({"episodes": 3}))
+    driver.step()  # one episode recorded, with its saved state
+    driver.pause()
     at = app()
     at.session_state[REOPEN_RUN] = run_id
     goto(at, "agent")

@@ -9,7 +9,8 @@ def test_registered_with_options():
     names = [m.name for m in list_methods()]
     assert "gnnrl" in names and "gnnrl-nognn" in names
     spec = get_method("gnnrl")
-    assert spec.kind == "search" and {"episodes", "agent", "resume", "action_wall"} <= set(spec.options)
+    assert spec.kind == "search" and {"episodes", "agent", "action_wall"} <= set(spec.options)
+    assert spec.searcher is not None and "resume" not in spec.options  # resume is the driver's (ctx.resume)
     with pytest.raises(MethodError, match="accepted values: ppo, ddpg"):
         spec.validate({"agent": "sac"})
 
@@ -48,12 +49,13 @@ def test_method_stops_and_resumes_a_stored_run(resnet20, small_shapes10):
         scoring=ScoringConfig(val_size=16, bn_batches=1, bn_batch_size=16),
         callback=events.append,
         should_stop=lambda: len(events) >= 1,
+        resume=True,
     )
-    first = run_method("gnnrl", ctx, episodes=2, score_policy_plan=False, resume=True)  # no state yet: fresh
+    first = run_method("gnnrl", ctx, episodes=2, score_policy_plan=False)  # resume, but no state yet: fresh
     assert not first.meta["finished"] and store.get_run(run_id).status == "paused"
     store.claim_run(run_id)
     ctx.should_stop = None
-    second = run_method("gnnrl", ctx, episodes=2, score_policy_plan=False, resume=True)
+    second = run_method("gnnrl", ctx, episodes=2, score_policy_plan=False)
     assert second.meta["finished"] and second.meta["episodes"] == 2
     assert [e.index for e in store.episodes(run_id)] == [0, 1]
     assert events[0].candidate.meta["embedding_groups"] == [g.name for g in topo.prunable_groups]

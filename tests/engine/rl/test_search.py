@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.rl.env import EnvConfig
-from engine.rl.search import SearchConfig, SearchRun, resume_search, run_search, state_dir_for
+from engine.rl.search import SearchConfig, SearchRun, run_search, state_dir_for
 
 
 def _score(topology):
@@ -71,28 +71,38 @@ def test_same_seed_same_trajectory(resnet20):
     assert a.best_val_acc == max(h.val_acc for h in a.history)
 
 
-def test_pause_and_resume_replays_the_run(resnet20):
+def test_pause_mid_episode_then_resume_replays_the_run(resnet20):
+    """Through the search driver: two episodes, one env step of the third in flight, pause; a resumed driver
+    replays the dropped step and ends with exactly the episodes of an uninterrupted run."""
+    from engine.methods import MethodContext, get_method, run_method
+    from engine.search import SearchDriver
     from engine.store import RunStore
 
     model, topo = resnet20
-    cfg = dict(episodes=5, seed=4, ppo={"update_every_episodes": 2, "epochs": 2})
-    full = run_search(model, topo, config=SearchConfig(**cfg), score_fn=_score(topo))
+    opts = {"episodes": 5, "update_every": 2}
     store = RunStore()
-    run = SearchRun(model, topo, config=SearchConfig(**cfg), score_fn=_score(topo), store=store)
-    run.run_episode()
-    run.run_episode()
-    step = run.step()  # one env step of episode 2 in flight ...
-    assert step.episode == 2 and step.step == 1 and len(step.keep_ratios) == 12
-    run.pause()  # ... is dropped and replayed on resume
-    assert store.get_run(run.run_id).status == "paused"
-    store.claim_run(run.run_id)
-    resumed = resume_search(model, topo, run_id=run.run_id, score_fn=_score(topo), store=store)
-    assert _trajectory(full) == [(h.reward, h.actions, h.plan) for h in run.history[:2]] + _trajectory(
-        resumed
-    )
-    assert resumed.best_val_acc == full.best_val_acc
-    assert [e.index for e in store.episodes(run.run_id)] == [0, 1, 2, 3, 4]
-    assert store.get_run(run.run_id).status == "completed"
+
+    def ctx(run_id, resume=False):
+        return MethodContext(model=model, topology=topo, data=None, budget=0.5, seed=4, store=store, run_id=run_id,
+                             score_fn=_score(topo), resume=resume)
+
+    full_id = store.create_run(method="gnnrl", model="cifar_resnet20", dataset="shapes10", budget=0.5)
+    full = run_method("gnnrl", ctx(full_id), **opts)
+    run_id = store.create_run(method="gnnrl", model="cifar_resnet20", dataset="shapes10", budget=0.5)
+    spec = get_method("gnnrl")
+    driver = SearchDriver(spec, ctx(run_id), spec.validate(opts))
+    driver.step()
+    driver.step()
+    sub = driver.substep()  # one env step of episode 2 in flight ...
+    assert sub.episode == 2 and sub.step == 1 and len(sub.info["keep_ratios"]) == 12
+    driver.pause()  # ... is dropped and replayed on resume
+    assert store.get_run(run_id).status == "paused"
+    store.claim_run(run_id)
+    resumed = SearchDriver(spec, ctx(run_id, resume=True), spec.validate(opts)).run()
+    episodes = [(e.index, e.val_acc, e.extra["actions"]) for e in store.episodes(run_id)]
+    assert episodes == [(e.index, e.val_acc, e.extra["actions"]) for e in store.episodes(full_id)]
+    assert resumed.val_acc == full.val_acc and store.get_run(run_id).status == "completed"
+    assert (state_dir_for(run_id) / "encoder.pt").exists()
 
 
 def test_should_stop_pauses_between_episodes(resnet20, tmp_path):
@@ -103,7 +113,6 @@ def test_should_stop_pauses_between_episodes(resnet20, tmp_path):
         topo,
         config=SearchConfig(episodes=5),
         score_fn=_score(topo),
-        state_dir=tmp_path,
         callback=calls.append,
         should_stop=lambda: len(calls) >= 2,
     )
@@ -143,13 +152,11 @@ def test_missing_budget_without_wall_is_penalised(resnet20):
 def test_transfer_freezes_a_trained_encoder(resnet20, tmp_path):
     model, topo = resnet20
     fast = {"update_every_episodes": 1, "epochs": 2}
-    run_search(
-        model,
-        topo,
-        config=SearchConfig(episodes=2, score_policy_plan=False, ppo=fast),
-        score_fn=_score(topo),
-        state_dir=tmp_path / "src",
-    )
+    trained = SearchRun(model, topo, config=SearchConfig(episodes=2, score_policy_plan=False, ppo=fast),
+                        score_fn=_score(topo))
+    trained.run()
+    (tmp_path / "src").mkdir()
+    torch.save(trained.agent.encoder_state_dict(), tmp_path / "src" / "encoder.pt")
     src = torch.load(tmp_path / "src" / "encoder.pt", weights_only=True)
     cfg = SearchConfig(
         episodes=2,
