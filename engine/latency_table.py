@@ -200,7 +200,7 @@ def load_latency_table(topology: Topology, *, batch: int = 1, device: str = "cpu
 
 def measure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 1, device: str = "cpu",
                           threads: int | None = None, min_run_time_s: float = 0.2,
-                          keep_ratios: Sequence[float] = KEEP_RATIOS,
+                          keep_ratios: Sequence[float] = KEEP_RATIOS, repeats: int = 3,
                           callback: Callable[[int, int, str], None] | None = None) -> LatencyTable:
     """Time the baseline and every prunable group alone at `keep_ratios`; the table is bound, not cached.
 
@@ -213,6 +213,7 @@ def measure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 
         min_run_time_s: timing budget per measurement; the baseline is timed before every group and at the
             end, and each group's savings are taken against the baselines around it.
         keep_ratios: keep ratios measured per group, in (0, 1).
+        repeats: each latency is the least of this many medians (each over min_run_time_s / repeats).
         callback: called as callback(done, total, message) after every measurement.
 
     Raises:
@@ -221,6 +222,8 @@ def measure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 
     grid = sorted(float(r) for r in keep_ratios)
     if not grid or grid[0] <= 0.0 or grid[-1] >= 1.0:
         raise ValueError(f"keep_ratios must lie in (0, 1), got {list(keep_ratios)}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     threads = threads or torch.get_num_threads()
     size = tuple(topology.input_shape[1:])
     start = time.perf_counter()
@@ -230,9 +233,9 @@ def measure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 
 
     def timed(m: nn.Module, what: str) -> float:
         nonlocal done
-        # the least of three medians: contention on a shared machine only ever adds time
-        ms = min(measure_latency(m, size, batch=batch, threads=threads, min_run_time_s=min_run_time_s / 3,
-                                 device=device).median_ms for _ in range(3))
+        # the least of several medians: contention on a shared machine only ever adds time
+        ms = min(measure_latency(m, size, batch=batch, threads=threads, min_run_time_s=min_run_time_s / repeats,
+                                 device=device).median_ms for _ in range(repeats))
         done += 1
         if callback is not None:
             callback(done, total, what)
@@ -286,7 +289,7 @@ def save_latency_table(table: LatencyTable) -> None:
 
 def ensure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 1, device: str = "cpu",
                          threads: int | None = None, min_run_time_s: float = 0.2,
-                         keep_ratios: Sequence[float] = KEEP_RATIOS, use_cache: bool = True,
+                         keep_ratios: Sequence[float] = KEEP_RATIOS, repeats: int = 3, use_cache: bool = True,
                          callback: Callable[[int, int, str], None] | None = None) -> LatencyTable:
     """The latency table of `topology` on this machine: already bound, cached on disk, or measured now.
 
@@ -310,6 +313,7 @@ def ensure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 1
         if good(cached):
             return cached
     table = measure_latency_table(model, topology, batch=batch, device=device, threads=threads,
-                                  min_run_time_s=min_run_time_s, keep_ratios=grid, callback=callback)
+                                  min_run_time_s=min_run_time_s, keep_ratios=grid, repeats=repeats,
+                                  callback=callback)
     save_latency_table(table)
     return table

@@ -115,13 +115,14 @@ def test_attributed_macs_sum_to_the_plans_reduction(mobilenet_v2):
     assert split.sum() == pytest.approx(topology.table.full.macs - topology.table.macs(vector), rel=1e-12)
 
 
-def test_latency_table_is_measured_once_then_read_from_the_cache(resnet20):
+def test_latency_table_is_measured_once_then_read_from_the_cache():
     from engine.graph import build_topology
     from engine.latency_table import ensure_latency_table
+    from engine.zoo import build_model
 
-    model, topology = resnet20
+    model = build_model("cifar_resnet20", width=0.25).eval()  # a quarter of the width: fast to time
     fresh = build_topology(model, torch.zeros(1, 3, 32, 32))
-    table = ensure_latency_table(model, fresh, threads=1, min_run_time_s=0.003, keep_ratios=(0.5,))
+    table = ensure_latency_table(model, fresh, threads=1, min_run_time_s=0.003, keep_ratios=(0.5,), repeats=1)
     assert not table.from_cache and table.baseline_ms > 0
     assert len(table.groups) == len(fresh.prunable_groups) and len(table.fitted_rate_per_mac) == len(table.groups)
     assert Budget("latency").baseline(fresh) == pytest.approx(table.baseline_ms)
