@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.data import DataSplits, augment_batch
+from engine.rng import private_rng
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,8 @@ def train_model(model: nn.Module, data: DataSplits, config: TrainConfig, *, teac
     """
     if config.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {config.epochs}")
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
+    rng = private_rng(config.seed)  # what forward passes draw (dropout), leaving the global RNG alone
     x_train, y_train = data.tensors("train")
     n = x_train.shape[0]
     steps = (n + config.batch_size - 1) // config.batch_size
@@ -162,7 +163,8 @@ def train_model(model: nn.Module, data: DataSplits, config: TrainConfig, *, teac
                 inputs, targets = x_train[index], y_train[index]
                 if config.augment:
                     inputs = augment_batch(inputs, generator)
-                logits = model(inputs)
+                with rng:
+                    logits = model(inputs)
                 loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
                 if teacher is not None and config.distill_alpha > 0:
                     with torch.no_grad():

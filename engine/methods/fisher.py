@@ -28,6 +28,7 @@ from engine.methods.candidates import (
 from engine.methods.candidates import score_candidate as _score
 from engine.methods.plans import plan_with_indices
 from engine.methods.registry import MethodContext, MethodResult, MethodSpec, OptionSpec
+from engine.rng import private_rng
 
 NAME = "fisher"
 
@@ -198,7 +199,7 @@ def _round_counts(
 
 def run_fisher(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
     """Prune-while-training with Group Fisher importance until the MACs budget is met."""
-    torch.manual_seed(ctx.seed)
+    rng = private_rng(ctx.seed)  # what the forward passes draw (dropout), leaving the global RNG alone
     work = copy.deepcopy(ctx.model)
     target = ctx.budget * baseline_macs(ctx.topology)
     keep = full_keep(ctx.topology)
@@ -230,7 +231,9 @@ def run_fisher(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
                     order = torch.randperm(x_train.shape[0], generator=gen)
                 idx = order[b * batch : (b + 1) * batch]
                 work.zero_grad(set_to_none=True)
-                F.cross_entropy(work(x_train[idx]), y_train[idx]).backward()
+                with rng:
+                    logits = work(x_train[idx])
+                F.cross_entropy(logits, y_train[idx]).backward()
                 hooks.collect()
                 if opt is not None:
                     opt.step()

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from engine.methods.ddpg import soft_update
-from engine.rl.policy import ActorCritic, GroupQCritic, batch_states, single_thread
+from engine.rl.policy import ActorCritic, GroupQCritic, batch_states
 from engine.rl.ppo import AgentStep, state_from_dict, state_to_dict
 from engine.rng import private_rng
 
@@ -94,7 +94,7 @@ class DDPGAgent:
 
     def act(self, state: Data, *, deterministic: bool = False, record: bool = True) -> AgentStep:
         """Deterministic mean, plus warm-up uniform or truncated-normal exploration unless deterministic."""
-        with torch.no_grad(), single_thread():
+        with torch.no_grad():
             out = self.actor(batch_states([state]))
         mean = out.mean
         if deterministic:
@@ -132,9 +132,8 @@ class DDPGAgent:
         if self.episodes < c.warmup_episodes or not self.replay:
             return None
         stats: dict[str, float] = {}
-        with single_thread():
-            for _ in range(c.updates_per_episode):
-                stats = self._update()
+        for _ in range(c.updates_per_episode):
+            stats = self._update()
         return stats
 
     def _update(self) -> dict[str, float]:

@@ -2,13 +2,13 @@
 
 The actor head is shared by all groups (it reads [group embedding, graph embedding] and emits one action per
 group), so one agent fits any number of groups and an encoder or whole agent transfers across models.
-Sampling, losses and optimisers live in ppo.py / ddpg.py.
+Sampling, losses and optimisers live in ppo.py / ddpg.py. Nothing here sets torch's thread count: that is a
+process setting (on a loaded 2-core machine a search runs ~10x faster with `torch.set_num_threads(1)` or
+OMP_NUM_THREADS=1, set once at start-up), never switched per call, which would leak into other threads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -18,25 +18,7 @@ from torch_geometric.utils import scatter
 
 from engine.rl.gnn import EncoderOutput, build_encoder
 
-__all__ = ["PolicyOutput", "ActorCritic", "GroupQCritic", "batch_states", "mlp", "single_thread"]
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run the agent's small tensor ops on one intra-op thread, then restore the previous count.
-
-    The encoder's ops are tiny; on a loaded 2-core machine two intra-op threads made one forward pass ~50x
-    slower (0.3-1.3 s instead of ~10 ms), so the agent never competes with itself for cores.
-    """
-    previous = torch.get_num_threads()
-    if previous == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+__all__ = ["PolicyOutput", "ActorCritic", "GroupQCritic", "batch_states", "mlp"]
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:

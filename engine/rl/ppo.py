@@ -16,7 +16,7 @@ from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
 from engine.rl.gnn import MultiStageData
-from engine.rl.policy import ActorCritic, batch_states, single_thread
+from engine.rl.policy import ActorCritic, batch_states
 from engine.rng import private_rng
 
 __all__ = ["PPOConfig", "AgentStep", "PPOAgent", "state_to_dict", "state_from_dict"]
@@ -157,7 +157,7 @@ class PPOAgent:
 
     def act(self, state: Data, *, deterministic: bool = False, record: bool = True) -> AgentStep:
         """Choose an action for one state (sampled, or the mean when deterministic)."""
-        with torch.no_grad(), single_thread():
+        with torch.no_grad():
             out = self.net(batch_states([state]))
             std = self._std()
             if deterministic:
@@ -222,8 +222,7 @@ class PPOAgent:
 
     def update(self) -> dict[str, float]:
         """K epochs of clipped-surrogate PPO over the buffer; then clear it and decay the std."""
-        with single_thread():
-            return self._update()
+        return self._update()
 
     def _update(self) -> dict[str, float]:
         c, b = self.config, self.buffer
