@@ -10,6 +10,12 @@ a cut-short run still leaves its finished rows; --append keeps the other models'
     python bench/bench_methods.py --episodes 30 --val-size 256 --finetune-batches 30
     python bench/bench_methods.py --model cifar_resnet56 --append --episodes 24 --val-size 256 --bn-batches 2
     python bench/bench_methods.py --untrained --quick --out /tmp/methods   # smoke run on an untrained model
+
+Sweep mode (--budgets and --seeds): every method at every budget and seed, measured val and test accuracy before
+and after a short fine-tune, then mean +- standard error over seeds and which methods the noise cannot tell apart
+(see bench/methods_sweep.py). Written to methods_<dataset>.json/.md:
+
+    python bench/bench_methods.py --dataset fashion-mnist --budgets 0.5,0.3 --seeds 0,1,2 --finetune-batches 20
 """
 
 from __future__ import annotations
@@ -83,11 +89,13 @@ def load_baseline(args: argparse.Namespace) -> tuple[torch.nn.Module, str, str]:
         loaded = load_checkpoint(args.checkpoint, arch=args.model)
         weights = str(args.checkpoint)
     else:
-        from engine.checkpoints import load_shipped, shipped_models
+        from engine.checkpoints import DEFAULT_DATASET, load_shipped, shipped_models
 
-        if args.model not in shipped_models():
-            sys.exit(f"no shipped {args.model} in assets/manifest.json yet; pass --checkpoint FILE or --untrained")
-        loaded = load_shipped(args.model)
+        dataset = args.dataset or DEFAULT_DATASET
+        if args.model not in shipped_models(dataset):
+            sys.exit(f"no shipped {args.model} for {dataset} in assets/manifest.json yet; pass --checkpoint FILE "
+                     "or --untrained")
+        loaded = load_shipped(args.model, dataset=dataset)
         weights = f"shipped (sha256 {loaded.meta['manifest']['sha256'][:16]}...)"
     return loaded.model.eval(), args.dataset or loaded.meta.get("dataset", "shapes10"), weights
 
@@ -166,6 +174,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="keep the other models' runs already in the output files (one run per model)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (1 is several times faster than 2 on a loaded 2-core machine)")
+    p.add_argument("--budgets", default=None, help="sweep mode: comma-separated MACs budgets, e.g. 0.5,0.3")
+    p.add_argument("--seeds", default=None, help="sweep mode: comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--test-size", type=int, default=None, help="sweep mode: first N test images (default all)")
+    p.add_argument("--report-val-size", type=int, default=None,
+                   help="sweep mode: val images measured before/after fine-tune (default all)")
+    p.add_argument("--finetune-lr", type=float, default=0.01)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,6 +191,13 @@ def main(argv: list[str] | None = None) -> None:
         get_method(name)
 
     model, dataset, weights = load_baseline(args)
+    if args.budgets or args.seeds:
+        from methods_sweep import run_sweep  # the sibling module (bench/ is on sys.path for a script)
+
+        command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+        run_sweep(args, names, model, dataset, weights, command=command, machine=machine(), log=log,
+                  method_options=method_options)
+        return
     data = load_data(dataset, seed=args.seed)
     topology = build_topology(model, torch.zeros(1, 3, data.input_size, data.input_size), model_name=args.model)
     scoring = ScoringConfig(val_size=args.val_size, bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size,
