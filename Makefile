@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+	@# The real Fashion-MNIST (--dataset fashion-mnist) comes from Debian; installed only where we run as root.
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist \
+		>/dev/null 2>&1)) || echo "setup: dataset-fashion-mnist not installed; --dataset fashion-mnist needs --data-dir"; \
+	fi
 
 app: setup
 	$(PY) -m streamlit run app.py --server.port $(PORT) --server.address localhost \
