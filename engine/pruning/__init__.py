@@ -20,13 +20,33 @@ from engine.pruning.criteria import (
 from engine.pruning.export import FORMATS, export_pruned, load_pruned
 from engine.pruning.group_plan import GroupPlan
 from engine.pruning.mask import mask_model
-from engine.pruning.plan import PLAN_VERSION, PruningPlan, plan_from_ratios, round_keep
+from engine.pruning.plan import PLAN_VERSION, PruningPlan
+from engine.pruning.ratios import plan_from_ratios, round_keep
 from engine.pruning.select import channel_scores, select_channels
 
-__all__ = ["CRITERIA", "FORMATS", "PLAN_VERSION", "Criterion", "GroupPlan", "PruningPlan", "apply_plan",
-           "channel_scores", "export_pruned", "get_criterion", "list_criteria", "load_pruned", "mask_model",
-           "memory_aware_scores", "plan_for_budget", "plan_from_ratios", "register_criterion", "resolve_plan",
-           "round_keep", "select_channels", "unregister_criterion"]
+__all__ = [
+    "CRITERIA",
+    "FORMATS",
+    "PLAN_VERSION",
+    "Criterion",
+    "GroupPlan",
+    "PruningPlan",
+    "apply_plan",
+    "channel_scores",
+    "export_pruned",
+    "get_criterion",
+    "list_criteria",
+    "load_pruned",
+    "mask_model",
+    "memory_aware_scores",
+    "plan_for_budget",
+    "plan_from_ratios",
+    "register_criterion",
+    "resolve_plan",
+    "round_keep",
+    "select_channels",
+    "unregister_criterion",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -56,8 +56,10 @@ def register_criterion(name: str, fn: ScoreFn, description: str, *, replace: boo
     if not isinstance(name, str) or not name or any(c.isspace() for c in name):
         raise PlanError(f"criterion name {name!r} must be a non-empty string without spaces")
     if not callable(fn):
-        raise PlanError(f"criterion {name!r} needs a callable (model, topology, group name) -> scores, "
-                        f"got {type(fn).__name__}")
+        raise PlanError(
+            f"criterion {name!r} needs a callable (model, topology, group name) -> scores, "
+            f"got {type(fn).__name__}"
+        )
     if name in _REGISTRY and not replace:
         raise PlanError(f"criterion {name!r} is already registered; pick another name or pass replace=True")
     entry = Criterion(name, fn, str(description))
@@ -88,18 +90,26 @@ def get_criterion(name: str) -> Criterion:
     """
     entry = _REGISTRY.get(name) if isinstance(name, str) else None
     if entry is None:
-        raise PlanError(f"unknown channel criterion {name!r}; choose one of {', '.join(_REGISTRY)} "
-                        "(or register yours with engine.pruning.register_criterion)")
+        raise PlanError(
+            f"unknown channel criterion {name!r}; choose one of {', '.join(_REGISTRY)} "
+            "(or register yours with engine.pruning.register_criterion)"
+        )
     return entry
 
 
-def _per_channel(values: torch.Tensor, group: ChannelGroup, channels: tuple[int, ...], mult: int) -> torch.Tensor:
+def _per_channel(
+    values: torch.Tensor, group: ChannelGroup, channels: tuple[int, ...], mult: int
+) -> torch.Tensor:
     picked = values[list(channels)].reshape(group.channels, mult)  # (group channels, mult)
     return picked.sum(dim=1)
 
 
-def _member_sum(model: nn.Module, topology: Topology, group_name: str,
-                member_values: Callable[[str, nn.Module, str], torch.Tensor | None]) -> tuple[torch.Tensor, int]:
+def _member_sum(
+    model: nn.Module,
+    topology: Topology,
+    group_name: str,
+    member_values: Callable[[str, nn.Module, str], torch.Tensor | None],
+) -> tuple[torch.Tensor, int]:
     """Per-channel scores summed over a group's members, each member normalised by its mean."""
     group = topology.group(group_name)
     modules = dict(model.named_modules())
@@ -141,6 +151,7 @@ def l2_scores(model: nn.Module, topology: Topology, group_name: str) -> torch.Te
 
 def bn_scale_scores(model: nn.Module, topology: Topology, group_name: str) -> torch.Tensor:
     """|gamma| of the group's BatchNorms; a group without a BN with weights is scored by L1 instead."""
+
     def values(_: str, module: nn.Module, __: str) -> torch.Tensor | None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
             return module.weight.detach().abs()
@@ -152,12 +163,15 @@ def bn_scale_scores(model: nn.Module, topology: Topology, group_name: str) -> to
 
 def taylor_scores(model: nn.Module, topology: Topology, group_name: str) -> torch.Tensor:
     """First-order Taylor importance |w * dL/dw| of each channel's filters (needs a backward pass first)."""
+
     def values(name: str, module: nn.Module, dim: str) -> torch.Tensor | None:
         if not _is_producer(module, dim):
             return None
         if module.weight.grad is None:
-            raise PlanError(f"criterion 'taylor' needs gradients but {name}.weight.grad is None; "
-                            "run a backward pass on some batches first")
+            raise PlanError(
+                f"criterion 'taylor' needs gradients but {name}.weight.grad is None; "
+                "run a backward pass on some batches first"
+            )
         return (module.weight.detach() * module.weight.grad.detach()).abs().flatten(1).sum(1)
 
     return _member_sum(model, topology, group_name, values)[0]
@@ -165,8 +179,10 @@ def taylor_scores(model: nn.Module, topology: Topology, group_name: str) -> torc
 
 def fisher_scores(model: nn.Module, topology: Topology, group_name: str) -> torch.Tensor:
     """Group Fisher scores come from the method that measured them; they cannot be computed from weights."""
-    raise PlanError(f"criterion 'fisher' needs per-channel scores for group {group_name!r}: pass importance=... "
-                    "(the Group Fisher method does), or store the kept indices in the plan")
+    raise PlanError(
+        f"criterion 'fisher' needs per-channel scores for group {group_name!r}: pass importance=... "
+        "(the Group Fisher method does), or store the kept indices in the plan"
+    )
 
 
 def random_scores(model: nn.Module, topology: Topology, group_name: str) -> torch.Tensor:

@@ -31,8 +31,10 @@ def keep_count(value: Any, *, what: str = "keep count") -> int:
     elif math.isfinite(float(value)) and float(value).is_integer():
         count = int(value)
     else:
-        raise PlanError(f"{what} {value!r} is not a whole number of channels; give a count >= 1 "
-                        "(or, in a version 2 plan, a keep_ratio in (0, 1])")
+        raise PlanError(
+            f"{what} {value!r} is not a whole number of channels; give a count >= 1 "
+            "(or, in a version 2 plan, a keep_ratio in (0, 1])"
+        )
     if count < 1:
         raise PlanError(f"{what} {count} must be at least 1 (a group always keeps a channel)")
     return count
@@ -81,8 +83,10 @@ class GroupPlan:
             top = self.channels if self.channels is not None else math.inf
             if len(idx) != keep or len(set(idx)) != keep or not all(0 <= i < top for i in idx):
                 bound = "" if top == math.inf else f" in [0, {top})"
-                raise PlanError(f"indices must be {keep} distinct channels{bound} (one per kept channel), "
-                                f"got {len(idx)} entries")
+                raise PlanError(
+                    f"indices must be {keep} distinct channels{bound} (one per kept channel), "
+                    f"got {len(idx)} entries"
+                )
             object.__setattr__(self, "indices", idx)
         if self.bits is not None:
             bits = _int_list(self.bits, "bits")
@@ -100,9 +104,13 @@ class GroupPlan:
 
     def to_dict(self) -> dict:
         """The group's v2 JSON entry."""
-        return {"keep": self.keep, "keep_ratio": self.keep_ratio, "channels": self.channels,
-                "indices": None if self.indices is None else list(self.indices),
-                "bits": None if self.bits is None else list(self.bits)}
+        return {
+            "keep": self.keep,
+            "keep_ratio": self.keep_ratio,
+            "channels": self.channels,
+            "indices": None if self.indices is None else list(self.indices),
+            "bits": None if self.bits is None else list(self.bits),
+        }
 
 
 class _DerivedMap(dict):
@@ -135,14 +143,21 @@ def group_entry(name: str, value: GroupPlan | Mapping) -> GroupPlan:
     if isinstance(value, GroupPlan):
         return value
     if not isinstance(value, Mapping):
-        raise PlanError(f"group {name!r}: expected a GroupPlan or a mapping with 'keep', got {type(value).__name__}")
-    return named_errors(name, lambda: GroupPlan(value.get("keep"), value.get("channels"), value.get("indices"),
-                                          value.get("bits")))
+        raise PlanError(
+            f"group {name!r}: expected a GroupPlan or a mapping with 'keep', got {type(value).__name__}"
+        )
+    return named_errors(
+        name,
+        lambda: GroupPlan(value.get("keep"), value.get("channels"), value.get("indices"), value.get("bits")),
+    )
 
 
-def groups_from_maps(keep: Mapping[str, Any], indices: Mapping[str, Sequence[int]] | None,
-                      bits: Mapping[str, Sequence[int]] | None,
-                      channels: Mapping[str, int] | None) -> dict[str, GroupPlan]:
+def groups_from_maps(
+    keep: Mapping[str, Any],
+    indices: Mapping[str, Sequence[int]] | None,
+    bits: Mapping[str, Sequence[int]] | None,
+    channels: Mapping[str, int] | None,
+) -> dict[str, GroupPlan]:
     """GroupPlans from v1-style maps; indices or bits of a group missing from `keep` cover the whole group."""
     for what, value in (("keep", keep), ("indices", indices), ("bits", bits), ("channels", channels)):
         if value is not None and not isinstance(value, Mapping):

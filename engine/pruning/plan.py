@@ -2,7 +2,8 @@
 
 A plan is plain data made against one Topology (group names are the groups' first conv names). It says
 nothing about how channels are chosen beyond the criterion's name (criteria.py) or how they are removed
-(apply.py, mask.py); one group's entry is group_plan.py's, reading and migrating version 1 files plan_io.py's.
+(apply.py, mask.py). One group's entry lives in group_plan.py, reading (and migrating v1) in plan_io.py,
+plans from keep ratios in ratios.py.
 
 JSON (version 2)::
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -39,8 +39,14 @@ from engine.pruning.group_plan import (
     read_only_map,
 )
 
-__all__ = ["MAX_BITS", "PLAN_VERSION", "GroupPlan", "PruningPlan", "check_plan_version", "keep_count",
-           "plan_from_ratios", "round_keep"]
+__all__ = [
+    "MAX_BITS",
+    "PLAN_VERSION",
+    "GroupPlan",
+    "PruningPlan",
+    "check_plan_version",
+    "keep_count",
+]
 
 PLAN_VERSION = 2
 
@@ -48,18 +54,30 @@ PLAN_VERSION = 2
 def __getattr__(name: str) -> Any:
     if name == "CRITERIA":  # compatibility: the registered criteria, as the closed tuple v1 exported
         return list_criteria()
+    if name in ("plan_from_ratios", "round_keep"):  # compatibility: moved to ratios.py
+        from engine.pruning import ratios
+
+        return getattr(ratios, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_plan_version(version: Any) -> int:
     understood = ", ".join(str(v) for v in range(1, PLAN_VERSION + 1))
-    if isinstance(version, bool) or not isinstance(version, numbers.Real) or not float(version).is_integer() \
-            or version < 1:
-        raise PlanError(f"plan version {version!r} is not a version this TopoPrune reads; it understands "
-                        f"versions {understood}")
+    if (
+        isinstance(version, bool)
+        or not isinstance(version, numbers.Real)
+        or not float(version).is_integer()
+        or version < 1
+    ):
+        raise PlanError(
+            f"plan version {version!r} is not a version this TopoPrune reads; it understands "
+            f"versions {understood}"
+        )
     if version > PLAN_VERSION:
-        raise PlanError(f"plan version {int(version)} is newer than this TopoPrune understands (versions "
-                        f"{understood}); upgrade TopoPrune")
+        raise PlanError(
+            f"plan version {int(version)} is newer than this TopoPrune understands (versions "
+            f"{understood}); upgrade TopoPrune"
+        )
     return int(version)
 
 
@@ -82,12 +100,23 @@ class PruningPlan:
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
-    def __init__(self, model: str, keep: Mapping[str, Any] | None = None,
-                 indices: Mapping[str, Sequence[int]] | None = None, criterion: str = "l1", round_to: int = 1,
-                 budget: Any = None, method: str = "manual", meta: Mapping | None = None,
-                 version: int = PLAN_VERSION, *, groups: Mapping[str, GroupPlan | Mapping] | None = None,
-                 bits: Mapping[str, Sequence[int]] | None = None, channels: Mapping[str, int] | None = None,
-                 budget_metric: str = "macs") -> None:
+    def __init__(
+        self,
+        model: str,
+        keep: Mapping[str, Any] | None = None,
+        indices: Mapping[str, Sequence[int]] | None = None,
+        criterion: str = "l1",
+        round_to: int = 1,
+        budget: Any = None,
+        method: str = "manual",
+        meta: Mapping | None = None,
+        version: int = PLAN_VERSION,
+        *,
+        groups: Mapping[str, GroupPlan | Mapping] | None = None,
+        bits: Mapping[str, Sequence[int]] | None = None,
+        channels: Mapping[str, int] | None = None,
+        budget_metric: str = "macs",
+    ) -> None:
         check_plan_version(version)
         self.model = str(model)
         self.criterion = criterion
@@ -129,8 +158,12 @@ class PruningPlan:
 
     @round_to.setter
     def round_to(self, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value).is_integer() \
-                or value < 1:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not float(value).is_integer()
+            or value < 1
+        ):
             raise PlanError(f"round_to must be a whole number >= 1, got {value!r}")
         self._round_to = int(value)
 
@@ -145,8 +178,10 @@ class PruningPlan:
             value = value.fraction
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) <= 1:
-                raise PlanError(f"plan budget {value!r} is not a fraction in (0, 1] of the baseline's "
-                                f"{self.budget_metric}")
+                raise PlanError(
+                    f"plan budget {value!r} is not a fraction in (0, 1] of the baseline's "
+                    f"{self.budget_metric}"
+                )
             value = float(value)
         self._budget = value
 
@@ -241,8 +276,10 @@ class PruningPlan:
     # -- checks ---------------------------------------------------------------------------------------------
     def keep_ratios(self, topology: Topology) -> dict[str, float]:
         """Keep ratio (kept / channels) of every group of `topology`, 1.0 for groups the plan leaves alone."""
-        return {g.name: (self._groups[g.name].keep if g.name in self._groups else g.channels) / g.channels
-                for g in topology.groups}
+        return {
+            g.name: (self._groups[g.name].keep if g.name in self._groups else g.channels) / g.channels
+            for g in topology.groups
+        }
 
     def check_model(self, topology: Topology) -> None:
         """Refuse a plan made for another model than `topology`'s.
@@ -260,8 +297,10 @@ class PruningPlan:
 
         known = set(list_models())
         if mine in known and theirs in known:
-            raise PlanError(f"this plan was made for model {mine!r}, not {theirs!r}; use a plan made for "
-                            f"{theirs!r} (or pass MODEL {mine!r})")
+            raise PlanError(
+                f"this plan was made for model {mine!r}, not {theirs!r}; use a plan made for "
+                f"{theirs!r} (or pass MODEL {mine!r})"
+            )
 
     def validate(self, topology: Topology) -> None:
         """Check the plan fits `topology`.
@@ -276,22 +315,32 @@ class PruningPlan:
         for name, entry in self._groups.items():
             group = topology.group(name)
             if entry.channels is not None and entry.channels != group.channels:
-                raise PlanError(f"plan says group {name!r} has {entry.channels} channels but "
-                                f"{topology.model_name} has {group.channels}; make the plan from this model")
+                raise PlanError(
+                    f"plan says group {name!r} has {entry.channels} channels but "
+                    f"{topology.model_name} has {group.channels}; make the plan from this model"
+                )
             idx = entry.indices
             if idx is not None and not all(0 <= i < group.channels for i in idx):
-                raise PlanError(f"plan indices for group {name!r} must be {entry.keep} distinct channels in "
-                                f"[0, {group.channels}), got {len(idx)} entries")
+                raise PlanError(
+                    f"plan indices for group {name!r} must be {entry.keep} distinct channels in "
+                    f"[0, {group.channels}), got {len(idx)} entries"
+                )
 
     # -- JSON -------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """JSON-ready v2 dict (see the module docstring)."""
         budget = None if self._budget is None else {"metric": self._budget_metric, "fraction": self._budget}
-        return {"version": PLAN_VERSION, "model": self.model,
-                "groups": {k: g.to_dict() for k, g in self._groups.items()},
-                "keep": {k: g.keep for k, g in self._groups.items()},
-                "budget": budget, "criterion": self._criterion, "round_to": self._round_to,
-                "method": self.method, "meta": dict(self._meta)}
+        return {
+            "version": PLAN_VERSION,
+            "model": self.model,
+            "groups": {k: g.to_dict() for k, g in self._groups.items()},
+            "keep": {k: g.keep for k, g in self._groups.items()},
+            "budget": budget,
+            "criterion": self._criterion,
+            "round_to": self._round_to,
+            "method": self.method,
+            "meta": dict(self._meta),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> PruningPlan:
@@ -323,8 +372,16 @@ class PruningPlan:
 
     # -- value semantics ------------------------------------------------------------------------------------
     def _key(self) -> tuple:
-        return (self.model, self._groups, self._criterion, self._round_to, self._budget, self._budget_metric,
-                self.method, self._meta)
+        return (
+            self.model,
+            self._groups,
+            self._criterion,
+            self._round_to,
+            self._budget,
+            self._budget_metric,
+            self.method,
+            self._meta,
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PruningPlan):
@@ -333,59 +390,7 @@ class PruningPlan:
 
     def __repr__(self) -> str:
         budget = "" if self._budget is None else f", budget={self._budget:g} {self._budget_metric}"
-        return (f"PruningPlan(model={self.model!r}, groups={len(self._groups)}, criterion={self._criterion!r}, "
-                f"method={self.method!r}{budget})")
-
-
-def round_keep(channels: int, ratio: float, *, round_to: int = 1, min_keep: int = 1) -> int:
-    """Channels kept for a keep ratio: nearest multiple of `round_to`, at least max(min_keep, 1), at most all."""
-    count = ratio * channels
-    if round_to > 1:
-        count = round(count / round_to) * round_to
-        count = max(count, min(round_to, channels))
-    count = int(math.floor(count + 0.5)) if round_to == 1 else int(count)
-    return max(1, min(channels, max(count, min_keep)))
-
-
-def plan_from_ratios(topology: Topology, keep_ratios: Mapping[str, float] | Sequence[float], *,
-                     round_to: int = 1, min_keep: int = 1, criterion: str = "l1",
-                     method: str = "manual") -> PruningPlan:
-    """A plan from keep ratios: by group name, or a sequence aligned with `topology.prunable_groups`.
-
-    Args:
-        topology: the model's topology.
-        keep_ratios: group name -> keep ratio in (0, 1] (groups left out keep everything), or one ratio per
-            prunable group in topology order.
-        round_to: keep counts are rounded to the nearest multiple of this (or the whole group).
-        min_keep: fewest channels any listed group keeps.
-        criterion: how channels will be chosen (recorded on the plan).
-        method: recorded on the plan.
-
-    Returns:
-        The plan (no indices: channels are chosen when it is applied; group sizes recorded).
-
-    Raises:
-        ValueError: a ratio outside (0, 1], an unknown or non-prunable group, or a sequence of the wrong length.
-    """
-    prunable = topology.prunable_groups
-    if isinstance(keep_ratios, Mapping):
-        ratios = dict(keep_ratios)
-    else:
-        values = list(keep_ratios)
-        if len(values) != len(prunable):
-            raise ValueError(f"got {len(values)} keep ratios for {len(prunable)} prunable groups of "
-                             f"{topology.model_name}; pass one per group (topology.prunable_groups order)")
-        ratios = {g.name: float(v) for g, v in zip(prunable, values, strict=True)}
-    keep, channels = {}, {}
-    for name, ratio in ratios.items():
-        group = topology.group(name)
-        if not 0.0 < float(ratio) <= 1.0:
-            raise ValueError(f"keep ratio {ratio} for group {name!r} is outside (0, 1]")
-        if not group.prunable:
-            if float(ratio) < 1.0:
-                raise ValueError(f"group {name!r} is not prunable ({group.reason}); use keep ratio 1.0")
-            continue
-        keep[name] = round_keep(group.channels, float(ratio), round_to=round_to, min_keep=min_keep)
-        channels[name] = group.channels
-    return PruningPlan(model=topology.model_name, keep=keep, channels=channels, criterion=criterion,
-                       round_to=round_to, method=method)
+        return (
+            f"PruningPlan(model={self.model!r}, groups={len(self._groups)}, criterion={self._criterion!r}, "
+            f"method={self.method!r}{budget})"
+        )

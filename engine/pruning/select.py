@@ -15,7 +15,9 @@ from engine.graph import Topology
 from engine.pruning.criteria import get_criterion
 
 
-def channel_scores(model: nn.Module, topology: Topology, group_name: str, *, criterion: str = "l1") -> torch.Tensor:
+def channel_scores(
+    model: nn.Module, topology: Topology, group_name: str, *, criterion: str = "l1"
+) -> torch.Tensor:
     """Importance of each channel of a group (higher = keep), shape (channels,), by a registered criterion.
 
     Raises:
@@ -26,13 +28,22 @@ def channel_scores(model: nn.Module, topology: Topology, group_name: str, *, cri
     group = topology.group(group_name)
     scores = torch.as_tensor(entry.fn(model, topology, group_name)).flatten()
     if scores.numel() != group.channels:
-        raise ValueError(f"criterion {criterion!r} gave {scores.numel()} scores for group {group_name!r}, "
-                         f"expected {group.channels}")
+        raise ValueError(
+            f"criterion {criterion!r} gave {scores.numel()} scores for group {group_name!r}, "
+            f"expected {group.channels}"
+        )
     return scores
 
 
-def select_channels(model: nn.Module, topology: Topology, group_name: str, n_keep: int, *,
-                    criterion: str = "l1", importance: Sequence[float] | torch.Tensor | None = None) -> list[int]:
+def select_channels(
+    model: nn.Module,
+    topology: Topology,
+    group_name: str,
+    n_keep: int,
+    *,
+    criterion: str = "l1",
+    importance: Sequence[float] | torch.Tensor | None = None,
+) -> list[int]:
     """The `n_keep` most important channels of a group, as sorted group-channel indices.
 
     Args:
@@ -54,8 +65,9 @@ def select_channels(model: nn.Module, topology: Topology, group_name: str, n_kee
         get_criterion(criterion)
         scores = torch.as_tensor(importance, dtype=torch.float64).flatten()
         if scores.numel() != group.channels:
-            raise ValueError(f"importance for group {group_name!r} has {scores.numel()} scores, "
-                             f"expected {group.channels}")
+            raise ValueError(
+                f"importance for group {group_name!r} has {scores.numel()} scores, expected {group.channels}"
+            )
     else:
         scores = channel_scores(model, topology, group_name, criterion=criterion)
     order = sorted(range(group.channels), key=lambda i: (-float(scores[i]), i))

@@ -41,9 +41,17 @@ def tiny():
 
 def _v1_text(**changes) -> str:
     """A plan file exactly as the v1 code wrote it (PruningPlan.to_json: this key order, indent=1)."""
-    data = {"version": 1, "model": "cifar_resnet20", "keep": {"conv1": 2, "layer2.0.conv1": 5},
-            "indices": {"conv1": [1, 3], "layer2.0.conv1": [0, 2, 4, 6, 7]}, "criterion": "l2", "round_to": 1,
-            "budget": 0.5, "method": "uniform", "meta": {"macs": 123, "seed": 0}}
+    data = {
+        "version": 1,
+        "model": "cifar_resnet20",
+        "keep": {"conv1": 2, "layer2.0.conv1": 5},
+        "indices": {"conv1": [1, 3], "layer2.0.conv1": [0, 2, 4, 6, 7]},
+        "criterion": "l2",
+        "round_to": 1,
+        "budget": 0.5,
+        "method": "uniform",
+        "meta": {"macs": 123, "seed": 0},
+    }
     data.update(changes)
     return json.dumps(data, indent=1)
 
@@ -62,8 +70,13 @@ def test_v1_file_loads_and_migrates(tiny, tmp_path):
     assert plan.meta == {"macs": 123, "seed": 0}
     written = plan.to_dict()
     assert written["version"] == 2 and written["budget"] == {"metric": "macs", "fraction": 0.5}
-    assert written["groups"]["layer2.0.conv1"] == {"keep": 5, "keep_ratio": None, "channels": None,
-                                                   "indices": [0, 2, 4, 6, 7], "bits": None}
+    assert written["groups"]["layer2.0.conv1"] == {
+        "keep": 5,
+        "keep_ratio": None,
+        "channels": None,
+        "indices": [0, 2, 4, 6, 7],
+        "bits": None,
+    }
     assert PruningPlan.from_dict(written) == plan
     # the migrated plan prunes exactly the channels the v1 file named
     pruned = apply_plan(model, topology, plan)
@@ -98,16 +111,18 @@ def test_every_stored_bench_plan_still_loads():
     for data in plans:
         plan = PruningPlan.from_dict(data)
         assert dict(plan.keep) == {k: int(v) for k, v in data["keep"].items()}
-        assert plan.to_dict()["budget"] == (None if data["budget"] is None
-                                            else {"metric": "macs", "fraction": data["budget"]})
+        assert plan.to_dict()["budget"] == (
+            None if data["budget"] is None else {"metric": "macs", "fraction": data["budget"]}
+        )
 
 
 def test_plans_from_the_run_store_load(tmp_path):
     from engine.store import RunStore
 
     v1 = json.loads(_v1_text())
-    v2 = PruningPlan(model="m", keep={"a": 2}, channels={"a": 4}, bits={"a": [8, 0]}, budget=0.25,
-                     budget_metric="size")
+    v2 = PruningPlan(
+        model="m", keep={"a": 2}, channels={"a": 4}, bits={"a": [8, 0]}, budget=0.25, budget_metric="size"
+    )
     with RunStore(tmp_path / "runs.sqlite") as store:
         run_id = store.create_run(method="uniform", model="m", dataset="d")
         store.update_run(run_id, best_plan=v1)
@@ -124,20 +139,36 @@ def test_plans_from_the_run_store_load(tmp_path):
 # ----------------------------------------------------------------------------------------------- v2
 def test_v2_round_trip_with_sizes_indices_bits_and_budget(tiny):
     _, topology = tiny
-    plan = PruningPlan(model="cifar_resnet20", groups={
-        "conv1": GroupPlan(keep=2, channels=4, indices=[0, 3], bits=[8, 4]),
-        "layer3.0.conv1": {"keep": 8, "channels": 16},
-    }, criterion="l1", round_to=2, budget=0.5, budget_metric="params", method="manual", meta={"seed": 3})
+    plan = PruningPlan(
+        model="cifar_resnet20",
+        groups={
+            "conv1": GroupPlan(keep=2, channels=4, indices=[0, 3], bits=[8, 4]),
+            "layer3.0.conv1": {"keep": 8, "channels": 16},
+        },
+        criterion="l1",
+        round_to=2,
+        budget=0.5,
+        budget_metric="params",
+        method="manual",
+        meta={"seed": 3},
+    )
     data = json.loads(plan.to_json())
-    assert data["groups"]["conv1"] == {"keep": 2, "keep_ratio": 0.5, "channels": 4, "indices": [0, 3],
-                                       "bits": [8, 4]}
+    assert data["groups"]["conv1"] == {
+        "keep": 2,
+        "keep_ratio": 0.5,
+        "channels": 4,
+        "indices": [0, 3],
+        "bits": [8, 4],
+    }
     assert data["keep"] == {"conv1": 2, "layer3.0.conv1": 8}
     assert data["budget"] == {"metric": "params", "fraction": 0.5}
     again = PruningPlan.from_dict(data)
     assert again == plan and again.bits == {"conv1": [8, 4]} and again.groups["conv1"].keep_ratio == 0.5
     again.validate(topology)
     resolved = resolve_plan(build_model("cifar_resnet20", width=0.25), topology, again)
-    assert resolved.bits == {"conv1": [8, 4]} and resolved.budget_metric == "params" and resolved.round_to == 2
+    assert (
+        resolved.bits == {"conv1": [8, 4]} and resolved.budget_metric == "params" and resolved.round_to == 2
+    )
     assert len(resolved.indices["layer3.0.conv1"]) == 8 and resolved.indices["conv1"] == [0, 3]
 
 
@@ -231,8 +262,15 @@ def test_plan_for_another_model_is_refused_with_both_names(tiny):
 # ----------------------------------------------------------------------------------------------- v1 API kept
 def test_v1_python_api_and_mutations_keep_working(tiny):
     _, topology = tiny
-    plan = PruningPlan(model="cifar_resnet20", keep={"conv1": 2, "layer1.0.conv1": 3},
-                       indices={"conv1": [0, 1]}, criterion="l2", round_to=1, budget=0.5, method="x")
+    plan = PruningPlan(
+        model="cifar_resnet20",
+        keep={"conv1": 2, "layer1.0.conv1": 3},
+        indices={"conv1": [0, 1]},
+        criterion="l2",
+        round_to=1,
+        budget=0.5,
+        method="x",
+    )
     assert plan.indices == {"conv1": [0, 1]} and plan.keep_ratios(topology)["conv1"] == 0.5
     with pytest.raises(TypeError, match="derived from plan.groups"):
         plan.keep["conv1"] = 3
@@ -292,16 +330,20 @@ def test_cli_prune_with_a_bad_plan_file_prints_one_line(tmp_path, capsys, monkey
     from engine.cli import main
 
     monkeypatch.chdir(tmp_path)
-    cases = {"magic.json": (_v1_text(criterion="magic"), "unknown channel criterion 'magic'"),
-             "v3.json": (_v1_text(version=3), "plan version 3 is newer"),
-             "half.json": (_v1_text(keep={"conv1": 1.5}, indices=None), "keep count 1.5 is not a whole number")}
+    cases = {
+        "magic.json": (_v1_text(criterion="magic"), "unknown channel criterion 'magic'"),
+        "v3.json": (_v1_text(version=3), "plan version 3 is newer"),
+        "half.json": (_v1_text(keep={"conv1": 1.5}, indices=None), "keep count 1.5 is not a whole number"),
+    }
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text)
         code = main(["prune", "cifar_resnet20", "--plan", name, "--val-size", "8", "--json"])
         out, err = capsys.readouterr()
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 1 and out == "" and len(lines) == 1, err
-        assert lines[0].startswith("topoprune: error: plan file ") and name in lines[0] and message in lines[0]
+        assert (
+            lines[0].startswith("topoprune: error: plan file ") and name in lines[0] and message in lines[0]
+        )
 
 
 def test_registry_round_trip(tiny):
@@ -321,8 +363,11 @@ def test_registry_round_trip(tiny):
         strong = select_channels(model, topology, "layer3.0.conv1", 4, criterion="l1")
         weak = select_channels(model, topology, "layer3.0.conv1", 12, criterion="smallest_l1")
         assert set(strong).isdisjoint(weak) and len(set(strong) | set(weak)) == 16
-        plan = PruningPlan.from_json(PruningPlan(model="cifar_resnet20", keep={"layer3.0.conv1": 12},
-                                                 criterion="smallest_l1").to_json())
+        plan = PruningPlan.from_json(
+            PruningPlan(
+                model="cifar_resnet20", keep={"layer3.0.conv1": 12}, criterion="smallest_l1"
+            ).to_json()
+        )
         assert resolve_plan(model, topology, plan).indices["layer3.0.conv1"] == weak
     finally:
         unregister_criterion("smallest_l1")
@@ -341,5 +386,7 @@ def test_criteria_that_cannot_be_computed_say_why(tiny):
     with pytest.raises(PlanError, match="criterion 'taylor' needs gradients"):
         channel_scores(model, topology, "conv1", criterion="taylor")
     assert isinstance(PlanError("x"), TopoPruneError) and isinstance(PlanError("x"), ValueError)
-    assert torch.equal(channel_scores(model, topology, "conv1", criterion="random"),
-                       channel_scores(model, topology, "conv1", criterion="random"))
+    assert torch.equal(
+        channel_scores(model, topology, "conv1", criterion="random"),
+        channel_scores(model, topology, "conv1", criterion="random"),
+    )
