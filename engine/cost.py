@@ -170,3 +170,100 @@ def measure_latency(model: nn.Module, input_size: int | tuple[int, ...], *, batc
     m = timer.blocked_autorange(min_run_time=min_run_time_s)
     return Latency(median_ms=m.median * 1e3, iqr_ms=m.iqr * 1e3, mean_ms=m.mean * 1e3, batch=batch, threads=threads,
                    runs=len(m.times), noisy=bool(m.has_warnings))
+
+
+@dataclass
+class LatencyStats:
+    """Batch latency of one model over `repeats` independent measurements (each a blocked_autorange median).
+
+    One measurement on a shared machine is noise-prone (the same model measured 3.7, 22 and 33 ms in one
+    session); the spread over repeats says how far to trust the median.
+    """
+
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+    batch: int
+    threads: int
+
+    @property
+    def iqr_ms(self) -> float:
+        """Interquartile range over the repeats."""
+        return self.p75_ms - self.p25_ms
+
+    @property
+    def noisy(self) -> bool:
+        """True when the interquartile range exceeds 10 % of the median (re-measure on a quieter machine)."""
+        return self.iqr_ms > 0.1 * self.median_ms
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields, with iqr_ms and noisy."""
+        return {**vars(self), "iqr_ms": self.iqr_ms, "noisy": self.noisy}
+
+
+def measure_latency_stats(models: Mapping[str, nn.Module], input_size: int | tuple[int, ...], *, repeats: int = 5,
+                          batch: int = 1, threads: int | None = None, min_run_time_s: float = 0.5,
+                          device: str = "cpu") -> dict[str, LatencyStats]:
+    """Latency statistics of several models measured in interleaved rounds (models not modified).
+
+    Each of `repeats` rounds times every model once (blocked_autorange, `min_run_time_s / repeats` each), in an
+    order that alternates between rounds, so a load spike hits the models alike and a baseline measured next to
+    a candidate is comparable with it.
+
+    Args:
+        models: name -> model, e.g. {"baseline": model, "pruned": pruned}; deep copies are timed in eval mode.
+        input_size: spatial size (e.g. 32) or a full per-sample shape (C, H, W).
+        repeats: independent measurements per model (>= 1); the statistics are over these.
+        batch: batch size.
+        threads: torch threads (default: torch.get_num_threads()).
+        min_run_time_s: total measuring time per model, split over the repeats.
+        device: "cpu" or "cuda".
+
+    Returns:
+        name -> LatencyStats, in the order of `models`.
+
+    Raises:
+        ValueError: no models, repeats < 1, batch < 1, threads < 1, or a malformed input_size.
+    """
+    import copy
+
+    import torch.utils.benchmark as benchmark
+
+    if not models:
+        raise ValueError("measure_latency_stats needs at least one model, got none")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    if isinstance(input_size, int):
+        shape = (3, input_size, input_size)
+    elif len(input_size) in (2, 3):
+        shape = (3, *input_size) if len(input_size) == 2 else tuple(input_size)
+    else:
+        raise ValueError(f"input_size must be an int or (C, H, W), got {input_size!r}")
+    threads = threads or torch.get_num_threads()
+    x = torch.randn(batch, *shape, device=device)
+    timers = {}
+    for name, model in models.items():
+        timed = copy.deepcopy(model).eval().to(device)
+        with torch.inference_mode():
+            timed(x)  # warm-up outside the timer
+        timers[name] = benchmark.Timer(stmt="with torch.inference_mode(): model(x)",
+                                       globals={"model": timed, "x": x, "torch": torch}, num_threads=threads)
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
+    for round_index in range(repeats):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            m = timers[name].blocked_autorange(min_run_time=min_run_time_s / repeats)
+            samples[name].append(m.median * 1e3)
+    out = {}
+    for name, times in samples.items():
+        q = torch.tensor(times, dtype=torch.float64).quantile(torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+        out[name] = LatencyStats(median_ms=float(q[1]), p25_ms=float(q[0]), p75_ms=float(q[2]), min_ms=min(times),
+                                 max_ms=max(times), repeats=repeats, batch=batch, threads=threads)
+    return out
