@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -223,14 +223,20 @@ class CandidateReport:
         return self.macs_after / self.macs_before if self.macs_before else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (without the model), with `macs_ratio`."""
-        out = {k: v for k, v in asdict(self).items() if k != "pruned_model"}
+        """JSON-serialisable form (without the model, which is never copied), with `macs_ratio`."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "pruned_model"}
+        out["plan"] = copy.deepcopy(self.plan)  # the caller may edit its dict; the report's plan stays as measured
         out["macs_ratio"] = self.macs_ratio
         return out
 
     def __getitem__(self, key: str) -> Any:
         """Dict-style access (`report["test_acc"]`) for callers written against a plain dict."""
-        return self.to_dict()[key]
+        if key == "pruned_model" or (key not in _REPORT_KEYS and key != "macs_ratio"):
+            raise KeyError(key)
+        return copy.deepcopy(self.plan) if key == "plan" else getattr(self, key)
+
+
+_REPORT_KEYS = frozenset(f.name for f in fields(CandidateReport))
 
 
 def report_candidate(
