@@ -37,8 +37,11 @@ test-slow: setup
 test-e2e: setup
 	$(PY) -m pytest -q tests/e2e
 
+LINT_PATHS := engine gui tests bench app.py
+
 lint: setup
-	$(VENV)/bin/ruff check engine gui tests bench app.py
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 clean-venv:
 	rm -rf $(VENV)
