@@ -10,7 +10,6 @@ import sys
 import threading
 
 import pytest
-
 import torch
 from torch import nn
 
