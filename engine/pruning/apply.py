@@ -15,6 +15,7 @@ from engine.errors import ModelError
 from engine.graph import Topology
 from engine.pruning.plan import PruningPlan
 from engine.pruning.select import select_channels
+from engine.pruning.sparse import apply_sparse, plan_sparse
 
 
 def resolve_plan(model: nn.Module, topology: Topology, plan: PruningPlan) -> PruningPlan:
@@ -115,6 +116,9 @@ def apply_plan(model: nn.Module, topology: Topology, plan: PruningPlan) -> nn.Mo
     """
     resolved = resolve_plan(model, topology, plan)
     pruned = copy.deepcopy(model)
+    sparse = plan_sparse(plan)
+    if sparse:  # unstructured masks (sparse.py) apply before any channel is removed
+        apply_sparse(pruned, sparse)
     modules = dict(pruned.named_modules())
     removed = removed_channels(topology, resolved)
     with torch.no_grad():

@@ -16,6 +16,7 @@ from torch import nn
 from engine.graph import Topology
 from engine.pruning.apply import removed_channels, resolve_plan
 from engine.pruning.plan import PruningPlan
+from engine.pruning.sparse import apply_sparse, plan_sparse
 
 
 def _zero_module(module: nn.Module, out_removed: list[int] | None, in_removed: list[int] | None) -> None:
@@ -51,6 +52,9 @@ def mask_model(model: nn.Module, topology: Topology, plan: PruningPlan, *, inpla
     """
     resolved = resolve_plan(model, topology, plan)
     masked = model if inplace else copy.deepcopy(model)
+    sparse = plan_sparse(plan)
+    if sparse:  # unstructured masks (sparse.py)
+        apply_sparse(masked, sparse)
     modules = dict(masked.named_modules())
     removed = removed_channels(topology, resolved)
     with torch.no_grad():
