@@ -305,18 +305,46 @@ def start_sensitivity(*, model: Any, topology: Any, data: Any, keep_ratios: list
 
 
 def start_finetune(*, model: Any, topology: Any, plan: Any, data: Any, epochs: int, distill: bool,
-                   report: Callable[..., Any], on_done: Callable[[Any], Any] | None = None) -> Job:
-    """Physically prune, fine-tune and measure a candidate in the background (engine.evaluate.report_candidate)."""
-    job = Job(kind="finetune", label=f"fine-tune {epochs} epoch(s)", total=max(1, epochs))
+                   report: Callable[..., Any], on_done: Callable[[Any], Any] | None = None,
+                   save_weights: Callable[[Any], Any] | None = None,
+                   measure_latency: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                   candidate_id: int | None = None) -> Job:
+    """Physically prune, fine-tune and measure a candidate in the background (engine.evaluate.report_candidate).
+
+    Args:
+        save_weights: stores the measured (fine-tuned when `epochs` > 0) pruned model and returns its path,
+            recorded as the result's ``weights_path``: what a download of this candidate must contain.
+        measure_latency: given {"baseline": model, "pruned": pruned}, returns name -> LatencyStats
+            (engine.cost.measure_latency_stats); replaces the report's single-median latency with interleaved
+            repeats, stored as ``latency_before`` / ``latency_after`` dicts beside the medians.
+        candidate_id: recorded in the job's info, so a page shows the result under this candidate only.
+    """
+    verb = f"fine-tune {epochs} epoch(s)" if epochs else "measure"
+    job = Job(kind="finetune", label=verb, total=max(1, epochs),
+              info={} if candidate_id is None else {"candidate_id": candidate_id})
 
     def work(job: Job) -> Any:
         def callback(progress: Any) -> None:
             epoch = int(getattr(progress, "epoch", 0))
-            job.report(done=epoch, message=f"epoch {epoch + 1}/{epochs}, loss {getattr(progress, 'loss', 0.0):.3f}")
+            steps = max(1, int(getattr(progress, "steps_per_epoch", 1) or 1))
+            step = int(getattr(progress, "step", 0))
+            job.report(done=epoch, message=f"epoch {min(epoch + 1, epochs)}/{epochs}, step {step}/{steps}, "
+                                           f"loss {getattr(progress, 'loss', 0.0):.3f}")
+            job.info["fraction"] = min(1.0, (epoch + step / steps) / max(1, epochs))
             job.checkpoint(unit_done=False)
 
-        rep = report(model, topology, plan, data, finetune_epochs=epochs, distill=distill, callback=callback)
+        job.report(message="pruning and scoring" if not epochs else "pruning, then fine-tuning")
+        extra = {"latency": False} if measure_latency is not None else {}
+        rep = report(model, topology, plan, data, finetune_epochs=epochs, distill=distill, callback=callback, **extra)
         out = rep.to_dict() if hasattr(rep, "to_dict") else dict(rep)
+        pruned = getattr(rep, "pruned_model", None)
+        if measure_latency is not None and pruned is not None:
+            job.report(message="measuring latency (baseline and pruned, interleaved repeats)")
+            stats = measure_latency({"baseline": model, "pruned": pruned})
+            out["latency_ms_before"], out["latency_ms_after"] = stats["baseline"].median_ms, stats["pruned"].median_ms
+            out["latency_before"], out["latency_after"] = stats["baseline"].to_dict(), stats["pruned"].to_dict()
+        if save_weights is not None and pruned is not None:
+            out["weights_path"] = str(save_weights(pruned))
         if on_done is not None:
             on_done(out)
         job.report(done=max(1, epochs), message="done")

@@ -1,4 +1,5 @@
-"""Compare page: every candidate in the run store, Pareto scatter, latency/params, kept channels, fine-tune, export."""
+"""Compare page: the run store's candidates made on the current weights, Pareto scatter, latency/params, kept channels,
+fine-tune, export. A download holds the weights that were measured (fine-tuned when fine-tuned)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,21 @@ st.title("Compare")
 ref = model_ref()
 
 EXPORT_FORMATS = {"state_dict": ".pt", "pt2": ".pt2", "onnx": ".onnx"}
+
+
+def candidate_weights(rec: Any, run_configs: dict[int, dict[str, Any]]) -> str | None:
+    """sha256 of the baseline weights a candidate was found on (its metrics, else its run's config), or None."""
+    for source in (rec.metrics or {}, rec.artifacts or {}, run_configs.get(rec.run_id) or {}):
+        if source.get("weights_sha256"):
+            return str(source["weights_sha256"])
+    return None
+
+
+def weights_label(sha: str | None, current: str) -> str:
+    """How the table names a candidate's weights."""
+    if sha is None:
+        return "not recorded"
+    return "these weights" if sha == current else f"other ({sha[:10]})"
 
 
 def candidate_rows(records: list[Any], *, baseline_macs: int | None, baseline_params: int | None,
@@ -46,15 +62,35 @@ def candidate_rows(records: list[Any], *, baseline_macs: int | None, baseline_pa
             "id": rec.id, "label": f"#{rec.id} {rec.method}", "method": rec.method, "run": rec.run_id,
             "macs": macs, "macs_ratio": m.get("macs_ratio", macs / baseline_macs if macs and baseline_macs else None),
             "params": params, "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc"),
-            "latency_ms": m.get("latency_ms_after"), "latency_before": m.get("latency_ms_before"), "finetune_epochs": m.get("finetune_epochs", 0),
+            "latency_ms": m.get("latency_ms_after"), "latency_before": m.get("latency_ms_before"),
+            "latency_stats": m.get("latency_after"), "latency_before_stats": m.get("latency_before"),
+            "latency_p25": (m.get("latency_after") or {}).get("p25_ms"),
+            "latency_p75": (m.get("latency_after") or {}).get("p75_ms"),
+            "latency": plots_text(m), "finetune_epochs": m.get("finetune_epochs", 0),
+            "weights_path": m.get("weights_path"), "measured_on": m.get("measured_on_weights_sha256"),
             "keep": keep, "plan": rec.plan, "created": rec.created_at,
         })
     return rows
 
 
-def _baseline_latency(rows: list[dict[str, Any]]) -> float | None:
-    """The unpruned model's latency, as measured next to the candidates (None when never measured)."""
-    return next((r["latency_before"] for r in rows if r.get("latency_before") is not None), None)
+def plots_text(metrics: dict[str, Any]) -> str:
+    """The candidate's latency as the table shows it: median with spread and repeats."""
+    return cp.latency_text(metrics.get("latency_after"), metrics.get("latency_ms_after"))
+
+
+def _baseline_latency(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The unpruned model's latency measured next to the newest measured candidate, with its spread if known."""
+    for r in sorted(rows, key=lambda r: r["id"], reverse=True):
+        if r.get("latency_before") is not None:
+            return {"median_ms": r["latency_before"], "stats": r.get("latency_before_stats"), "id": r["id"]}
+    return None
+
+
+def _save_measured_weights(pruned: Any, *, arch: str, cid: int) -> str:
+    """Keep the measured (fine-tuned) pruned weights so a download is exactly what was measured."""
+    out_dir = topoprune_home() / "finetuned"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return str(cache.engine("pruning").export_pruned(pruned, out_dir / f"{arch}-candidate{cid}.pt", format="state_dict"))
 
 
 with components.engine_errors("compare"):
@@ -63,10 +99,26 @@ with components.engine_errors("compare"):
     topology = cache.get_topology(ref)
     summary = cache.model_summary(ref)
     components.baseline_badge(loaded.trained, loaded.source)
-    only_this = st.toggle(f"Only candidates of `{ref.arch}` on `{ref.dataset}`", value=True, key="cmp_only")
+    digest = cache.weights_digest(ref)
+    only_this = st.toggle(f"Only candidates of `{ref.arch}` on `{ref.dataset}` made on these weights "
+                          f"(sha256 {digest[:10]})", value=True, key="cmp_only",
+                          help="A plan found on other weights says little about these: its accuracy was "
+                               "measured on a different network.")
     reopen = st.session_state.get(REOPEN_RUN)
     records = store.candidates(model=ref.arch if only_this else None, dataset=ref.dataset if only_this else None,
                                run_id=int(reopen) if reopen is not None else None)
+    run_configs = {r.id: dict(r.config or {}) for r in store.list_runs()}
+    weights_of = {rec.id: candidate_weights(rec, run_configs) for rec in records}
+    if only_this:
+        other = [rec for rec in records if weights_of[rec.id] not in (None, digest)]
+        records = [rec for rec in records if weights_of[rec.id] in (None, digest)]
+        if other:
+            st.caption(f"{len(other)} candidate(s) of `{ref.arch}` found on other weights are hidden; switch the "
+                       "toggle off to see every candidate.")
+    unknown = [rec.id for rec in records if weights_of[rec.id] is None]
+    if unknown:
+        st.warning(f"{len(unknown)} candidate(s) do not record which weights they were found on (column "
+                   "'weights': not recorded); their scores may belong to other weights.", icon=":material/help:")
     if reopen is not None:
         st.info(f"Showing run {reopen} only.")
         if st.button("Show every run", key="cmp_all_runs"):
@@ -74,18 +126,22 @@ with components.engine_errors("compare"):
             st.rerun()
     rows = candidate_rows(records, baseline_macs=summary.get("macs"), baseline_params=summary.get("params"),
                           topology=topology)
+    for r in rows:
+        r["weights"] = weights_label(weights_of.get(r["id"]), digest)
     if not rows:
         st.info("No candidates yet. Run a method on the Agent page; its best plan lands here.")
         st.stop()
 
-    table = [{k: r[k] for k in ("id", "method", "run", "macs_ratio", "val_acc", "test_acc", "latency_ms", "params",
-                                "finetune_epochs", "created")} for r in rows]
+    table = [{k: r[k] for k in ("id", "method", "run", "weights", "macs_ratio", "val_acc", "test_acc", "latency",
+                                "params", "finetune_epochs", "created")} for r in rows]
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={"macs_ratio": st.column_config.ProgressColumn("MACs kept", min_value=0.0, max_value=1.0,
                                                                                 format="percent"),
                                 "val_acc": st.column_config.NumberColumn("val top-1 %", format="%.2f"),
                                 "test_acc": st.column_config.NumberColumn("test top-1 %", format="%.2f"),
-                                "latency_ms": st.column_config.NumberColumn("latency ms", format="%.2f")})
+                                "latency": st.column_config.TextColumn("latency (median, spread)"),
+                                "weights": st.column_config.TextColumn("weights", help="the baseline weights the "
+                                                                       "candidate was found on (sha256)")})
     acc_key = st.radio("Accuracy", ["val_acc", "test_acc"], horizontal=True, key="cmp_acc",
                        format_func={"val_acc": "val (search score)", "test_acc": "test (measured/fine-tuned)"}.get)
     base = {"macs": summary.get("macs"), "params": summary.get("params")}
@@ -100,8 +156,15 @@ with components.engine_errors("compare"):
                     key="cmp_pareto")
     left, right = st.columns(2)
     if any(r["latency_ms"] is not None for r in rows):
-        left.plotly_chart(cp.metric_bars_figure(rows, "latency_ms", title="CPU latency (batch 1, this machine)",
-                                                unit="ms", baseline=_baseline_latency(rows)), key="cmp_latency")
+        base_lat = _baseline_latency(rows)
+        base_stats = (base_lat or {}).get("stats")
+        left.plotly_chart(cp.metric_bars_figure(
+            rows, "latency_ms", title="CPU latency (batch 1, this machine; bars: IQR over repeats)", unit="ms",
+            baseline=base_lat["median_ms"] if base_lat else None, spread_keys=("latency_p25", "latency_p75"),
+            baseline_spread=(base_stats["p25_ms"], base_stats["p75_ms"]) if base_stats else None), key="cmp_latency")
+        if base_lat:
+            left.caption(f"Baseline {cp.latency_text(base_stats, base_lat['median_ms'])}, measured next to "
+                         f"candidate #{base_lat['id']}. Press Measure again to re-measure.")
     else:
         left.markdown("**CPU latency (batch 1, this machine)**")
         left.caption("Not measured yet: press Measure (or Fine-tune) under One candidate below.")
@@ -133,15 +196,21 @@ with components.engine_errors("compare"):
             report = cache.engine_attr("evaluate", "report_candidate")
             plan_cls = cache.engine_attr("pruning", "PruningPlan")
 
-            def on_done(out: dict[str, Any], cid: int = cid, row: dict[str, Any] = row) -> None:
+            def on_done(out: dict[str, Any], cid: int = cid) -> None:
                 metrics = {k: out.get(k) for k in ("val_acc", "test_acc", "test_acc_before_finetune", "macs_before",
                                                    "macs_after", "params_before", "params_after", "latency_ms_before",
-                                                   "latency_ms_after", "finetune_epochs", "distill", "macs_ratio")}
+                                                   "latency_ms_after", "latency_before", "latency_after",
+                                                   "finetune_epochs", "distill", "macs_ratio", "weights_path")}
+                metrics["measured_on_weights_sha256"] = digest
                 cache.run_store().update_candidate(cid, metrics=metrics)
 
+            stats_fn = cache.engine_attr("cost", "measure_latency_stats")
+            data = cache.dataset_for(ref)
             st.session_state[FINETUNE_JOB] = jobs.start_finetune(
-                model=loaded.model, topology=topology, plan=plan_cls.from_dict(row["plan"]), data=cache.dataset_for(ref),
-                epochs=int(epochs), distill=distill, report=report, on_done=on_done)
+                model=loaded.model, topology=topology, plan=plan_cls.from_dict(row["plan"]), data=data,
+                epochs=int(epochs), distill=distill, report=report, on_done=on_done, candidate_id=cid,
+                save_weights=lambda pruned, cid=cid: _save_measured_weights(pruned, arch=ref.arch, cid=cid),
+                measure_latency=lambda models: stats_fn(models, data.input_size, repeats=5, min_run_time_s=1.0))
             st.rerun()
 
         def ft_panel() -> None:
@@ -150,13 +219,17 @@ with components.engine_errors("compare"):
             components.job_status(snap, idle_text="Runs in the background.")
             if snap and snap.status == "done" and snap.result:
                 r = snap.result
-                st.success(f"test top-1 {r.get('test_acc', float('nan')):.2f}%, latency "
-                           f"{r.get('latency_ms_after') or float('nan'):.2f} ms (was {r.get('latency_ms_before') or float('nan'):.2f})")
+                if snap.info.get("candidate_id", cid) == cid:
+                    st.success(f"test top-1 {r.get('test_acc', float('nan')):.2f}%, latency "
+                               f"{cp.latency_text(r.get('latency_after'), r.get('latency_ms_after'))} (baseline "
+                               f"{cp.latency_text(r.get('latency_before'), r.get('latency_ms_before'))})")
+                else:
+                    st.caption(f"The last result above is for candidate #{snap.info['candidate_id']}.")
             if snap and not snap.active and st.session_state.get("_ft_seen") is not job:
                 st.session_state["_ft_seen"] = job
                 st.rerun()
             if snap and snap.status == "error" and not snap.user_error and job.exception is not None:
-                raise job.exception
+                job.reraise()
 
         components.poll_while(ft_busy, ft_panel)
     with c2:
@@ -168,17 +241,35 @@ with components.engine_errors("compare"):
                            format_func={"state_dict": "state_dict (.pt)", "pt2": "torch.export (.pt2)",
                                         "onnx": "ONNX (.onnx)"}.get)
         exports: dict = st.session_state[EXPORTS]
+        kept = row.get("weights_path")
+        kept_ok = bool(kept) and Path(kept).exists() and row.get("measured_on") == digest
+        if kept_ok:
+            epochs_done = int(row.get("finetune_epochs") or 0)
+            st.caption(f"The file holds the measured weights: fine-tuned {epochs_done} epoch(s)." if epochs_done
+                       else "The file holds the measured weights (pruned, BN recalibrated, not fine-tuned).")
+        else:
+            if int(row.get("finetune_epochs") or 0) > 0:
+                st.warning("This candidate's fine-tuned weights were not kept (or belong to other weights); the "
+                           "file would hold the pruned baseline before fine-tuning. Fine-tune it again to "
+                           "download the fine-tuned weights.", icon=":material/warning:")
+            else:
+                st.caption("The file holds the plan applied to these baseline weights (not fine-tuned).")
+        source = kept if kept_ok else "baseline"
         if st.button("Prepare file", key="cmp_export", disabled=not row["plan"]):
             with st.spinner("Pruning and exporting..."):
                 pruning = cache.engine("pruning")
                 plan = pruning.PruningPlan.from_dict(row["plan"])
-                pruned = pruning.apply_plan(loaded.model, topology, plan)  # a new model; the cached one is untouched
+                if kept_ok:  # the weights that were measured (fine-tuned); the cached baseline is untouched
+                    pruned = pruning.load_pruned(loaded.model, topology, plan, kept)
+                else:
+                    pruned = pruning.apply_plan(loaded.model, topology, plan)  # a new model
                 out_dir = topoprune_home() / "exports"
                 out_dir.mkdir(parents=True, exist_ok=True)
-                path = out_dir / f"{ref.arch}-candidate{cid}{EXPORT_FORMATS[fmt]}"
-                exports[(cid, fmt)] = str(pruning.export_pruned(pruned, path, format=fmt,
-                                                                example_inputs=cache.example_inputs(ref)))
-        ready = exports.get((cid, fmt))
+                suffix = "-finetuned" if kept_ok and int(row.get("finetune_epochs") or 0) else ""
+                path = out_dir / f"{ref.arch}-candidate{cid}{suffix}{EXPORT_FORMATS[fmt]}"
+                exports[(cid, fmt, source)] = str(pruning.export_pruned(pruned, path, format=fmt,
+                                                                        example_inputs=cache.example_inputs(ref)))
+        ready = exports.get((cid, fmt, source))
         if ready and Path(ready).exists():
             st.download_button(f"Download {Path(ready).name}", Path(ready).read_bytes(), file_name=Path(ready).name,
                                key="cmp_dl_model")

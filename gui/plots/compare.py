@@ -54,14 +54,43 @@ def pareto_figure(candidates: Sequence[Mapping[str, Any]], *, baseline: Mapping[
     return fig
 
 
+def latency_text(stats: Mapping[str, Any] | None, median_ms: float | None = None) -> str:
+    """A latency as median and spread, e.g. "3.73 ms (IQR 3.60-3.95, range 3.5-4.2, 5 repeats)".
+
+    `stats` is a LatencyStats.to_dict(); without it, a bare `median_ms` is said to be one measurement.
+    """
+    if stats and stats.get("median_ms") is not None:
+        text = (f"{stats['median_ms']:.2f} ms (IQR {stats['p25_ms']:.2f}-{stats['p75_ms']:.2f}, range "
+                f"{stats['min_ms']:.2f}-{stats['max_ms']:.2f}, {int(stats['repeats'])} repeats)")
+        return text + (" - noisy, re-measure" if stats.get("noisy") else "")
+    if median_ms is not None:
+        return f"{median_ms:.2f} ms (one measurement, spread unknown)"
+    return "not measured"
+
+
 def metric_bars_figure(candidates: Sequence[Mapping[str, Any]], key: str, *, title: str, unit: str = "",
-                       baseline: float | None = None) -> go.Figure:
-    """One bar per candidate for `key` (latency_ms, params, ...), the baseline as a dashed line."""
+                       baseline: float | None = None, spread_keys: tuple[str, str] | None = None,
+                       baseline_spread: tuple[float, float] | None = None) -> go.Figure:
+    """One bar per candidate for `key` (latency_ms, params, ...), the baseline as a dashed line.
+
+    With `spread_keys` (low, high), e.g. ("latency_p25", "latency_p75"), each bar gets an error bar over that
+    range; `baseline_spread` shades the baseline's range the same way.
+    """
     rows = [c for c in candidates if c.get(key) is not None]
+    error_y = None
+    if spread_keys is not None:
+        low, high = spread_keys
+        error_y = {"type": "data", "symmetric": False, "color": "#333",
+                   "array": [max(0.0, (c.get(high) if c.get(high) is not None else c[key]) - c[key]) for c in rows],
+                   "arrayminus": [max(0.0, c[key] - (c.get(low) if c.get(low) is not None else c[key]))
+                                  for c in rows]}
     fig = go.Figure(go.Bar(x=[str(c.get("label", c.get("id"))) for c in rows], y=[c[key] for c in rows],
-                           marker_color="#4C78A8"))
+                           marker_color="#4C78A8", error_y=error_y))
+    if baseline_spread is not None:
+        fig.add_hrect(y0=baseline_spread[0], y1=baseline_spread[1], fillcolor="#d62728", opacity=0.12, line_width=0)
     if baseline is not None:
-        fig.add_hline(y=baseline, line_dash="dash", line_color="#d62728", annotation_text="baseline")
+        fig.add_hline(y=baseline, line_dash="dash", line_color="#d62728", annotation_text="baseline",
+                      annotation_position="top left", annotation_bgcolor="rgba(255,255,255,0.7)")
     fig.update_layout(title=title, height=300, margin=_MARGIN, yaxis_title=unit, xaxis={"tickangle": -30})
     return fig
 
