@@ -8,24 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from engine.errors import CheckpointError, TopoPruneError
+from engine.services import LoadedModel, load_shipped_baseline
 
-
-@dataclass
-class LoadedModel:
-    """A model ready for a command, with where its weights came from."""
-
-    model: Any
-    name: str
-    num_classes: int
-    width: float
-    input_size: int
-    weights: str  # "random", "shipped", or the checkpoint path
-    meta: dict[str, Any]
+__all__ = ["CommandContext", "LoadedModel", "Progress", "load_shipped_baseline"]
 
 
 class Progress:
@@ -125,7 +112,8 @@ class CommandContext:
                 else the checkpoint's, else 10 for the CIFAR zoo and 1000 for torchvision models.
             need_data: the command uses the dataset, so the class count comes from it.
         """
-        from engine.zoo import CIFAR_MODELS, build_model, default_input_size
+        from engine.services import ModelRequest, load_model
+        from engine.zoo import default_input_size
 
         a = self.args
         if need_data and a.num_classes and a.num_classes != self.data().num_classes:
@@ -135,46 +123,15 @@ class CommandContext:
             )
         num_classes = num_classes or a.num_classes or (self.data().num_classes if need_data else None)
         input_size = a.input_size or (self.data().input_size if need_data else default_input_size(name))
-        checkpoint = a.checkpoint
-        if checkpoint is None:
-            # Without a dataset, a model gets the class count it is known by (ImageNet's 1000 for torchvision).
-            num_classes = num_classes or (10 if name in CIFAR_MODELS else 1000)
-            model = build_model(name, num_classes=num_classes, width=a.width)
-            return LoadedModel(model, name, num_classes, a.width, input_size, "random", {})
-        if checkpoint == "shipped":
-            loaded = load_shipped_baseline(name, getattr(a, "dataset", None))
-            weights = "shipped"
-        else:
-            from engine.checkpoints import load_checkpoint
-
-            path = Path(checkpoint).expanduser()
-            if not path.is_file():
-                raise CheckpointError(f"checkpoint {path} does not exist; check the path given to --checkpoint")
-            kwargs: dict[str, Any] = {"arch": name}
-            if num_classes:
-                kwargs["num_classes"] = num_classes
-            if a.width != 1.0:
-                kwargs["width"] = a.width
-            try:
-                loaded = load_checkpoint(path, **kwargs)
-            except TopoPruneError:
-                raise
-            except Exception as exc:  # torch.load raises odd types on odd bytes (IndexError on text files)
-                detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-                raise CheckpointError(
-                    f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {detail}); provide a "
-                    f"state_dict saved with torch.save or a .safetensors file"
-                ) from exc
-            weights = str(path)
-        meta = _meta_dict(getattr(loaded, "meta", {}))
-        model = loaded.model
-        model_classes = int(meta.get("num_classes") or num_classes or 10)
-        if need_data and model_classes != self.data().num_classes:
+        request = ModelRequest(name, weights=a.checkpoint or "random", dataset=getattr(a, "dataset", None),
+                               num_classes=num_classes, width=a.width, input_size=input_size)
+        loaded = load_model(request)
+        if need_data and a.checkpoint is not None and loaded.num_classes != self.data().num_classes:
             raise CheckpointError(
-                f"checkpoint {weights} has {model_classes} classes but dataset {self.data().name} has "
+                f"checkpoint {loaded.weights} has {loaded.num_classes} classes but dataset {self.data().name} has "
                 f"{self.data().num_classes}; use a checkpoint trained on {self.data().name}"
             )
-        return LoadedModel(model, name, model_classes, float(meta.get("width") or a.width), input_size, weights, meta)
+        return loaded
 
     def example_inputs(self, loaded: LoadedModel):
         """A zero batch of one image at the model's input size."""
@@ -210,25 +167,3 @@ class CommandContext:
         if self._store is not None:
             self._store.close()
             self._store = None
-
-
-def load_shipped_baseline(name: str, dataset: str | None = None):
-    """The shipped baseline of model `name` trained on `dataset` (``--checkpoint shipped``; default shapes10).
-
-    Raises:
-        CheckpointError: none is shipped for that (model, dataset), or its file fails the sha256 check.
-    """
-    from engine.checkpoints import DEFAULT_DATASET, load_shipped
-
-    return load_shipped(name, dataset=dataset or DEFAULT_DATASET)
-
-
-def _meta_dict(meta: Any) -> dict[str, Any]:
-    if meta is None:
-        return {}
-    if isinstance(meta, dict):
-        return meta
-    to_dict = getattr(meta, "to_dict", None)
-    if callable(to_dict):
-        return to_dict()
-    return dict(getattr(meta, "__dict__", {}))

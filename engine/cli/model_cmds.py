@@ -141,8 +141,8 @@ def cmd_graph(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
 # ----------------------------------------------------------------------------------------------- train
 def cmd_train(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     """``topoprune train MODEL --epochs N --out FILE``: test_acc, path."""
-    from engine.checkpoints import save_checkpoint
-    from engine.train import TrainConfig, evaluate, train_model
+    from engine.services import TrainRequest, train_baseline
+    from engine.train import TrainConfig
 
     a = ctx.args
     out = Path(a.out).expanduser()
@@ -150,7 +150,6 @@ def cmd_train(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         raise TopoPruneError(f"folder {out.parent} does not exist; create it or choose another --out path")
     data = ctx.data()
     loaded = ctx.load_model(a.model, need_data=True)
-    model = loaded.model
     extra: dict[str, Any] = {}
     if ctx.device() != "cpu":
         if "device" in getattr(TrainConfig, "__dataclass_fields__", {}):
@@ -159,33 +158,25 @@ def cmd_train(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
             ctx.log(f"topoprune: warning: engine.train has no device option yet; training on cpu, not {a.device}")
     config = TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, seed=a.seed,
                          max_batches_per_epoch=a.max_batches_per_epoch, augment=not a.no_augment, **extra)
+    request = TrainRequest(a.model, out, config, a.dataset, width=loaded.width, eval_limit=a.eval_limit,
+                           command=ctx.command_line)
     bar = ctx.progress(total=100, desc=f"train {a.model} (%)")
 
     def on_progress(p: Any) -> None:
         bar.update_to(round(100 * p.fraction), 100, f"epoch {p.epoch} loss {p.loss:.3f} lr {p.lr:.3g}")
 
-    start = time.perf_counter()
-    trained = train_model(model, data, config, callback=on_progress)
+    saved = train_baseline(request, data, model=loaded.model, callback=on_progress)
     bar.close()
-    test = evaluate(model, data, "test", limit=a.eval_limit)
-    val = evaluate(model, data, "val", limit=a.eval_limit)
-    seconds = time.perf_counter() - start
-    recipe = {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size, "seed": a.seed,
-              "max_batches_per_epoch": a.max_batches_per_epoch, "augment": not a.no_augment,
-              "dataset": a.dataset, "seconds": seconds, "command": ctx.command_line}
-    metrics = {"test_acc": test.top1, "test_top5": test.top5, "val_acc": val.top1}
-    path = save_checkpoint(out, model.cpu(), arch=a.model, dataset=a.dataset, num_classes=loaded.num_classes,
-                           width=loaded.width, metrics=metrics, recipe=recipe)
     result = {
         "model": a.model,
         "dataset": a.dataset,
         "epochs": a.epochs,
-        "test_acc": test.top1,
-        "val_acc": val.top1,
-        "epoch_losses": list(trained.epoch_losses),
-        "images_per_s": trained.images_per_s,
-        "seconds": seconds,
-        "path": str(Path(path).resolve()),
+        "test_acc": saved.test_acc,
+        "val_acc": saved.val_acc,
+        "epoch_losses": saved.epoch_losses,
+        "images_per_s": saved.images_per_s,
+        "seconds": saved.seconds,
+        "path": str(saved.path),
     }
     return result, lambda r: (f"trained {r['model']} on {r['dataset']} for {r['epochs']} epochs in "
                               f"{r['seconds']:.1f} s: test top-1 {r['test_acc']:.2f}%, val {r['val_acc']:.2f}%\n"
