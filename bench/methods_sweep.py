@@ -34,6 +34,16 @@ LABELS = {"val_before": "val (no FT)", "test_before": "test (no FT)", "val_after
           "test_after": "test (FT)"}
 
 
+def sweep_options(name: str, episodes: int, quick: bool,
+                  method_options: Callable[[str, int, bool], dict[str, Any]]) -> dict[str, Any]:
+    """bench_methods' options, except that sensitivity reuses its curves: they depend on neither the budget
+    nor the seed (deterministic on the fixed val subset), so later runs are cache hits with the same plan."""
+    opts = method_options(name, episodes, quick)
+    if name == "sensitivity":
+        opts["use_cache"] = True
+    return opts
+
+
 def measure_plan(model: torch.nn.Module, topology: Any, plan: Any, data: Any, scoring: ScoringConfig, *,
                  seed: int, finetune_batches: int, finetune_lr: float, val_size: int | None,
                  test_size: int | None) -> dict[str, float]:
@@ -168,7 +178,7 @@ def run_sweep(args: Any, names: list[str], model: torch.nn.Module, dataset: str,
                      "report_val_size": args.report_val_size, "test_size": args.test_size,
                      "finetune_batches": finetune_batches, "finetune_fraction": finetune_batches / steps_per_epoch,
                      "finetune_lr": args.finetune_lr, "scoring": scoring.to_dict(),
-                     "options": {n: method_options(n, args.episodes, args.quick) for n in names}},
+                     "options": {n: sweep_options(n, args.episodes, args.quick, method_options) for n in names}},
         "baseline": {"search_val_acc": Scorer(model, topology, data, scoring).score(full),
                      "val_acc": evaluate(model, data, "val", limit=args.report_val_size).top1,
                      "test_acc": evaluate(model, data, "test", limit=args.test_size).top1,
@@ -190,7 +200,7 @@ def run_sweep(args: Any, names: list[str], model: torch.nn.Module, dataset: str,
         for name in names:
             scorer = Scorer(model, topology, data, scoring)
             ctx = MethodContext(model=model, topology=topology, data=data, budget=budget, seed=seed, scorer=scorer)
-            result = run_method(name, ctx, **method_options(name, args.episodes, args.quick))
+            result = run_method(name, ctx, **sweep_options(name, args.episodes, args.quick, method_options))
             row = {"budget": budget, "seed": seed, "method": name, "kind": get_method(name).kind,
                    "n_scored": result.n_scored, "search_seconds": result.seconds, "val_acc": result.val_acc,
                    "macs_ratio": result.macs_ratio, "plan": result.plan.to_dict()}
