@@ -30,11 +30,14 @@ def test_a_single_repeat_has_no_spread():
     assert stats.min_ms == stats.p25_ms == stats.median_ms == stats.max_ms and not stats.noisy
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"repeats": 0}, "repeats must be >= 1, got 0"),
-    ({"batch": 0}, "batch must be >= 1, got 0"),
-    ({"threads": 0}, "threads must be >= 1 or None, got 0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"repeats": 0}, "repeats must be >= 1, got 0"),
+        ({"batch": 0}, "batch must be >= 1, got 0"),
+        ({"threads": 0}, "threads must be >= 1 or None, got 0"),
+    ],
+)
 def test_bad_arguments_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         measure_latency_stats({"m": nn.Identity()}, 8, **kwargs)

@@ -28,12 +28,23 @@ def _fast_thread_switching():
 def _small_net(width: int) -> nn.Module:
     torch.manual_seed(width)
     block = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-    return nn.Sequential(block, nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU()),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 4)).eval()
+    return nn.Sequential(
+        block,
+        nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU()),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, 4),
+    ).eval()
 
 
-def _forward_loop(model: nn.Module, x: torch.Tensor, expected: torch.Tensor, stop: threading.Event,
-                  errors: list, counts: list) -> None:
+def _forward_loop(
+    model: nn.Module,
+    x: torch.Tensor,
+    expected: torch.Tensor,
+    stop: threading.Event,
+    errors: list,
+    counts: list,
+) -> None:
     try:
         with torch.no_grad():
             while not stop.is_set():
@@ -53,7 +64,9 @@ def test_tracing_leaves_forwards_in_other_threads_alone():
         expected = model_a(x)
     reference = trace_model(meta_copy(model_b), meta_inputs(x))
     stop, errors, counts = threading.Event(), [], [0]
-    worker = threading.Thread(target=_forward_loop, args=(model_a, x, expected, stop, errors, counts), daemon=True)
+    worker = threading.Thread(
+        target=_forward_loop, args=(model_a, x, expected, stop, errors, counts), daemon=True
+    )
     worker.start()
     try:
         for _ in range(10):
@@ -84,7 +97,9 @@ def test_two_threads_tracing_at_once_both_get_their_own_graph():
         except Exception as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=trace_many, args=(m, n)) for m, n in zip(models, expected, strict=True)]
+    threads = [
+        threading.Thread(target=trace_many, args=(m, n)) for m, n in zip(models, expected, strict=True)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -49,8 +49,10 @@ def agent_page() -> AppTest:
 
 
 def buttons(at: AppTest) -> dict[str, tuple[str, bool]]:
-    return {key: (at.button(key=key).label, at.button(key=key).disabled)
-            for key in ("agent_launch", "agent_pause", "agent_step", "agent_stop")}
+    return {
+        key: (at.button(key=key).label, at.button(key=key).disabled)
+        for key in ("agent_launch", "agent_pause", "agent_step", "agent_stop")
+    }
 
 
 def test_a_pause_after_step_leaves_resume_and_step_enabled_and_a_stale_pause_click_pauses():
@@ -58,13 +60,19 @@ def test_a_pause_after_step_leaves_resume_and_step_enabled_and_a_stale_pause_cli
     job, gate = gated_job(4, steps=1)
     at.session_state[SEARCH_JOB] = job
     at.run()
-    assert buttons(at) == {"agent_launch": ("Launch", True), "agent_pause": ("Pause", False),
-                           "agent_step": ("Step", True), "agent_stop": ("Stop", False)}
+    assert buttons(at) == {
+        "agent_launch": ("Launch", True),
+        "agent_pause": ("Pause", False),
+        "agent_step": ("Step", True),
+        "agent_stop": ("Stop", False),
+    }
     gate.set()
     wait_status(job, "paused")  # the Step ended while the page showed "Pause"
     at.button(key="agent_pause").click().run()  # the user clicks the (stale) Pause
     time.sleep(0.1)
-    assert job.snapshot().status == "paused" and job.snapshot().done == 1, "a click on Pause must never resume"
+    assert job.snapshot().status == "paused" and job.snapshot().done == 1, (
+        "a click on Pause must never resume"
+    )
     assert buttons(at)["agent_pause"] == ("Resume", False) and buttons(at)["agent_step"] == ("Step", False)
     assert at.session_state["_agent_seen"] == (id(job), job.snapshot().version)
 
@@ -83,8 +91,12 @@ def test_a_pause_after_step_leaves_resume_and_step_enabled_and_a_stale_pause_cli
         time.sleep(0.05)
     assert job.wait(10) and job.snapshot().status == "done" and job.snapshot().done == 4
     at.run()
-    assert buttons(at) == {"agent_launch": ("Launch", False), "agent_pause": ("Pause", True),
-                           "agent_step": ("Step", False), "agent_stop": ("Stop", True)}
+    assert buttons(at) == {
+        "agent_launch": ("Launch", False),
+        "agent_pause": ("Pause", True),
+        "agent_step": ("Step", False),
+        "agent_stop": ("Stop", True),
+    }
 
 
 def test_pause_shows_resume_at_once_and_stop_ends_a_paused_job():

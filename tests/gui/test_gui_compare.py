@@ -38,7 +38,9 @@ def add(store, *, sha: str | None, val: float) -> int:
     metrics = {"val_acc": val, "macs_ratio": 0.5}
     if sha is not None:
         metrics["weights_sha256"] = sha
-    return store.add_candidate(method="random", model="cifar_resnet20", dataset="shapes10", plan=PLAN, metrics=metrics)
+    return store.add_candidate(
+        method="random", model="cifar_resnet20", dataset="shapes10", plan=PLAN, metrics=metrics
+    )
 
 
 def wait_done(at: AppTest) -> None:
@@ -61,9 +63,13 @@ def test_candidates_on_other_weights_are_hidden_and_provenance_is_shown(monkeypa
     at = compare_page()
     table = at.dataframe[0].value
     assert list(table["weights"]) == ["these weights", "not recorded"]
-    assert any("1 candidate(s) of `cifar_resnet20` found on other weights are hidden" in c.value for c in at.caption)
+    assert any(
+        "1 candidate(s) of `cifar_resnet20` found on other weights are hidden" in c.value for c in at.caption
+    )
     assert any("do not record which weights" in w.value for w in at.warning)
-    pareto = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Accuracy vs MACs" in c.proto.spec)
+    pareto = next(
+        json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Accuracy vs MACs" in c.proto.spec
+    )
     plotted = [y for trace in pareto["data"] if trace.get("name") == "random" for y in trace["y"]]
     assert sorted(plotted) == [41.0, 50.0]  # not the 72 % found on other weights
     at.toggle(key="cmp_only").set_value(False).run()
@@ -89,14 +95,22 @@ def test_download_after_fine_tune_is_the_fine_tuned_model_tensor_for_tensor(monk
             for p in pruned.parameters():
                 p.add_(0.125)
         tuned["state"] = {k: v.clone() for k, v in pruned.state_dict().items()}
-        report = {"val_acc": 41.0, "test_acc": 88.0, "finetune_epochs": finetune_epochs, "macs_after": 1,
-                  "params_after": 1}
+        report = {
+            "val_acc": 41.0,
+            "test_acc": 88.0,
+            "finetune_epochs": finetune_epochs,
+            "macs_after": 1,
+            "params_after": 1,
+        }
         return SimpleNamespace(to_dict=lambda: dict(report), pruned_model=pruned)
 
     real_stats = engine.cost.measure_latency_stats
     monkeypatch.setattr(engine.evaluate, "report_candidate", fake_report)
-    monkeypatch.setattr(engine.cost, "measure_latency_stats",
-                        lambda models, size, **_: real_stats(models, size, repeats=3, threads=1, min_run_time_s=0.06))
+    monkeypatch.setattr(
+        engine.cost,
+        "measure_latency_stats",
+        lambda models, size, **_: real_stats(models, size, repeats=3, threads=1, min_run_time_s=0.06),
+    )
     at = compare_page()
     at.selectbox(key="cmp_one").set_value(cid).run()
     at.number_input(key="cmp_ft_epochs").set_value(1).run()
@@ -120,8 +134,11 @@ def test_download_after_fine_tune_is_the_fine_tuned_model_tensor_for_tensor(monk
     assert state.keys() == tuned["state"].keys()
     for key, tensor in tuned["state"].items():
         assert torch.equal(state[key], tensor), key
-    untuned = apply_plan(cache.load_model(at.session_state["model_ref"]).model, cache.get_topology(
-        at.session_state["model_ref"]), PruningPlan.from_dict(PLAN)).state_dict()
+    untuned = apply_plan(
+        cache.load_model(at.session_state["model_ref"]).model,
+        cache.get_topology(at.session_state["model_ref"]),
+        PruningPlan.from_dict(PLAN),
+    ).state_dict()
     assert not all(torch.equal(state[k], untuned[k]) for k in state)
 
     at.selectbox(key="cmp_one").set_value(other).run()  # the result box belongs to candidate `cid` only
