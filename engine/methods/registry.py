@@ -319,6 +319,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "engine.methods.fisher",
     "engine.methods.random_search",
     "engine.methods.amc",
+    "engine.methods.surp",
     "engine.rl.method",
 )
 _catalog_loaded = False
