@@ -33,7 +33,7 @@ RECIPES = {  # dataset -> arch -> recipe; sized for ~10-15 minutes on one CPU th
     # Fashion-MNIST has 54,000 training images (after val), 422 batches an epoch: short schedules, capped batches.
     "fashion-mnist": {
         "cifar_resnet20": {"width": 1.0, "epochs": 2, "warmup_epochs": 0.3},
-        "cifar_resnet56": {"width": 1.0, "epochs": 1, "max_batches": 160, "warmup_epochs": 0.15},
+        "cifar_resnet56": {"width": 1.0, "epochs": 1, "max_batches": 120, "warmup_epochs": 0.15},
         "cifar_mobilenet_v2": {"width": 0.5, "epochs": 2, "warmup_epochs": 0.3},
         "cifar_vgg16": {"width": 0.25, "epochs": 2, "warmup_epochs": 0.3},
     },
