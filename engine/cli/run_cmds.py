@@ -21,6 +21,14 @@ from engine.errors import TopoPruneError
 from engine.pruning.budget import METRICS as BUDGET_METRICS
 
 
+def check_workers(a: argparse.Namespace) -> None:
+    """--workers must be >= 1 (checked before any run is created or claimed)."""
+    if a.workers < 1:
+        raise TopoPruneError(f"--workers must be >= 1, got {a.workers}; 1 scores in this process")
+    if a.executor == "process" and a.ray_address:
+        raise TopoPruneError("--ray-address joins a Ray cluster; drop --executor process (or the address)")
+
+
 def is_resumable(method: str) -> bool:
     """True for search methods: the search driver records their episodes and resumable state."""
     from engine.methods import get_method
@@ -45,11 +53,13 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                    help="a method option (repeatable; `topoprune info --methods --json` lists them)")
     p.add_argument("--val-size", type=_positive_int, default=512, metavar="N", help="val images scored (default 512)")
     p.add_argument("--round-to", type=_positive_int, default=1, metavar="N", help="round channel counts to N")
+    add_executor_arguments(p)
     p.set_defaults(handler=cmd_search)
 
     p = commands.add_parser("resume", parents=[common], help="continue an interrupted or paused search run",
                             description="Continue a run from its last recorded episode and saved state.")
     p.add_argument("run_id", type=int, metavar="RUN_ID")
+    add_executor_arguments(p)
     p.set_defaults(handler=cmd_resume)
 
     p = commands.add_parser("runs", parents=[common], help="list the recorded runs (or show one)",
@@ -62,6 +72,23 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.set_defaults(handler=cmd_runs)
 
 
+def add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    """--workers / --executor / --ray-address: where candidates are scored (the run store stays here)."""
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="score N candidates at a time in N workers (default 1: in this process)")
+    p.add_argument("--executor", choices=("process", "ray"), default=None,
+                   help="workers as local processes, or Ray actors (default: ray; needs pip install -e '.[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join a running Ray cluster (e.g. 10.0.0.5:6379) instead of starting a local one")
+
+
+def _executor(ctx: CommandContext, mctx: Any) -> Any:
+    from engine.search.executors import make_executor
+
+    a = ctx.args
+    return make_executor(mctx, backend=a.executor, workers=a.workers, address=a.ray_address)
+
+
 # ----------------------------------------------------------------------------------------------- search
 def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     """``topoprune search MODEL --method M --budget B --episodes N``: run_id, episodes, best_val_acc, ..."""
@@ -69,6 +96,7 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
 
     a = ctx.args
     budget = check_budget(a.budget)
+    check_workers(a)
     spec = get_method(a.method)
     metric = getattr(a, "budget_metric", None) or "macs"
     if metric not in spec.budget_metrics:
@@ -90,7 +118,7 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     loaded = ctx.load_model(a.model, need_data=True)
     config = {
         "model": a.model, "method": a.method, "budget": budget, "budget_metric": metric, "options": options,
-        "val_size": a.val_size,
+        "val_size": a.val_size, "batch_size": max(1, a.workers),
         "round_to": a.round_to, "dataset": a.dataset, "data_dir": a.data_dir, "checkpoint": a.checkpoint,
         "input_size": loaded.input_size, "seed": a.seed, "num_classes": loaded.num_classes, "width": loaded.width,
         "weights": loaded.weights, "command": ctx.command_line,
@@ -127,8 +155,13 @@ def _drive(ctx: CommandContext, run_id: int, loaded: Any, config: dict[str, Any]
         model=loaded.model, topology=topology, data=data, budget=config["budget"], seed=int(config["seed"]),
         scoring=scoring_config(ctx, int(config["val_size"])), callback=on_event, store=store, run_id=run_id,
         round_to=int(config.get("round_to", 1)), budget_metric=metric, resume=resume,
+        batch_size=int(config.get("batch_size") or 1),  # the run's own: a resume with other --workers replays it
     )
-    result = run_method(method, mctx, **dict(config["options"]))
+    mctx.executor = _executor(ctx, mctx)
+    try:
+        result = run_method(method, mctx, **dict(config["options"]))
+    finally:
+        mctx.executor.close()
     bar.close()
     from engine.pruning.budget import Budget
 
@@ -168,6 +201,7 @@ def _human_search(r: dict[str, Any]) -> str:
 def cmd_resume(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     """``topoprune resume RUN_ID``: continue the run; output as ``search``."""
     a = ctx.args
+    check_workers(a)
     store = ctx.store()
     run = store.get_run(a.run_id)
     if not is_resumable(run.method):

@@ -162,6 +162,7 @@ class MethodContext:
         resume: Search methods continue the stored run `run_id` from its saved state (engine.search.driver).
         batch_size: Plans a search method proposes and has scored per batch.
         score_fn: plan -> val top-1 (%) instead of the shared scorer (tests, synthetic runs).
+        executor: Where search methods' batches are scored (engine.search.executors); None = this process.
     """
 
     model: nn.Module
@@ -180,6 +181,7 @@ class MethodContext:
     resume: bool = False
     batch_size: int = 1
     score_fn: Callable[[PruningPlan], float] | None = None
+    executor: Any | None = None
 
     @property
     def budget_spec(self) -> Budget:

@@ -46,7 +46,10 @@ class SearchDriver:
         ctx: The MethodContext; `ctx.store` / `ctx.run_id` (optional) receive the run's episodes; with
             `ctx.resume` the run continues from its saved state.
         options: Validated options of the method.
-        batch_size: Proposals scored per batch (state is saved after each batch).
+        batch_size: Proposals scored per batch (state is saved after each batch); default ctx.batch_size.
+
+    `ctx.executor` (engine.search.executors) scores each batch: in this process by default, or spread over
+    worker processes / Ray actors; only the driver writes the store.
     """
 
     def __init__(self, spec: Any, ctx: Any, options: dict[str, Any], *, batch_size: int | None = None) -> None:
@@ -58,6 +61,11 @@ class SearchDriver:
         if self.store is not None and self.run_id is not None:
             self.state_path = state_dir_for(self.run_id) / STATE_FILE
         self.method: SearchMethod = spec.searcher(ctx, self.options)
+        self.executor = getattr(ctx, "executor", None)
+        if self.executor is None:
+            from engine.search.executors import InlineExecutor
+
+            self.executor = InlineExecutor(ctx)
         self.episode = 0  # proposals recorded so far (the next episode's index)
         self.n_scored = 0
         self.history: list[Any] = []  # scored Candidates, in episode order
@@ -105,7 +113,10 @@ class SearchDriver:
         return sub
 
     def _settle(self, proposals: list[Proposal]) -> list[Any]:
-        scored = [Scored(p, self._score(p.plan)) for p in proposals]
+        plans = [p.plan for p in proposals if p.plan is not None]
+        scores = iter(self.executor.score(plans) if plans else [])
+        self.n_scored += len(plans)
+        scored = [Scored(p, None if p.plan is None else next(scores)) for p in proposals]
         rewards = self.method.observe(scored)
         out = [self._record(s, r) for s, r in zip(scored, rewards, strict=True)]
         self.save()
@@ -115,7 +126,7 @@ class SearchDriver:
         if plan is None:
             return None
         self.n_scored += 1
-        return float(self.ctx.score(plan))
+        return float(self.executor.score([plan])[0])
 
     def _record(self, scored: Scored, method_reward: float | None) -> Any:
         from engine.methods.registry import Candidate
