@@ -12,20 +12,17 @@ from typing import Any
 import streamlit as st
 
 from engine.errors import TopoPruneError
-from gui.cache import EngineGap
 from gui.jobs import JobSnapshot
 
 
 @contextmanager
 def engine_errors(what: str = "") -> Iterator[None]:
-    """Show the engine's documented errors with st.error and a missing engine piece with st.info.
+    """Show the engine's documented errors with st.error.
 
     Unexpected exceptions pass through (they are bugs and should surface).
     """
     try:
         yield
-    except EngineGap as gap:
-        st.info(str(gap), icon=":material/construction:")
     except TopoPruneError as exc:
         st.error(f"{what + ': ' if what else ''}{exc}", icon=":material/error:")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import streamlit as st
 
+from engine.evaluate import ScoringConfig
 from gui import cache, components, jobs, search_jobs
 from gui.plots import agent as ap
 from gui.plots import graph_view as gv
@@ -116,13 +117,13 @@ with components.engine_errors("agent"):
             bn_batches = st.number_input("BN recalibration batches", 1, 50, 4, key="agent_bn_batches")
     if episodes is not None:
         options["episodes"] = int(episodes)
-    scoring = cache.engine_attr("evaluate", "ScoringConfig")(val_size=int(val_size), bn_batches=int(bn_batches))
+    scoring = ScoringConfig(val_size=int(val_size), bn_batches=int(bn_batches))
 
     def launch(steps: int | None) -> None:
         common = dict(method=spec["name"], model=loaded.model, topology=topology, data=cache.dataset_for(ref),
                       budget=budget, options=options, model_name=ref.arch, dataset=ref.dataset, seed=int(seed),
                       steps=steps, scoring=scoring,
-                      store_factory=cache.run_store if cache.engine_available("store") else None)
+                      store_factory=cache.run_store)
         if spec["kind"] == "search":
             st.session_state[SEARCH_JOB] = search_jobs.start_search(step_unit=step_unit,
                                                                     provenance=search_jobs.provenance_of(ref), **common)
@@ -193,7 +194,7 @@ with components.engine_errors("agent"):
                 st.session_state[SEARCH_JOB] = search_jobs.start_search(
                     method=run.method, model=loaded.model, topology=topology, data=cache.dataset_for(ref),
                     budget=float(run.budget), options={}, model_name=run.model, dataset=run.dataset,
-                    scoring=cache.engine_attr("evaluate", "ScoringConfig")(**scoring_cfg) if scoring_cfg else None,
+                    scoring=ScoringConfig(**scoring_cfg) if scoring_cfg else None,
                     store_factory=cache.run_store, resume_run_id=run.id, past_events=events,
                     budget_metric=(run.config or {}).get("budget_metric", "macs"))
                 st.session_state[REOPEN_RUN] = None

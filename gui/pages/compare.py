@@ -9,7 +9,11 @@ from typing import Any
 
 import streamlit as st
 
+from engine.cost import measure_latency_stats, plan_costs
+from engine.evaluate import report_candidate
 from engine.paths import topoprune_home
+from engine.pruning import PruningPlan, apply_plan, export_pruned, load_pruned
+from engine.services import export_formats
 from gui import cache, components, jobs
 from gui.plots import compare as cp
 from gui.state import EXPORTS, FINETUNE_JOB, REOPEN_RUN, SELECTED_PLAN, model_ref
@@ -17,7 +21,7 @@ from gui.state import EXPORTS, FINETUNE_JOB, REOPEN_RUN, SELECTED_PLAN, model_re
 st.title("Compare")
 ref = model_ref()
 
-EXPORT_FORMATS = {"state_dict": ".pt", "pt2": ".pt2", "onnx": ".onnx"}
+EXPORT_FORMATS = export_formats()  # format -> file suffix
 
 
 def candidate_weights(rec: Any, run_configs: dict[int, dict[str, Any]]) -> str | None:
@@ -39,17 +43,12 @@ def candidate_rows(records: list[Any], *, baseline_macs: int | None, baseline_pa
                    topology: Any) -> list[dict[str, Any]]:
     """Plain dicts per candidate for the table and the charts (analytic MACs/params where not measured)."""
     rows = []
-    plan_costs = None
-    try:
-        plan_costs = cache.engine_attr("cost", "plan_costs")
-    except cache.EngineGap:
-        pass
     for rec in records:
         m = dict(rec.metrics or {})
         keep = (rec.plan or {}).get("keep", {}) if isinstance(rec.plan, dict) else {}
         macs = m.get("macs_after")
         params = m.get("params_after")
-        if (macs is None or params is None) and plan_costs is not None and keep:
+        if (macs is None or params is None) and keep:
             try:
                 costs = plan_costs(topology, keep)
                 macs = macs if macs is not None else int(costs.macs)
@@ -90,7 +89,7 @@ def _save_measured_weights(pruned: Any, *, arch: str, cid: int) -> str:
     """Keep the measured (fine-tuned) pruned weights so a download is exactly what was measured."""
     out_dir = topoprune_home() / "finetuned"
     out_dir.mkdir(parents=True, exist_ok=True)
-    return str(cache.engine("pruning").export_pruned(pruned, out_dir / f"{arch}-candidate{cid}.pt", format="state_dict"))
+    return str(export_pruned(pruned, out_dir / f"{arch}-candidate{cid}.pt", format="state_dict"))
 
 
 with components.engine_errors("compare"):
@@ -193,8 +192,8 @@ with components.engine_errors("compare"):
         ft_job = st.session_state.get(FINETUNE_JOB)
         ft_busy = bool(ft_job and ft_job.active)
         if st.button("Measure" if epochs == 0 else "Fine-tune", key="cmp_ft_run", disabled=ft_busy or not row["plan"]):
-            report = cache.engine_attr("evaluate", "report_candidate")
-            plan_cls = cache.engine_attr("pruning", "PruningPlan")
+            report = report_candidate
+            plan_cls = PruningPlan
 
             def on_done(out: dict[str, Any], cid: int = cid) -> None:
                 metrics = {k: out.get(k) for k in ("val_acc", "test_acc", "test_acc_before_finetune", "macs_before",
@@ -204,7 +203,7 @@ with components.engine_errors("compare"):
                 metrics["measured_on_weights_sha256"] = digest
                 cache.run_store().update_candidate(cid, metrics=metrics)
 
-            stats_fn = cache.engine_attr("cost", "measure_latency_stats")
+            stats_fn = measure_latency_stats
             data = cache.dataset_for(ref)
             st.session_state[FINETUNE_JOB] = jobs.start_finetune(
                 model=loaded.model, topology=topology, plan=plan_cls.from_dict(row["plan"]), data=data,
@@ -257,17 +256,16 @@ with components.engine_errors("compare"):
         source = kept if kept_ok else "baseline"
         if st.button("Prepare file", key="cmp_export", disabled=not row["plan"]):
             with st.spinner("Pruning and exporting..."):
-                pruning = cache.engine("pruning")
-                plan = pruning.PruningPlan.from_dict(row["plan"])
+                plan = PruningPlan.from_dict(row["plan"])
                 if kept_ok:  # the weights that were measured (fine-tuned); the cached baseline is untouched
-                    pruned = pruning.load_pruned(loaded.model, topology, plan, kept)
+                    pruned = load_pruned(loaded.model, topology, plan, kept)
                 else:
-                    pruned = pruning.apply_plan(loaded.model, topology, plan)  # a new model
+                    pruned = apply_plan(loaded.model, topology, plan)  # a new model
                 out_dir = topoprune_home() / "exports"
                 out_dir.mkdir(parents=True, exist_ok=True)
                 suffix = "-finetuned" if kept_ok and int(row.get("finetune_epochs") or 0) else ""
                 path = out_dir / f"{ref.arch}-candidate{cid}{suffix}{EXPORT_FORMATS[fmt]}"
-                exports[(cid, fmt, source)] = str(pruning.export_pruned(pruned, path, format=fmt,
+                exports[(cid, fmt, source)] = str(export_pruned(pruned, path, format=fmt,
                                                                         example_inputs=cache.example_inputs(ref)))
         ready = exports.get((cid, fmt, source))
         if ready and Path(ready).exists():

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import streamlit as st
 
-from engine.idx import available as fashion_mnist_installed
+from engine import services
 from engine.paths import topoprune_home
+from engine.train import TrainConfig, train_model
+from engine.zoo import build_model
 from gui import cache, components, jobs
 from gui.state import TRAIN_JOB, ModelRef, model_ref, set_model_ref
 
-DATASETS = ("shapes10", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 WEIGHTS = {"shipped": "Shipped baseline", "random": "Untrained (random init)", "upload": "Upload weights",
            "train": "Train a baseline here"}
 
@@ -24,13 +24,15 @@ st.caption("Everything on the other pages uses the model chosen here. Built-in d
 ref = model_ref()
 with components.engine_errors("model list"):
     names = cache.model_names()
-    shipped = cache.shipped_models()
+    shipped = cache.shipped_models(ref.dataset)
     left, right = st.columns(2)
     with left:
         arch = st.selectbox("Model", names, index=names.index(ref.arch) if ref.arch in names else 0, key="arch",
                             format_func=lambda n: n + ("  (shipped baseline)" if n in shipped else ""))
         # Fashion-MNIST is offered where Debian's dataset-fashion-mnist is installed (or already chosen).
-        datasets = [d for d in DATASETS if d != "fashion-mnist" or ref.dataset == d or fashion_mnist_installed()]
+        datasets = cache.dataset_names()
+        if ref.dataset not in datasets:
+            datasets = [d for d in services.dataset_names() if d in datasets or d == ref.dataset]
         dataset = st.selectbox("Dataset", datasets, index=datasets.index(ref.dataset), key="dataset")
         data_dir = None
         if dataset == "fashion-mnist":
@@ -66,22 +68,17 @@ with components.engine_errors("model list"):
         epochs = st.number_input("Epochs", 1, 200, 5, key="train_epochs")
         job = st.session_state.get(TRAIN_JOB)
         if st.button("Train", type="primary", key="train_start", disabled=bool(job and job.active)):
-            train = cache.engine("train")
-            ckpt = cache.engine("checkpoints")
             data = cache.load_dataset(dataset, data_dir, None)
-            zoo = cache.engine("zoo")
-            out_dir = topoprune_home() / "baselines"
-            out_dir.mkdir(parents=True, exist_ok=True)
+            path = services.baseline_path(topoprune_home(), arch, dataset)
+            path.parent.mkdir(parents=True, exist_ok=True)
 
-            def save(model, result, arch=arch, dataset=dataset, num_classes=num_classes, data=data):
-                path = out_dir / f"{arch}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
-                acc = train.evaluate(model, data, "test").top1
-                return ckpt.save_checkpoint(path, model, arch=arch, dataset=dataset, num_classes=num_classes,
-                                            metrics={"test_acc": acc}, recipe=result.config.to_dict())
+            def save(model, result, arch=arch, dataset=dataset, data=data, path=path):
+                request = services.TrainRequest(arch, path, result.config, dataset, command="GUI: Model & data page")
+                return services.save_baseline(model, data, request, trained=result).path
 
             st.session_state[TRAIN_JOB] = jobs.start_training(
-                model_factory=lambda: zoo.build_model(arch, num_classes=num_classes), data=data, epochs=int(epochs),
-                save=save, train_model=train.train_model, train_config=train.TrainConfig)
+                model_factory=lambda: build_model(arch, num_classes=num_classes), data=data, epochs=int(epochs),
+                save=save, train_model=train_model, train_config=TrainConfig)
             st.rerun()
 
         def train_panel() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from engine.sensitivity import analyze_sensitivity
 from gui import cache, components, jobs
 from gui.plots import sensitivity as sp
 from gui.state import SENS_JOB, SENS_RESULT, model_ref
@@ -31,7 +32,6 @@ def save_table(table: dict, digest: str) -> None:
 
 
 with components.engine_errors("sensitivity"):
-    analyze = cache.engine_attr("sensitivity", "analyze_sensitivity")
     loaded = cache.load_model(ref)
     components.baseline_badge(loaded.trained, loaded.source)
     ratios = st.multiselect("Keep ratios", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
@@ -42,7 +42,7 @@ with components.engine_errors("sensitivity"):
     if c1.button("Run analysis", type="primary", key="sens_run", disabled=busy or not ratios):
         st.session_state[SENS_JOB] = jobs.start_sensitivity(
             model=loaded.model, topology=cache.get_topology(ref), data=cache.dataset_for(ref),
-            keep_ratios=sorted(ratios, reverse=True), analyze=analyze)
+            keep_ratios=sorted(ratios, reverse=True), analyze=analyze_sensitivity)
         st.session_state["_sens_ref"] = ref
         st.rerun()
     if busy and c2.button("Stop", key="sens_stop"):

@@ -94,7 +94,7 @@ def test_model_page_trains_a_baseline_in_background(monkeypatch):
         return engine.train.TrainResult(config=config)
 
     monkeypatch.setattr(engine.train, "train_model", fake_train)
-    monkeypatch.setattr(engine.train, "evaluate", lambda model, data, split="test", **_: SimpleNamespace(top1=12.5))
+    monkeypatch.setattr(engine.train, "evaluate", lambda model, data, split="test", **_: SimpleNamespace(top1=12.5, top5=50.0))
     at = app()
     at.radio(key="weights_source").set_value("train").run()
     at.number_input(key="train_epochs").set_value(2).run()
@@ -133,16 +133,6 @@ def test_missing_dataset_folder_is_a_clear_error(tmp_path):
     at.text_input(key="data_dir").input(str(tmp_path / "nowhere")).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("nowhere" in e.value for e in at.error), [e.value for e in at.error]
-
-
-def test_engine_gap_is_a_note(monkeypatch):
-    def missing(ref):
-        raise cache.EngineGap("graph")
-
-    monkeypatch.setattr(cache, "get_topology", missing)
-    at = app()
-    goto(at, "topology")
-    assert any("engine.graph" in i.value for i in at.info)
 
 
 # --- Topology ------------------------------------------------------------------------------------------------
