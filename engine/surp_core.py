@@ -102,15 +102,18 @@ def successive_refinement(
     if not alpha > 0:
         raise SurpError(f"alpha must be > 0, got {alpha!r}")
     rng = np.random.default_rng(seed)
-    u = magnitudes.detach().double().flatten().clone()  # residual U, (n,)
-    n = int(u.numel())
-    need = max(1, int(round(target_density * n)))
-    need = min(need, int((u > 0).sum()))
-    recon = torch.zeros_like(u)
-    order = torch.full((n,), -1, dtype=torch.long)
+    u = magnitudes.detach().double().flatten().cpu().numpy().copy()  # residual U, (n,)
+    n = int(u.size)
+    need = min(max(1, int(round(target_density * n))), int(np.count_nonzero(u)))
+    recon = np.zeros_like(u)
+    order = np.full(n, -1, dtype=np.int64)
     scale = math.log(n / math.log(n)) if n > 2 else 1.0
     a = alpha / scale  # the released code's alpha after dividing by the scale factor
-    lam_inv = a * float(u[u > 0].mean())
+
+    def mean_nonzero() -> float:
+        return float(u.sum()) / max(1, int(np.count_nonzero(u)))
+
+    lam_inv = a * mean_nonzero()
     decay = (n - 1) / n
     refinements = rounds = refreshes = 0
     bits = 0.0
@@ -118,30 +121,33 @@ def successive_refinement(
     trace: list[tuple[float, int, float]] = []
     while nonzero < need and rounds < max_rounds:
         tau = lam_inv * scale
-        eligible = torch.nonzero(u > tau).flatten()
-        if eligible.numel() == 0:
-            refreshes += 1
-            if refreshes % 20 == 0:
-                a *= 0.9
-            lam_inv = a * float(u[u > 0].mean())
+        eligible = np.flatnonzero(u > tau)
+        if eligible.size == 0:
+            mean, top = mean_nonzero(), float(u.max())
+            while True:  # refreshes until one admits an index (U is unchanged meanwhile)
+                refreshes += 1
+                if refreshes % 20 == 0:
+                    a *= 0.9
+                lam_inv = a * mean
+                if lam_inv * scale < top:
+                    break
             continue
         fresh = eligible[recon[eligible] == 0]
-        if nonzero + fresh.numel() > need:  # the boundary round: admit the newly eligible in random order
-            admit = fresh[torch.from_numpy(rng.permutation(fresh.numel())[: need - nonzero])]
-            eligible = torch.cat([eligible[recon[eligible] > 0], admit])
-            fresh = admit
-        m = int(eligible.numel())
+        if nonzero + fresh.size > need:  # the boundary round: admit the newly eligible in random order
+            fresh = fresh[rng.permutation(fresh.size)[: need - nonzero]]
+            eligible = np.concatenate([eligible[recon[eligible] > 0], fresh])
+        m = int(eligible.size)
         recon[eligible] += tau
         u[eligible] -= tau
         order[fresh] = rounds
-        nonzero += int(fresh.numel())
+        nonzero += int(fresh.size)
         bits += float(np.log2(rng.geometric(m / n, size=m)).sum())
         refinements += m
         rounds += 1
         lam_inv *= decay**m
-        if fresh.numel():
+        if fresh.size:
             trace.append((nonzero / n, refinements, bits))
-    return Refinement(recon=recon, order=order, refinements=refinements, rounds=rounds, refreshes=refreshes,
+    return Refinement(recon=torch.from_numpy(recon), order=torch.from_numpy(order), refinements=refinements, rounds=rounds, refreshes=refreshes,
                       index_bits=bits, sign_bits=nonzero, trace=trace)
 
 
