@@ -125,7 +125,8 @@ def start_method(
         plan = _plan_dict(result.plan)
         if record and store_factory is not None:
             store = store_factory()
-            metrics = {"val_acc": float(result.val_acc), "macs_ratio": float(result.macs_ratio)}
+            metrics = {"val_acc": float(result.val_acc), "macs_ratio": float(result.macs_ratio),
+                       "weights_sha256": _digest(model)}
             cid = store.add_candidate(method=method, model=model_name, dataset=dataset, plan=plan, metrics=metrics)
             job.report(info={"candidate_id": cid})
         job.report(message=f"best val top-1 {result.val_acc:.2f}% at {result.macs_ratio:.1%} of the MACs")
@@ -189,7 +190,7 @@ def start_search(
             config = {"model": model_name, "method": method, "budget": budget, "budget_metric": budget_metric,
                       "options": opts, "seed": seed, "scoring": scoring_dict, "dataset": dataset,
                       "val_size": (scoring_dict or {}).get("val_size", 512), "started_by": "gui",
-                      **(provenance or {})}
+                      "weights_sha256": _digest(model), **(provenance or {})}
             run_id = store.create_run(method=method, model=model_name, dataset=dataset, budget=budget,
                                       config=config)
         job.report(info={"run_id": run_id} if run_id is not None else None)
@@ -251,10 +252,20 @@ def _record_best(store: Any, driver: Any, method: str, model_name: str, dataset:
     best = driver.best
     if store is None or best is None:
         return
-    metrics = {"val_acc": float(best.val_acc), "macs_ratio": float(best.macs_ratio)}
+    metrics = {"val_acc": float(best.val_acc), "macs_ratio": float(best.macs_ratio),
+               "weights_sha256": _digest(driver.ctx.model)}
     cid = store.add_candidate(method=method, model=model_name, dataset=dataset, plan=best.plan.to_dict(),
                               metrics=metrics, run_id=run_id)
     job.report(info={"candidate_id": cid})
+
+
+def _digest(model: Any) -> str | None:
+    """sha256 of the baseline's weights: Compare shows only candidates found on the weights in use."""
+    if model is None:
+        return None
+    from engine.sensitivity import weights_sha256
+
+    return str(weights_sha256(model))
 
 
 def _safe(fn: Callable[[], Any]) -> None:

@@ -29,6 +29,12 @@ def check_workers(a: argparse.Namespace) -> None:
         raise TopoPruneError("--ray-address joins a Ray cluster; drop --executor process (or the address)")
 
 
+def _weights_digest(model: Any) -> str:
+    from engine.sensitivity import weights_sha256
+
+    return str(weights_sha256(model))
+
+
 def is_resumable(method: str) -> bool:
     """True for search methods: the search driver records their episodes and resumable state."""
     from engine.methods import get_method
@@ -122,6 +128,7 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         "round_to": a.round_to, "dataset": a.dataset, "data_dir": a.data_dir, "checkpoint": a.checkpoint,
         "input_size": loaded.input_size, "seed": a.seed, "num_classes": loaded.num_classes, "width": loaded.width,
         "weights": loaded.weights, "command": ctx.command_line,
+        "weights_sha256": _weights_digest(loaded.model),
     }
     store = ctx.store()
     run_id = store.create_run(method=a.method, model=a.model, dataset=data.name, budget=budget, config=config)
@@ -220,6 +227,14 @@ def cmd_resume(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     ctx.active_run_resumable = True
     apply_run_config(ctx, config)
     loaded = ctx.load_model(run.model, need_data=True)
+    recorded = config.get("weights_sha256")
+    if recorded and _weights_digest(loaded.model) != recorded:
+        ctx.active_run_id = None  # nothing ran: leave the run as it was
+        store.update_run(run.id, status="interrupted" if previous_status == "running" else previous_status)
+        raise TopoPruneError(
+            f"run {run.id} was searched on weights {recorded[:12]}, but {config.get('checkpoint')} holds "
+            f"{_weights_digest(loaded.model)[:12]}; pass the weights it started from with --checkpoint"
+        )
     ctx.log(f"topoprune: resuming run {run.id} after {run.n_episodes} recorded episodes")
     return _drive(ctx, run.id, loaded, config, resume=True)
 

@@ -389,3 +389,15 @@ def test_cuda_request_without_cuda_is_one_clear_error(home, capsys):
         pytest.skip("this machine has CUDA")
     code, _, err = run_cli(["train", "cifar_resnet20", "--device", "cuda", "--epochs", "1", "--out", "x.pt"], capsys)
     assert_one_line_error(code, err, "--device cuda was given but no CUDA device is available; use --device cpu")
+
+
+def test_resume_refuses_other_weights_than_the_run_was_searched_on(home, capsys):
+    with RunStore() as store:
+        run_id = store.create_run(method="random", model="cifar_resnet20", dataset="shapes10", budget=0.5,
+                                  status="paused", config={"checkpoint": "shipped", "options": {"episodes": 2},
+                                                           "weights_sha256": "0" * 64, "val_size": 16})
+    code, _, err = run_cli(["resume", str(run_id)], capsys)
+    assert_one_line_error(code, err.splitlines()[-1], f"run {run_id} was searched on weights 000000000000, but "
+                                                      "shipped holds")
+    with RunStore() as store:
+        assert store.get_run(run_id).status == "paused" and store.get_run(run_id).n_episodes == 0
