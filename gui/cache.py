@@ -190,7 +190,8 @@ def method_specs() -> list[dict[str, Any]]:
                 "choices": list(opt.choices) if getattr(opt, "choices", None) else None,
                 "type": getattr(getattr(opt, "type", None), "__name__", str(getattr(opt, "type", ""))),
             }
-        out.append({"name": spec.name, "description": spec.description, "kind": spec.kind, "options": options})
+        out.append({"name": spec.name, "description": spec.description, "kind": spec.kind, "options": options,
+                    "budget_metrics": list(spec.budget_metrics)})
     return out
 
 
