@@ -1,8 +1,15 @@
 """TopoPrune's Streamlit entry point: page config, per-session state, and the page router. Nothing else."""
 
+import os
+
 import streamlit as st
+import torch
 
 from gui.state import init_state
+
+# One process-wide thread count, set here once (never by jobs): the agents' small ops run ~10x slower with two
+# threads on a 2-core machine, and concurrent jobs would oversubscribe the cores. TOPOPRUNE_THREADS raises it.
+torch.set_num_threads(int(os.environ.get("TOPOPRUNE_THREADS", "1")))
 
 st.set_page_config(page_title="TopoPrune", page_icon=":material/content_cut:", layout="wide")
 init_state()

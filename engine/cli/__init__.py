@@ -37,6 +37,9 @@ def _common_options() -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=_positive_int, metavar="N", help="classifier size (default: dataset's)")
     g.add_argument("--width", type=_positive_float, default=1.0, metavar="W", help="width multiplier (default: 1)")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
+    g.add_argument("--threads", type=_positive_int, default=int(os.environ.get("TOPOPRUNE_THREADS", 1)),
+                   metavar="N", help="torch compute threads of this process (default 1, or $TOPOPRUNE_THREADS: "
+                   "the agents' small ops run ~10x slower with 2 threads on a 2-core machine)")
     return common
 
 
@@ -170,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # With --json, anything a library prints goes to stderr so stdout holds only the JSON object.
             redirect = contextlib.redirect_stdout(sys.stderr) if ctx.json else contextlib.nullcontext()
             with redirect:
+                import torch
+
+                torch.set_num_threads(int(getattr(args, "threads", 1)))  # the process's one setting, set once here
                 if getattr(args, "device", "cpu") != "cpu":
                     ctx.device()  # fail before any slow loading
                 result, human = args.handler(ctx)
