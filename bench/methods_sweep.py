@@ -196,7 +196,7 @@ def run_sweep(args: Any, names: list[str], model: torch.nn.Module, dataset: str,
         out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
         out.with_suffix(".md").write_text(to_markdown(doc))
 
-    for budget, seed in itertools.product(budgets, seeds):
+    for seed, budget in itertools.product(seeds, budgets):  # seed-major: a cut-short run has every budget
         for name in names:
             scorer = Scorer(model, topology, data, scoring)
             ctx = MethodContext(model=model, topology=topology, data=data, budget=budget, seed=seed, scorer=scorer)
