@@ -326,6 +326,9 @@ def load_data(name: str = "shapes10", *, data_dir: str | Path | None = None, see
         train_x, train_y, test_x, test_y = _load_shapes10(seed=seed, train_size=train_size, test_size=test_size)
         classes, mean, std = list(SHAPES10_CLASSES), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     elif name == "fashion-mnist":
+        if input_size not in (None, idx.PADDED_SIZE):
+            raise DataError(f"fashion-mnist is served at {idx.PADDED_SIZE}x{idx.PADDED_SIZE} (28x28 zero-padded), "
+                            f"not {input_size}; drop --input-size or pass {idx.PADDED_SIZE}")
         train_x, train_y, test_x, test_y = idx.load_fashion_mnist(data_dir)
         classes, mean, std = list(idx.CLASSES), (idx.MEAN,) * 3, (idx.STD,) * 3
     else:

@@ -138,6 +138,13 @@ def test_missing_file_is_named(tmp_path):
         load_data("fashion-mnist", data_dir=tmp_path / "nowhere")
 
 
+def test_other_input_size_is_refused(tiny_dir):
+    folder, _ = tiny_dir
+    with pytest.raises(DataError, match=r"served at 32x32 .* not 28; drop --input-size"):
+        load_data("fashion-mnist", data_dir=folder, input_size=28)
+    assert load_data("fashion-mnist", data_dir=folder, input_size=32).input_size == 32
+
+
 def test_missing_debian_package_names_it(tmp_path, monkeypatch):
     monkeypatch.setattr(idx, "DEBIAN_DIR", tmp_path / "absent")
     with pytest.raises(DataError, match=r"apt-get install dataset-fashion-mnist` or pass --data-dir"):
