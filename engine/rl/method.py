@@ -62,6 +62,11 @@ def _options() -> dict[str, OptionSpec]:
             "std_init", float, 0.5, "initial std of the PPO policy (decays per update)", min=0.01, max=2.0
         ),
         OptionSpec("update_every", int, 4, "PPO update after this many episodes", min=1),
+        OptionSpec("std_schedule", str, "anneal", "exploration: anneal (std_init to 0.05 over the run's length) "
+                   "or decay (x0.95 per update, the earlier fixed clock)", choices=("anneal", "decay")),
+        OptionSpec("join_features", bool, True, "join each group's structural features to its GNN embedding "
+                   "(keeps groups apart; gnnrl only)"),
+        OptionSpec("learn", bool, True, "false = the no-learning control: same sampling and schedule, no update"),
         OptionSpec(
             "score_policy_plan", bool, True, "also score the policy-mean plan at the end (+1 scored plan)"
         ),
@@ -104,6 +109,9 @@ def search_config_from_options(ctx: MethodContext, options: dict[str, Any], *, e
         std_init=options["std_init"],
         update_every_episodes=options["update_every"],
         std_min=min(0.05, options["std_init"]),
+        std_mode=options["std_schedule"],
+        join_group_features=options["join_features"] and encoder == "gnn",
+        learn=options["learn"],
     )
     return SearchConfig(
         episodes=options["episodes"],

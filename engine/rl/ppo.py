@@ -38,6 +38,8 @@ class PPOConfig:
         std_mode: "decay" (default: std multiplied by std_decay after each update, floored at std_min) or
             "learned" (a state-independent log-std parameter bounded to [std_min, std_init]; on the synthetic
             env the entropy bonus held it at its ceiling, so decay learned faster).
+            "anneal": log-linear from std_init at the run's start to std_min at its end, set by the search from
+            the fraction of the run done (`set_progress`), so exploration follows the run's length.
         std_decay: multiplicative decay per update in "decay" mode.
         gae_lambda: None for Monte-Carlo returns (the paper); else GAE(lambda) advantages.
         normalize_returns: normalise returns by their batch mean/std (the paper) before the value loss.
@@ -45,6 +47,10 @@ class PPOConfig:
         max_grad_norm: gradient clipping.
         dim, hidden, num_layers: network sizes (see ActorCritic).
         encoder_kind: "gnn" or "features" (the no-GNN ablation).
+        join_group_features: the gnn encoder's group embeddings are joined with the per-group structural
+            features before the actor head (see ActorCritic).
+        learn: False switches learning off (no update ever: the no-learning control arm); sampling and the
+            exploration schedule are unchanged.
     """
 
     lr: float = 3e-4
@@ -65,10 +71,12 @@ class PPOConfig:
     hidden: int = 64
     num_layers: int = 2
     encoder_kind: str = "gnn"
+    join_group_features: bool = False
+    learn: bool = True
 
     def __post_init__(self) -> None:
-        if self.std_mode not in ("learned", "decay"):
-            raise ValueError(f"std_mode={self.std_mode!r} is unknown; use 'learned' or 'decay'")
+        if self.std_mode not in ("learned", "decay", "anneal"):
+            raise ValueError(f"std_mode={self.std_mode!r} is unknown; use 'anneal', 'decay' or 'learned'")
         if not 0 < self.std_min <= self.std_init:
             raise ValueError(f"need 0 < std_min ({self.std_min}) <= std_init ({self.std_init})")
         if self.update_every_episodes < 1:
@@ -134,7 +142,8 @@ class PPOAgent:
         c = self.config
         with private_rng(seed):  # seeded init without touching the process-global RNG
             self.net = ActorCritic(
-                encoder_kind=c.encoder_kind, dim=c.dim, hidden=c.hidden, num_layers=c.num_layers
+                encoder_kind=c.encoder_kind, dim=c.dim, hidden=c.hidden, num_layers=c.num_layers,
+                join_group_features=c.join_group_features,
             )
         self.log_std = nn.Parameter(torch.tensor(math.log(c.std_init)), requires_grad=c.std_mode == "learned")
         params = [p for p in self.net.parameters() if p.requires_grad]
@@ -187,8 +196,21 @@ class PPOAgent:
         """Count a finished episode; update (and return loss stats) when the cadence says so."""
         self.episodes_since_update += 1
         if self.episodes_since_update >= self.config.update_every_episodes:
+            if not self.config.learn:  # the no-learning control: same sampling, nothing learned
+                self.buffer.clear()
+                self.episodes_since_update = 0
+                return None
             return self.update()
         return None
+
+    def set_progress(self, fraction: float) -> None:
+        """In "anneal" mode, set the std for a run that is `fraction` (0..1) done."""
+        c = self.config
+        if c.std_mode != "anneal":
+            return
+        f = min(1.0, max(0.0, float(fraction)))
+        with torch.no_grad():
+            self.log_std.copy_(torch.tensor((1 - f) * math.log(c.std_init) + f * math.log(c.std_min)))
 
     # -- learning ---------------------------------------------------------------------------------------
     def _targets(self) -> tuple[Tensor, Tensor]:
