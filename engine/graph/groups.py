@@ -63,11 +63,11 @@ def _is_depthwise(module: nn.Module) -> bool:
             and module.groups == module.in_channels == module.out_channels)
 
 
-def _unsupported_reason(module: nn.Module, name: str) -> str | None:
+def _unsupported_reason(module: nn.Module, name: str, *, grouped_ok: bool = False) -> str | None:
     if isinstance(module, nn.modules.conv._ConvNd):
         if module.transposed:
             return f"{name} is a transposed conv, which the pruner does not edit"
-        if module.groups > 1 and not _is_depthwise(module):
+        if module.groups > 1 and not _is_depthwise(module) and not grouped_ok:
             return f"{name} is a grouped conv (groups={module.groups}) that is not depthwise"
         return None
     if isinstance(module, _SUPPORTED):
@@ -255,3 +255,127 @@ def chain_groups(graph: nx.DiGraph, meta_model: nn.Module, ignored: list[str]) -
             maps = [MemberMap(m, d, tuple(range(n)), 1) for m, d in [(name, "out"), *members]]
             groups.append(RawGroup(name, n, maps, None))
     return groups
+
+
+def _norm_dim(module: nn.Module, dim: str) -> str:
+    return "out" if dim == "in" and _is_depthwise(module) else dim
+
+
+def label_groups(classes, modules: dict[str, nn.Module]) -> list[RawGroup]:
+    """Groups read off channel label propagation (channels.py): tie-classes with the same members form one
+    group, ordered by their first producer's channel; classes that only reach the model output are left out."""
+    from engine.graph.channels import class_members
+
+    members = class_members(classes)
+    order = classes.order
+    by_signature: dict[tuple, list[int]] = defaultdict(list)
+    for root, slots in members.items():
+        producers = [k for k in slots if k[1] == "out" and isinstance(modules[k[0]], _SUPPORTED[:3])]
+        if not producers:
+            continue
+        signature = tuple(sorted((key, len(chs)) for key, chs in slots.items()))
+        by_signature[signature].append(root)
+    groups, used = [], set()
+
+    def first(root: int) -> tuple[int, int, str]:
+        slots = members[root]
+        key = min((k for k in slots if k[1] == "out" and isinstance(modules[k[0]], _SUPPORTED[:3])),
+                  key=lambda k: order.get(k[0], 1 << 30))
+        return order.get(key[0], 1 << 30), slots[key][0], key[0]
+
+    sortable = []
+    for signature, roots in by_signature.items():
+        roots.sort(key=first)
+        sortable.append((first(roots[0]), signature, roots))
+    sortable.sort(key=lambda item: item[0])
+    for (_, channel, producer), signature, roots in sortable:
+        reasons = [classes.tie_frozen[r] for r in roots if r in classes.tie_frozen]
+        if reasons and all(r == "its channels reach the model output" for r in reasons):
+            continue
+        keys = sorted((key for key, _ in signature), key=lambda k: (order.get(k[0], 1 << 30), k[1] != "out"))
+        maps = []
+        for key in keys:
+            channels = [c for r in roots for c in members[r][key]]
+            maps.append(MemberMap(key[0], key[1], tuple(channels), len(channels) // len(roots)))
+        reason = reasons[0] if reasons else None
+        for m in maps:
+            reason = reason or _unsupported_reason(modules[m.module], m.module, grouped_ok=True)
+        name = producer if producer not in used else f"{producer}@{channel}"
+        used.add(name)
+        groups.append(RawGroup(name, len(roots), maps, reason))
+    return groups
+
+
+def _slot_sets(group: RawGroup, modules: dict[str, nn.Module]) -> list[frozenset] | None:
+    """Per group channel, the (module, dim, channel) slots its maps name; None if a map is malformed."""
+    sets = []
+    for j in range(group.channels):
+        slots = set()
+        for m in group.maps:
+            chunk = m.channels[j * m.mult:(j + 1) * m.mult]
+            if len(chunk) != m.mult:
+                return None
+            slots.update((m.module, _norm_dim(modules[m.module], m.dim), c) for c in chunk)
+        sets.append(frozenset(slots))
+    return sets
+
+
+def _map_problem(group: RawGroup, modules: dict[str, nn.Module], sizes: dict[tuple[str, str], int]) -> str | None:
+    """Why a Torch-Pruning index map cannot be applied as it stands (out of range, duplicates, partial)."""
+    for m in group.maps:
+        size = sizes.get((m.module, _norm_dim(modules[m.module], m.dim)))
+        if size is None:
+            continue
+        if m.channels and (min(m.channels) < 0 or max(m.channels) >= size):
+            return f"Torch-Pruning maps {m.module} ({m.dim}) to channel {max(m.channels)} of {size}"
+        if len(set(m.channels)) != len(m.channels):
+            return f"Torch-Pruning maps several group channels onto one channel of {m.module} ({m.dim})"
+        if len(m.channels) != group.channels * m.mult:
+            return f"Torch-Pruning's map covers only part of {m.module} ({m.dim})"
+    return None
+
+
+def merge_groups(dep: list[RawGroup], classes, modules: dict[str, nn.Module]) -> tuple[list[RawGroup], list[str]]:
+    """Torch-Pruning's groups where their maps match the label classes exactly, label groups everywhere else.
+
+    Returns the groups (ordered by first producer) and notes on every Torch-Pruning group that was replaced.
+    """
+    from engine.graph.channels import class_members
+
+    members = class_members(classes)
+    truth = {frozenset((k[0], k[1], c) for k, chs in slots.items() for c in chs) for slots in members.values()}
+    frozen_sets = {frozenset((k[0], k[1], c) for k, chs in members[r].items() for c in chs)
+                   for r in classes.tie_frozen}
+    kept, notes = [], []
+    covered: set[tuple[str, str, int]] = set()
+    for group in dep:
+        problem = _map_problem(group, modules, classes.sizes)
+        sets = _slot_sets(group, modules) if problem is None else None
+        if problem is None and (sets is None or len(set(sets)) != len(sets) or not all(s in truth for s in sets)):
+            problem = "Torch-Pruning's index map does not match how the channels flow (reshape or reordering)"
+        if problem is None and group.reason is None and any(s in frozen_sets for s in sets):
+            problem = "the channels meet an op the pruner does not follow"
+        if problem is None and group.reason is None:
+            kept.append(group)
+            for s in sets:
+                covered |= s
+        elif group.reason is None:
+            notes.append(f"group {group.name}: {problem}; rebuilt from channel tracing")
+    extra = []
+    for group in label_groups(classes, modules):
+        sets = _slot_sets(group, modules) or []
+        if not any(s & covered for s in sets):
+            extra.append(group)
+    order = classes.order
+    names = {g.name for g in kept}
+    for group in extra:
+        if group.name in names:
+            group.name = f"{group.name}@{group.maps[0].channels[0]}"
+        names.add(group.name)
+
+    def key(group: RawGroup) -> tuple[int, int]:
+        outs = [m for m in group.maps if m.dim == "out" and isinstance(modules[m.module], _SUPPORTED[:3])]
+        first = min(outs, key=lambda m: order.get(m.module, 1 << 30)) if outs else group.maps[0]
+        return order.get(first.module, 1 << 30), min(first.channels, default=0)
+
+    return sorted(kept + extra, key=key), notes

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
 from engine.graph.groups import MemberMap
@@ -37,12 +38,27 @@ class LayerSpec:
     fixed_params: int = 0
 
 
+def unmodelled_macs(model: nn.Module, inputs: tuple[torch.Tensor, ...], specs: list[LayerSpec]) -> int:
+    """MACs that FlopCounterMode counts outside the modelled conv/linear layers: ConvTranspose, attention
+    projections and matmuls, LSTM/GRU, F.linear / F.conv on weights used directly. Their channels are never
+    in a prunable group (channels.py freezes them), so these MACs are the same for every plan."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(*inputs)
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    modelled = sum(sum(counts.get(f"{root}.{s.name}", {}).values()) for s in specs if s.kind in ("conv", "linear"))
+    return int((counter.get_total_flops() - modelled) // 2)
+
+
 def layer_specs(modules: dict[str, nn.Module], calls: dict[str, LayerCall]) -> list[LayerSpec]:
     """Specs for every called leaf module that has parameters, plus conv/linear layers, in forward order."""
     specs = []
     for call in sorted(calls.values(), key=lambda c: c.order):
         module = modules[call.name]
-        if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:  # subclasses too
             depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
             specs.append(LayerSpec(call.name, "conv", module.in_channels, module.out_channels, module.groups,
                                    depthwise, int(np.prod(module.kernel_size)), module.bias is not None,
@@ -76,8 +92,9 @@ class CostTable:
     """Evaluates costs for a vector of per-group keep counts (groups in topology order)."""
 
     def __init__(self, specs: list[LayerSpec], group_maps: list[list[MemberMap]], group_channels: list[int],
-                 *, extra_params: int = 0, element_bytes: int = 4) -> None:
+                 *, extra_params: int = 0, extra_macs: int = 0, element_bytes: int = 4) -> None:
         self.specs = specs
+        self.extra_macs = int(extra_macs)  # counted MACs of ops no group can shrink (attention, ConvTranspose)
         self.channels = np.asarray(group_channels, dtype=np.float64)
         self.extra_params = int(extra_params)
         self.element_bytes = element_bytes
@@ -115,7 +132,7 @@ class CostTable:
         """Analytic MACs (batch 1) for per-group keep counts."""
         c_out, c_in = self._channels(keep)
         per_group_in = np.where(self.depthwise, 1.0, c_in / self.groups)
-        return int(round(float(np.dot(self.coef, per_group_in * c_out * self.weighted))))
+        return int(round(float(np.dot(self.coef, per_group_in * c_out * self.weighted)))) + self.extra_macs
 
     def evaluate(self, keep: np.ndarray) -> CostEval:
         """MACs, params and conv/linear output memory (batch 1) for per-group keep counts."""
@@ -127,7 +144,7 @@ class CostTable:
         layer_params = weight_params + self.bias * c_out * self.weighted + self.affine * 2 * c_out * self.is_bn
         layer_params = layer_params + self.fixed
         layer_memory = self.spatial * c_out * self.element_bytes * self.weighted
-        return CostEval(int(round(layer_macs.sum())), int(round(layer_params.sum())) + self.extra_params,
+        return CostEval(int(round(layer_macs.sum())) + self.extra_macs, int(round(layer_params.sum())) + self.extra_params,
                         int(round(layer_memory.sum())), layer_macs, layer_params, layer_memory)
 
     def per_channel(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,11 +16,14 @@ import torch
 from torch import nn
 
 from engine.errors import ModelError
-from engine.graph.groups import ChannelGroup, chain_groups, depgraph_groups
+from engine.graph.branches import check_branches
+from engine.graph.channels import trace_channels
+from engine.graph.groups import ChannelGroup, chain_groups, depgraph_groups, merge_groups
 from engine.graph.hierarchy import Block, Stage, block_of, build_hierarchy, hierarchy_tree
 from engine.graph.motif import conv_motif
-from engine.graph.tables import CostTable, layer_specs
+from engine.graph.tables import CostTable, layer_specs, unmodelled_macs
 from engine.graph.trace import as_input_tuple, meta_copy, meta_inputs, speed_up_meta, trace_model
+from engine.graph.trial import refuse_breaking_groups
 
 
 @dataclass
@@ -159,6 +162,9 @@ def build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
         if traced.fx_error else []
     ignored = traced.output_layers
     group_method = "depgraph"
+    classes, _ = trace_channels(meta_model, meta_in)
+    if classes.branches:
+        notes.extend(check_branches(meta_model, meta_in, classes))
     try:
         raw = depgraph_groups(meta_model, meta_in, traced.calls, ignored)
     except Exception as exc:  # channel shuffle etc.: fall back to block-internal chains
@@ -166,6 +172,12 @@ def build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
         notes.append(f"Torch-Pruning DependencyGraph failed ({type(exc).__name__}: {str(exc)[:120]}); "
                      "only block-internal conv chains are prunable")
         raw = chain_groups(traced.graph, meta_model, ignored)
+    else:
+        raw, group_notes = merge_groups(raw, classes, modules)
+        notes.extend(group_notes)
+    on_meta = all(p.device.type == "meta" for p in meta_model.parameters())
+    if on_meta and refuse_breaking_groups(meta_model, meta_in, raw):
+        notes.append("some groups are not prunable because trial pruning broke forward() (see their reasons)")
     calls = traced.calls
     layers = [c.name for c in sorted(calls.values(), key=lambda c: c.order)
               if isinstance(modules[c.name], (nn.modules.conv._ConvNd, nn.Linear))]
@@ -178,7 +190,7 @@ def build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
     extra = sum(p.numel() for p in meta_model.parameters()) - leaf_params
     element_bytes = next((p.element_size() for p in model.parameters()), 4)
     table = CostTable(specs, [r.maps for r in raw], [r.channels for r in raw], extra_params=extra,
-                      element_bytes=element_bytes)
+                      extra_macs=unmodelled_macs(meta_model, meta_in, specs), element_bytes=element_bytes)
     macs_pc, params_pc, memory_pc = table.per_channel()
     groups = []
     for index, r in enumerate(raw):

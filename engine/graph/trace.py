@@ -141,12 +141,30 @@ def _first_tensor(values) -> torch.Tensor | None:
     return None
 
 
+def is_pruned_layer(module: nn.Module) -> bool:
+    """Conv, linear and batchnorm layers, subclasses included: the layers whose channels the pruner edits."""
+    return isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm))
+
+
+def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Leaf modules in call order of definition; a pruned layer counts as a leaf even with children of its own
+    (timm's BatchNormAct2d holds its activation), and what it holds is then not a leaf."""
+    leaves, inside = [], []
+    for name, module in model.named_modules():
+        if name == "" or any(name.startswith(prefix + ".") for prefix in inside):
+            continue
+        if is_pruned_layer(module):
+            inside.append(name)
+            leaves.append((name, module))
+        elif not any(True for _ in module.children()):
+            leaves.append((name, module))
+    return leaves
+
+
 def _record_hooks(model: nn.Module, calls: dict[str, LayerCall]) -> list:
     """Forward hooks on every leaf module that fill `calls` (shapes, call counts, cost coefficients)."""
     handles = []
-    for name, module in model.named_modules():
-        if name == "" or any(True for _ in module.children()):
-            continue
+    for name, module in _leaf_modules(model):
 
         def hook(mod, args, out, name=name):
             inp, res = _first_tensor(args), _first_tensor((out,))
@@ -210,6 +228,11 @@ class _ThreadBoundTracer(torch.fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self._thread = threading.get_ident()
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # conv / linear / BN subclasses from outside torch.nn (timm's ScaledStdConv2d, Linear, BatchNormAct2d)
+        # are layers the pruner edits: keep them as one call site instead of inlining their forward
+        return is_pruned_layer(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward, args: tuple, kwargs: dict):
         if threading.get_ident() != self._thread:
@@ -359,8 +382,8 @@ def _trace_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict
 
     handles = []
     entered: list[str] = []
-    for name, module in model.named_modules():
-        if name and not any(True for _ in module.children()):
+    for name, module in _leaf_modules(model):
+        if name:
             handles.append(module.register_forward_pre_hook(lambda m, a, name=name: entered.append(name)))
             handles.append(module.register_forward_hook(lambda m, a, o, name=name: hook(m, a, o, name)))
     try:
@@ -386,5 +409,6 @@ def _trace_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict
     graph.add_edge(last[0], "output")
     for index, name in enumerate(graph.nodes):
         graph.nodes[name]["order"] = index
-    layers = [c.name for c in calls.values() if c.module_type in ("Conv2d", "Linear", "Conv1d")]
+    modules = dict(model.named_modules())
+    layers = [c.name for c in calls.values() if isinstance(modules[c.name], (nn.modules.conv._ConvNd, nn.Linear))]
     return TraceResult(graph, calls, "hooks", layers[-1:])

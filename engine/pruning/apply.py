@@ -1,6 +1,7 @@
 """Physically remove channels: apply a PruningPlan to a copy of a model (the input model is never touched).
 
-Edits nn.Conv1d/2d (incl. depthwise), nn.Linear and BatchNorm weights with index_select along each member's
+Edits nn.Conv1d/2d (incl. depthwise and grouped: the same in-group channels go from every conv group, so
+`groups` stays valid; subclasses too), nn.Linear and BatchNorm weights with index_select along each member's
 channel map. Choosing channels is select.py's job; masking instead of removing is mask.py's.
 """
 
@@ -55,6 +56,19 @@ def _keep_index(size: int, removed: list[int] | None, device) -> torch.Tensor | 
     return torch.tensor([i for i in range(size) if i not in drop], dtype=torch.long, device=device)
 
 
+def _grouped_index(size: int, groups: int, removed: list[int] | None, name: str, device) -> torch.Tensor | None:
+    """Kept channels of a grouped conv side, which must drop the same in-group positions in every group."""
+    if not removed:
+        return None
+    per_group = size // groups
+    positions = [sorted(c - g * per_group for c in removed if g * per_group <= c < (g + 1) * per_group)
+                 for g in range(groups)]
+    if any(p != positions[0] for p in positions):
+        raise ModelError(f"cannot prune grouped conv {name} (groups={groups}): the plan removes different "
+                         "channels in different conv groups; rebuild the topology and make the plan from it")
+    return _keep_index(size, removed, device)
+
+
 def _select(tensor: torch.Tensor | None, dim: int, index: torch.Tensor | None) -> torch.Tensor | None:
     if tensor is None or index is None:
         return tensor
@@ -79,13 +93,16 @@ def shrink_module(module: nn.Module, name: str, out_removed: list[int] | None, i
             _set_param(module, "bias", _select(module.bias, 0, index))
             module.out_channels = module.in_channels = module.groups = module.weight.shape[0]
             return
-        if module.groups != 1:
-            raise ModelError(f"cannot prune grouped conv {name} (groups={module.groups}); its group is not prunable")
         out_index = _keep_index(module.out_channels, out_removed, module.weight.device)
         in_index = _keep_index(module.in_channels, in_removed, module.weight.device)
+        if module.groups != 1:
+            out_index = _grouped_index(module.out_channels, module.groups, out_removed, name, module.weight.device)
+            in_index = _grouped_index(module.in_channels, module.groups, in_removed, name, module.weight.device)
+            if in_index is not None:  # weight is (out, in / groups, ...): keep the same in-group positions
+                in_index = in_index[: in_index.numel() // module.groups]
         _set_param(module, "weight", _select(_select(module.weight, 0, out_index), 1, in_index))
         _set_param(module, "bias", _select(module.bias, 0, out_index))
-        module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1]
+        module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         out_index = _keep_index(module.out_features, out_removed, module.weight.device)
         in_index = _keep_index(module.in_features, in_removed, module.weight.device)

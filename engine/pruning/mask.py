@@ -30,7 +30,8 @@ def _zero_module(module: nn.Module, out_removed: list[int] | None, in_removed: l
             module.running_var[index] = 1.0
         return
     weight = module.weight
-    depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+    depthwise = (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+                 and module.groups == module.in_channels == module.out_channels)
     if depthwise:
         out_removed = sorted(set(out_removed or []) | set(in_removed or []))
         in_removed = None
@@ -38,7 +39,12 @@ def _zero_module(module: nn.Module, out_removed: list[int] | None, in_removed: l
         weight[out_removed] = 0.0
         if module.bias is not None:
             module.bias[out_removed] = 0.0
-    if in_removed:
+    if in_removed and isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
+        per_in, per_out = module.in_channels // module.groups, module.out_channels // module.groups
+        for c in in_removed:  # weight is (out, in / groups, ...): channel c feeds only its own conv group
+            group = c // per_in
+            weight[group * per_out:(group + 1) * per_out, c % per_in] = 0.0
+    elif in_removed:
         weight[:, in_removed] = 0.0
 
 
