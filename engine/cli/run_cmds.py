@@ -59,6 +59,10 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                    help="a method option (repeatable; `topoprune info --methods --json` lists them)")
     p.add_argument("--val-size", type=_positive_int, default=512, metavar="N", help="val images scored (default 512)")
     p.add_argument("--round-to", type=_positive_int, default=1, metavar="N", help="round channel counts to N")
+    p.add_argument("--rescore-top", type=int, default=0, metavar="K",
+                   help="re-score the K best plans on --rescore-val-size val images; that score picks the winner")
+    p.add_argument("--rescore-val-size", type=_positive_int, default=None, metavar="N",
+                   help="val images of the re-score (default: the whole val split)")
     add_executor_arguments(p)
     p.set_defaults(handler=cmd_search)
 
@@ -120,11 +124,19 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
             raise TopoPruneError(f"method {a.method!r} has no episode count; drop --episodes")
         options["episodes"] = a.episodes
     options = spec.validate(options)
+    if a.rescore_top < 0:
+        raise TopoPruneError(f"--rescore-top must be >= 0, got {a.rescore_top}; 0 turns the re-score off")
     data = ctx.data()
+    n_val = data.size("val")
+    for flag, size in (("--val-size", a.val_size), ("--rescore-val-size", a.rescore_val_size)):
+        if size is not None and size > n_val:
+            raise TopoPruneError(f"{flag} {size} is larger than the val split of {data.name} ({n_val} images); "
+                                 f"use at most {n_val}")
     loaded = ctx.load_model(a.model, need_data=True)
     config = {
         "model": a.model, "method": a.method, "budget": budget, "budget_metric": metric, "options": options,
-        "val_size": a.val_size, "batch_size": max(1, a.workers),
+        "val_size": a.val_size, "batch_size": max(1, a.workers), "rescore_top": a.rescore_top,
+        "rescore_val_size": a.rescore_val_size,
         "round_to": a.round_to, "dataset": a.dataset, "data_dir": a.data_dir, "checkpoint": a.checkpoint,
         "input_size": loaded.input_size, "seed": a.seed, "num_classes": loaded.num_classes, "width": loaded.width,
         "weights": loaded.weights, "command": ctx.command_line,
@@ -163,6 +175,7 @@ def _drive(ctx: CommandContext, run_id: int, loaded: Any, config: dict[str, Any]
         scoring=scoring_config(ctx, int(config["val_size"])), callback=on_event, store=store, run_id=run_id,
         round_to=int(config.get("round_to", 1)), budget_metric=metric, resume=resume,
         batch_size=int(config.get("batch_size") or 1),  # the run's own: a resume with other --workers replays it
+        rescore_top=int(config.get("rescore_top") or 0), rescore_val_size=config.get("rescore_val_size"),
     )
     mctx.executor = _executor(ctx, mctx)
     try:

@@ -163,6 +163,8 @@ class MethodContext:
         batch_size: Plans a search method proposes and has scored per batch.
         score_fn: plan -> val top-1 (%) instead of the shared scorer (tests, synthetic runs).
         executor: Where search methods' batches are scored (engine.search.executors); None = this process.
+        rescore_top: Search methods re-score their top plans on `rescore_val_size` val images (None = the whole
+            val split) and the re-scored best wins; 0 = off.
     """
 
     model: nn.Module
@@ -182,6 +184,8 @@ class MethodContext:
     batch_size: int = 1
     score_fn: Callable[[PruningPlan], float] | None = None
     executor: Any | None = None
+    rescore_top: int = 0
+    rescore_val_size: int | None = None
 
     @property
     def budget_spec(self) -> Budget:
@@ -322,6 +326,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "engine.methods.random_search",
     "engine.methods.amc",
     "engine.methods.surp",
+    "engine.methods.ga",
     "engine.rl.method",
 )
 _catalog_loaded = False

@@ -70,6 +70,7 @@ class SearchDriver:
         self.n_scored = 0
         self.history: list[Any] = []  # scored Candidates, in episode order
         self.final: list[Any] = []  # candidates from final_proposals()
+        self.winner: Any | None = None  # the re-scored winner (ctx.rescore_top > 0)
         self.seconds_before = 0.0
         self._start = time.perf_counter()
         self._base_macs = float(ctx.topology.table.full.macs)
@@ -87,9 +88,47 @@ class SearchDriver:
 
     @property
     def best(self) -> Any | None:
-        """The best scored candidate so far (highest val, earliest on ties), final proposals included."""
+        """The best scored candidate so far (highest val, earliest on ties), final proposals included; after a
+        re-score (`ctx.rescore_top`), the re-scored winner."""
+        if self.winner is not None:
+            return self.winner
         pool = self.history + self.final
         return max(pool, key=lambda c: (c.val_acc, -c.index)) if pool else None
+
+    def _rescore(self) -> list[dict[str, Any]]:
+        """Re-score the top `ctx.rescore_top` plans on `ctx.rescore_val_size` val images (val carved out of train;
+        test untouched) and let that score pick the winner: the best of many noisy scores is biased upwards
+        (winner's curse), a larger val subset on a few plans removes most of that bias cheaply."""
+        k = int(getattr(self.ctx, "rescore_top", 0) or 0)
+        if k <= 0 or not (self.history or self.final):
+            return []
+        from dataclasses import replace
+
+        from engine.evaluate import Scorer, ScoringConfig
+
+        if self.ctx.data is None:
+            raise SearchStateError("re-scoring the top plans needs the dataset (ctx.data); set rescore_top=0")
+
+        scorer = self.ctx.get_scorer()
+        config = replace(scorer.config if scorer is not None else ScoringConfig(),
+                         val_size=getattr(self.ctx, "rescore_val_size", None))
+        big = Scorer(self.ctx.model, self.ctx.topology, self.ctx.data, config)
+        pool = sorted(self.history + self.final, key=lambda c: (-c.val_acc, c.index))[:k]
+        rows, best = [], None
+        for cand in pool:
+            acc = float(big.score(cand.plan))
+            self.n_scored += 1
+            rows.append({"index": cand.index, "episode": cand.meta.get("episode"), "search_val_acc": cand.val_acc,
+                         "rescore_val_acc": acc})
+            if best is None or acc > best[0]:
+                best = (acc, cand)
+        assert best is not None
+        acc, cand = best
+        from engine.methods.registry import Candidate
+
+        self.winner = Candidate(index=cand.index, plan=cand.plan, val_acc=acc, macs_ratio=cand.macs_ratio,
+                                meta={**cand.meta, "search_val_acc": cand.val_acc, "rescored": True})
+        return rows
 
     # -- stepping ------------------------------------------------------------------------------------
     def step(self) -> list[Any]:
@@ -201,12 +240,15 @@ class SearchDriver:
                                         meta={**proposal.meta, "final": True}))
         if hasattr(self.method, "observe_final"):
             self.method.observe_final(scored)
+        rescored = self._rescore()
         result = self.result(finished=True)
+        result.meta["rescored"] = rescored
         self._check_budget(result.plan)
         self._update_run(
             status="completed", best_score=result.val_acc, best_plan=result.plan,
             extra={"episodes_done": self.episode, "n_scored": self.n_scored, "seconds": result.seconds,
                    "macs_ratio": result.macs_ratio, "final": [c.to_dict() for c in self.final],
+                   "rescored": rescored,
                    **result.meta.get("summary", {})},
         )
         return result

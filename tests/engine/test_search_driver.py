@@ -158,3 +158,21 @@ def test_real_scorer_never_reads_test(resnet20, small_shapes10):
         small_shapes10.on_access = None
     assert "test" not in accessed and result.n_scored == 2
     assert abs(result.macs_ratio / 0.5 - 1) <= 0.01
+
+
+def test_rescore_of_the_top_plans_picks_the_winner_on_a_larger_val_subset(resnet20, small_shapes10):
+    from engine.evaluate import Scorer, ScoringConfig
+
+    model, topo = resnet20
+    scoring = ScoringConfig(val_size=8, bn_batches=1, bn_batch_size=16)
+    store = RunStore()
+    run_id = store.create_run(method="random", model="cifar_resnet20", dataset="shapes10", budget=0.5)
+    ctx = MethodContext(model=model, topology=topo, data=small_shapes10, budget=0.5, seed=1, scoring=scoring,
+                        store=store, run_id=run_id, rescore_top=3, rescore_val_size=32)
+    result = run_method("random", ctx, episodes=5)
+    rows = result.meta["rescored"]
+    assert len(rows) == 3 and [r["search_val_acc"] for r in rows] == sorted(
+        [c.val_acc for c in result.candidates], reverse=True)[:3]
+    big = Scorer(model, topo, small_shapes10, ScoringConfig(val_size=32, bn_batches=1, bn_batch_size=16))
+    assert result.val_acc == max(r["rescore_val_acc"] for r in rows) == big.score(result.plan)
+    assert store.get_run(run_id).best_score == result.val_acc
