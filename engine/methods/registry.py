@@ -327,6 +327,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "engine.methods.amc",
     "engine.methods.surp",
     "engine.methods.ga",
+    "engine.methods.ga",
     "engine.rl.method",
 )
 _catalog_loaded = False
