@@ -40,7 +40,8 @@ class Budget:
             peak depends on tensor lifetimes and the allocator, which no cost table can reproduce exactly.
         latency: forward time in ms on this machine, predicted by the topology's attached latency table
             (engine.latency_table.ensure_latency_table measures and attaches one).
-        size: weight bytes = params x 4 (float32); with `bits`, sum of params x bits / 8.
+        size: weight bytes = params x 4 (float32); with `bits` (or a plan's own bits), kernels at their
+            widths, biases and BN at 32 bits, 0-bit channels removed (engine.quant_cost), / 8.
 
     Attributes:
         metric: one of METRICS.
@@ -104,6 +105,10 @@ class Budget:
         if self.metric == "memory":
             return lambda vector: float(table.evaluate(vector).memory_bytes)
         if self.metric == "size":
+            if bits:  # exact: kernels at their widths, biases/BN at 32 bits, 0-bit channels removed
+                from engine.quant_cost import size_bytes_evaluator
+
+                return size_bytes_evaluator(topology, bits)
             layer_bits = _layer_bits(topology, bits)
             return lambda vector: _size_bytes(table, vector, layer_bits)
         predictor = getattr(topology, LATENCY_ATTR, None)
@@ -122,6 +127,8 @@ class Budget:
         """
         if plan_or_keep is None:
             plan_or_keep = {}
+        if bits is None and self.metric == "size":  # a quantized plan is sized at its own bit-widths
+            bits = getattr(plan_or_keep, "bits", None)
         vector = plan_or_keep if isinstance(plan_or_keep, np.ndarray) else topology.keep_vector(plan_or_keep)
         return self.evaluator(topology, bits=bits)(vector)
 
