@@ -176,9 +176,17 @@ class Scorer:
         """Val top-1 (%) of the baseline masked by `plan` (H1's mask_model) after BN recalibration.
 
         With `config.physical` the physically pruned model (apply_plan) is scored instead (same outputs).
+        A plan with bits is scored fake-quantized (engine.quant.quantize_model, activation ranges calibrated
+        on the BN-recalibration images).
         """
         from engine.pruning import apply_plan, mask_model
 
+        if getattr(plan, "bits", None):  # a quantized candidate: 0-bit channels removed, the rest fake-quantized
+            from engine.quant import quantize_model
+
+            model = quantize_model(self.model, self.topology, plan, physical=self.config.physical,
+                                   calibration=self.calibration_inputs)
+            return self.score_model(model, copy_model=False)
         build = apply_plan if self.config.physical else mask_model
         return self.score_model(build(self.model, self.topology, plan), copy_model=False)
 
