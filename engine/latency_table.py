@@ -1,27 +1,39 @@
 """Per-group latency tables: measured once per architecture and machine, cached on disk, predicting a plan's latency.
 
-A table times the baseline and, for each prunable group alone, the model with that group cut to a few keep
-ratios (engine.cost.measure_latency on engine.pruning.apply_plan copies). It never edits the caller's model
-and never decides a plan: engine.pruning.budget lands plans on a latency budget through `predict_vector`.
+A table times, for each prunable group alone, the model with that group cut to a few keep ratios against the
+baseline (engine.latency_timer.measure_paired on engine.pruning.apply_plan copies). It never edits the caller's
+model, never changes torch's thread count (it measures at the calling thread's setting and records it in the
+key) and never decides a plan: engine.pruning.budget lands plans on a latency budget through `predict_vector`
+and verifies the landing with `measure_ratio`.
+
+Timing. Baseline and variant forwards are interleaved (A B, B A, ...) and each saving is 1 - the median of the
+per-pair ratios, so the drift of a shared machine cancels and outliers are ignored. With one torch thread the
+clock is the thread's CPU time: what a single-threaded deployment pays, and immune to being descheduled by
+other processes (on a 2-core machine at load 7 wall time was off by 15% between two timings of one model);
+with more threads, wall time (see engine.latency_timer).
 
 The model. On a CPU a group's share of forward time follows the MACs it carries, at a rate of its own
 (thin, high-resolution layers are memory- and overhead-bound and cost more per MAC than wide, low-resolution
-ones) that also changes as the group thins (kernels lose vector efficiency). So the table stores, per group
-g and measured keep ratio r, the saving s_g(r) = 1 - (ms with g alone at r) / (baseline ms) (each group
-against the baselines timed just before and after it, so drift of a shared machine cancels) and the MACs
-m_g(r) it removed, fits one rate per group by least squares through the origin,
-lambda_g = sum_r s_g(r) m_g(r) / sum_r m_g(r)^2, and predicts
+ones). So the table stores, per group g and measured keep ratio r, the saving s_g(r) (a fraction of the
+baseline), its standard error and the MACs m_g(r) it removed, fits one rate per group by least squares through
+the origin, lambda_g = sum_r s_g(r) m_g(r) / sum_r m_g(r)^2, and predicts
 
     latency(plan) = baseline ms * (1 - sum_g lambda_g * M_g(plan)),
 
-with M_g(plan) the MACs reduction attributed to g. One fitted rate instead of a rate interpolated per ratio:
-a rate read off one small removal divides timing noise by few MACs (the table keeps those raw rates,
-`rate_per_mac`, for inspection), and the fit weights each ratio by the MACs it moved. A conv's MACs are bilinear in its in- and out-channels, so when
-two groups shrink one layer its reduction is split symmetrically (the Shapley split of c_in x c_out:
-k*dC_out*(C_in + c_in)/2 to the out-group, k*dC_in*(C_out + c_out)/2 to the in-group). The split sums
-exactly to the plan's MACs reduction, and a plan that cuts one group alone reproduces that group's
-measurement at the measured ratios. An additive model of per-group savings would count a layer whose in-
-and out-channels are both halved as fully removed; the split counts the 3/4 that really goes.
+with M_g(plan) the MACs reduction attributed to g. A conv's MACs are bilinear in its in- and out-channels, so
+when two groups shrink one layer its reduction is split symmetrically (the Shapley split of c_in x c_out:
+k*dC_out*(C_in + c_in)/2 to the out-group, k*dC_in*(C_out + c_out)/2 to the in-group). The split sums exactly
+to the plan's MACs reduction, and a plan that cuts one group alone reproduces that group's measurement.
+
+Regularised rates (engine.latency_fit.fit_rates). A small group's saving is a few percent, the size of the
+timing noise, so its raw rate can come out zero or negative; a landing then treats its channels as free and
+prunes the others to nothing (it once landed 0.6 of the latency at 3% of the MACs). Removing work never makes
+a model slower and never saves nothing, so each raw rate is shrunk towards the pooled rate (fitted over the
+single-group cuts and over cuts of every group together at each keep ratio, whose large savings pin it) with
+the empirical-Bayes weight tau^2 / (tau^2 + var_g) (var_g: the raw rate's variance from its savings' standard
+errors; tau^2: the spread of the true rates between groups beyond that noise), then clipped to
+[RATE_FLOOR, RATE_CEILING] x the pooled rate: a group's MACs save at least a quarter, at most four times, of
+what the same share of the whole model's MACs saves. `raw_rate_per_mac` keeps the unregularised fit.
 """
 
 from __future__ import annotations
@@ -38,15 +50,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.cost import measure_latency
 from engine.errors import BudgetError
 from engine.graph import Topology
+from engine.latency_fit import RATE_CEILING, RATE_FLOOR, FittedRates, fit_rates  # noqa: F401 (re-exported)
+from engine.latency_timer import PairedTiming, clock_for, measure_paired
 from engine.paths import cache_dir
 from engine.pruning import PruningPlan, apply_plan
 from engine.pruning.budget import LATENCY_ATTR
 
 KEEP_RATIOS = (0.25, 0.5, 0.75)
-VERSION = 1
+VERSION = 2  # v2: paired CPU-time timing, regularised rates; v1 caches are measured again
+LANDING_RUN_TIME_S = 1.0  # least timing budget of one measured check of a landed plan
 
 
 def architecture_hash(topology: Topology) -> str:
@@ -69,18 +83,26 @@ class LatencyTable:
         input_shape: per-sample input shape (C, H, W).
         batch: batch size timed.
         device: "cpu" or "cuda".
-        threads: torch threads during timing.
-        min_run_time_s: timing budget per measurement (blocked_autorange).
-        baseline_ms: median latency of the unpruned model.
+        threads: torch.get_num_threads() of the measuring thread (part of the key).
+        min_run_time_s: timing budget per measurement (on the clock).
+        baseline_ms: median forward time of the unpruned model (ms, on the clock).
         keep_ratios: the measured keep ratios (ascending).
         groups: prunable group names, in topology order.
-        measured_ms: (groups, keep_ratios) latency with that group alone at that ratio.
-        rate_per_mac: (groups, keep_ratios) fraction of the baseline latency saved per MAC removed (clamped
-            at 0 against timing noise).
-        fitted_rate_per_mac: (groups,) the least-squares rate through the origin over the measured ratios,
-            which the predictor uses.
+        measured_ms: (groups, keep_ratios) baseline_ms x the measured ratio with that group alone at that ratio.
+        rate_per_mac: (groups, keep_ratios) fraction of the baseline latency saved per MAC removed (raw, for
+            inspection; may be <= 0 from timing noise).
+        fitted_rate_per_mac: (groups,) the regularised rates (`fit_rates`; all > 0) the predictor uses.
+        clock: "thread_cpu" (one thread) or "wall" (engine.latency_timer).
+        saving_se: (groups, keep_ratios) standard error of each measured saving.
+        raw_rate_per_mac: (groups,) the least-squares rates before regularisation.
+        pooled_rate_per_mac: the one rate fitted over every group and the uniform cuts (what the rates shrink
+            towards).
+        uniform_saving: (keep_ratios,) measured saving with every group cut to that keep ratio together.
         measure_s: wall time the measurement took.
         from_cache: True when read from the disk cache.
+
+    Raises:
+        ValueError: a fitted rate that is not a positive finite number.
     """
 
     model_name: str
@@ -96,18 +118,41 @@ class LatencyTable:
     measured_ms: list[list[float]]
     rate_per_mac: list[list[float]]
     fitted_rate_per_mac: list[float]
+    clock: str = "thread_cpu"
+    saving_se: list[list[float]] = field(default_factory=list)
+    raw_rate_per_mac: list[float] = field(default_factory=list)
+    pooled_rate_per_mac: float = 0.0
+    uniform_saving: list[float] = field(default_factory=list)
     measure_s: float = 0.0
     from_cache: bool = False
     _topology: Topology | None = field(default=None, repr=False, compare=False)
+    _model: nn.Module | None = field(default=None, repr=False, compare=False)
     _rows: list[int] = field(default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rates = np.asarray(self.fitted_rate_per_mac, dtype=np.float64)
+        if not np.all(np.isfinite(rates)) or np.any(rates <= 0):
+            raise ValueError("a latency table's fitted rates must be positive finite numbers (a removed channel "
+                             f"never saves nothing), got min {rates.min() if rates.size else None}; fit them "
+                             "with engine.latency_table.fit_rates")
 
     @property
     def key(self) -> str:
         """Cache key: model, architecture, input, batch, device and threads."""
         return cache_key(self.model_name, self.arch_hash, self.input_shape, self.batch, self.device, self.threads)
 
-    def bind(self, topology: Topology) -> LatencyTable:
+    @property
+    def can_measure(self) -> bool:
+        """True when bound with its model, so `measure_ratio` (and a measured landing) can time plans."""
+        return self._model is not None and self._topology is not None
+
+    def bind(self, topology: Topology, model: nn.Module | None = None) -> LatencyTable:
         """Attach to `topology` (so Budget("latency", f) can use it) and return self.
+
+        Args:
+            topology: the architecture the table was measured on.
+            model: the baseline, kept (never modified) so plans landed on a latency budget can be verified
+                by measurement (`measure_ratio`); None keeps the one bound before, if any.
 
         Raises:
             BudgetError: the table was measured for another architecture.
@@ -116,6 +161,8 @@ class LatencyTable:
             raise BudgetError(f"this latency table was measured for another architecture than "
                               f"{topology.model_name}; measure one for it with ensure_latency_table")
         self._topology = topology
+        if model is not None:
+            self._model = model
         index = {g.name: g.index for g in topology.groups}
         self._rows = [index[name] for name in self.groups]
         setattr(topology, LATENCY_ATTR, self)
@@ -136,8 +183,27 @@ class LatencyTable:
             raise BudgetError("this latency table is not bound to a topology; call table.bind(topology) first")
         return self.predict_vector(self._topology.keep_vector(plan_or_keep))
 
+    def measure_ratio(self, plan: PruningPlan, *, min_run_time_s: float | None = None) -> PairedTiming:
+        """Measure the bound model pruned to `plan` (apply_plan) against the baseline with the paired timer.
+
+        Args:
+            plan: a plan for the bound topology.
+            min_run_time_s: timing budget (default: the larger of LANDING_RUN_TIME_S and 4 x the table's).
+
+        Raises:
+            BudgetError: the table is not bound with its model (ensure_latency_table binds it).
+        """
+        if not self.can_measure:
+            raise BudgetError("this latency table has no model to time plans on; bind it with "
+                              "table.bind(topology, model) or get it from ensure_latency_table")
+        budget_s = min_run_time_s if min_run_time_s is not None else max(LANDING_RUN_TIME_S,
+                                                                          4 * self.min_run_time_s)
+        pruned = apply_plan(self._model, self._topology, plan)
+        return measure_paired(self._model, pruned, self.input_shape, batch=self.batch, device=self.device,
+                              min_run_time_s=budget_s)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (the bound topology is not stored)."""
+        """JSON-ready fields (the bound topology and model are not stored)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
         out.pop("from_cache")
         out["input_shape"] = list(self.input_shape)
@@ -146,7 +212,13 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
-        """Inverse of to_dict."""
+        """Inverse of to_dict.
+
+        Raises:
+            ValueError: another table version (the cache then measures again).
+        """
+        if data.get("version") != VERSION:
+            raise ValueError(f"latency table version {data.get('version')!r} is not {VERSION}")
         fields = {k: v for k, v in data.items() if k != "version"}
         fields["input_shape"] = tuple(fields["input_shape"])
         return cls(**fields)
@@ -198,85 +270,93 @@ def load_latency_table(topology: Topology, *, batch: int = 1, device: str = "cpu
     return table.bind(topology)
 
 
+def _check_threads(threads: int | None) -> int:
+    current = torch.get_num_threads()
+    if threads is not None and threads != current:
+        raise ValueError(f"a latency table is timed at the calling thread's torch setting ({current} threads), "
+                         f"not threads={threads}; call torch.set_num_threads({threads}) in your program first "
+                         "or leave threads unset")
+    return current
+
+
 def measure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 1, device: str = "cpu",
                           threads: int | None = None, min_run_time_s: float = 0.2,
-                          keep_ratios: Sequence[float] = KEEP_RATIOS, repeats: int = 3,
+                          keep_ratios: Sequence[float] = KEEP_RATIOS, repeats: int = 1,
                           callback: Callable[[int, int, str], None] | None = None) -> LatencyTable:
-    """Time the baseline and every prunable group alone at `keep_ratios`; the table is bound, not cached.
+    """Time every prunable group alone at `keep_ratios` against the baseline; the table is bound, not cached.
 
     Args:
-        model: the baseline (not modified; pruned copies are timed).
+        model: the baseline (not modified; pruned copies are timed; bound for measured landings).
         topology: its topology.
         batch: batch size timed.
         device: "cpu" or "cuda".
-        threads: torch threads (default: torch.get_num_threads()).
-        min_run_time_s: timing budget per measurement; the baseline is timed before every group and at the
-            end, and each group's savings are taken against the baselines around it.
+        threads: the torch threads expected (default and only accepted value: the calling thread's
+            torch.get_num_threads(); this function never changes it).
+        min_run_time_s: timing budget per measurement (baseline and variant interleaved, on the clock).
         keep_ratios: keep ratios measured per group, in (0, 1).
-        repeats: each latency is the least of this many medians (each over min_run_time_s / repeats).
+        repeats: each measurement's budget is multiplied by this (kept for callers of the older API).
         callback: called as callback(done, total, message) after every measurement.
 
     Raises:
-        ValueError: a keep ratio outside (0, 1).
+        ValueError: a keep ratio outside (0, 1), repeats < 1, or `threads` other than the current setting.
     """
     grid = sorted(float(r) for r in keep_ratios)
     if not grid or grid[0] <= 0.0 or grid[-1] >= 1.0:
         raise ValueError(f"keep_ratios must lie in (0, 1), got {list(keep_ratios)}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    threads = threads or torch.get_num_threads()
+    threads = _check_threads(threads)
     size = tuple(topology.input_shape[1:])
     start = time.perf_counter()
     groups = topology.prunable_groups
-    total = len(groups) * (len(grid) + 1) + 1
-    done = 0
-
-    def timed(m: nn.Module, what: str) -> float:
-        nonlocal done
-        # the least of several medians: contention on a shared machine only ever adds time
-        ms = min(measure_latency(m, size, batch=batch, threads=threads, min_run_time_s=min_run_time_s / repeats,
-                                 device=device).median_ms for _ in range(repeats))
-        done += 1
-        if callback is not None:
-            callback(done, total, what)
-        return ms
-
-    base = [timed(model, "baseline")]  # one before every group and one at the end
-    measured: list[list[float]] = []  # (groups, keep_ratios) ms
-    removed_macs: list[list[float]] = []  # (groups, keep_ratios) MACs removed by that group alone
+    total = (len(groups) + 1) * len(grid)
     full = topology.keep_vector({})
+    saved = np.zeros((len(groups), len(grid)))
+    se = np.zeros_like(saved)
+    removed = np.zeros_like(saved)
+    base_ms: list[float] = []
+    done = 0
     for i, group in enumerate(groups):
-        if i:
-            base.append(timed(model, "baseline"))
-        row_ms, row_macs = [], []
-        for r in grid:
+        for j, r in enumerate(grid):
             keep = max(1, int(round(r * group.channels)))
             plan = PruningPlan(model=topology.model_name, keep={group.name: keep} if keep < group.channels else {})
-            row_ms.append(timed(apply_plan(model, topology, plan), f"{group.name} at {r:.2f}"))
+            timing = measure_paired(model, apply_plan(model, topology, plan), size, batch=batch, device=device,
+                                    min_run_time_s=min_run_time_s * repeats)
+            saved[i, j], se[i, j] = 1.0 - timing.ratio, timing.ratio_se
+            base_ms.append(timing.a_ms)
             vector = full.copy()
             vector[group.index] = keep
-            row_macs.append(float(topology.table.full.macs - topology.table.macs(vector)))
-        measured.append(row_ms)
-        removed_macs.append(row_macs)
-    base.append(timed(model, "baseline"))
-    baseline_ms = float(np.median(base))
-    rates, fitted = [], []
-    for row, (row_ms, row_macs) in enumerate(zip(measured, removed_macs, strict=True)):
-        # each group against the baselines timed just before and after it: slow drift of a shared machine
-        # cancels out; the saving is a fraction of the baseline, so the table scales with baseline_ms
-        local = 0.5 * (base[row] + base[row + 1])
-        saved = np.array([1.0 - ms / local for ms in row_ms])
-        rates.append([max(1.0 - ms / local, 0.0) / macs if macs > 0 else 0.0
-                      for ms, macs in zip(row_ms, row_macs, strict=True)])
-        macs = np.asarray(row_macs)
-        fitted.append(max(float(saved @ macs / (macs @ macs)), 0.0) if macs.any() else 0.0)
+            removed[i, j] = float(topology.table.full.macs - topology.table.macs(vector))
+            done += 1
+            if callback is not None:
+                callback(done, total, f"{group.name} at {r:.2f}")
+    uniform_saved, uniform_macs = [], []
+    for r in grid:  # every group cut together: a large saving that pins the pooled rate
+        keep = {g.name: max(1, int(round(r * g.channels))) for g in groups}
+        plan = PruningPlan(model=topology.model_name, keep={k: v for k, v in keep.items()
+                                                             if v < topology.group(k).channels})
+        timing = measure_paired(model, apply_plan(model, topology, plan), size, batch=batch, device=device,
+                                min_run_time_s=min_run_time_s * repeats)
+        uniform_saved.append(1.0 - timing.ratio)
+        uniform_macs.append(float(topology.table.full.macs - topology.table.macs(topology.keep_vector(plan))))
+        base_ms.append(timing.a_ms)
+        done += 1
+        if callback is not None:
+            callback(done, total, f"every group at {r:.2f}")
+    fit = fit_rates(saved, removed, se, total_macs=float(topology.table.full.macs),
+                    uniform_saved=np.asarray(uniform_saved), uniform_macs=np.asarray(uniform_macs))
+    baseline_ms = float(np.median(base_ms)) if base_ms else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        raw_rates = np.where(removed > 0, saved / np.where(removed > 0, removed, 1.0), 0.0)
     table = LatencyTable(
         model_name=topology.model_name, arch_hash=architecture_hash(topology), input_shape=size, batch=batch,
-        device=device, threads=threads, min_run_time_s=float(min_run_time_s), baseline_ms=baseline_ms,
-        keep_ratios=grid, groups=[g.name for g in groups], measured_ms=measured, rate_per_mac=rates,
-        fitted_rate_per_mac=fitted,
+        device=device, threads=threads, min_run_time_s=float(min_run_time_s * repeats), baseline_ms=baseline_ms,
+        keep_ratios=grid, groups=[g.name for g in groups],
+        measured_ms=(baseline_ms * (1.0 - saved)).tolist(), rate_per_mac=raw_rates.tolist(),
+        fitted_rate_per_mac=fit.rates.tolist(), clock=clock_for(threads), saving_se=se.tolist(),
+        raw_rate_per_mac=fit.raw.tolist(), pooled_rate_per_mac=fit.pooled, uniform_saving=uniform_saved,
         measure_s=time.perf_counter() - start)
-    return table.bind(topology)
+    return table.bind(topology, model)
 
 
 def save_latency_table(table: LatencyTable) -> None:
@@ -289,13 +369,18 @@ def save_latency_table(table: LatencyTable) -> None:
 
 def ensure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 1, device: str = "cpu",
                          threads: int | None = None, min_run_time_s: float = 0.2,
-                         keep_ratios: Sequence[float] = KEEP_RATIOS, repeats: int = 3, use_cache: bool = True,
+                         keep_ratios: Sequence[float] = KEEP_RATIOS, repeats: int = 1, use_cache: bool = True,
                          callback: Callable[[int, int, str], None] | None = None) -> LatencyTable:
     """The latency table of `topology` on this machine: already bound, cached on disk, or measured now.
 
     A cached table counts only when it was timed at least `min_run_time_s` per measurement on the same
-    keep ratios; the result is bound to `topology` (Budget("latency", f) then works on it) and cached.
-    Arguments as for `measure_latency_table`; `use_cache=False` always measures (and refreshes the cache).
+    keep ratios at the calling thread's torch thread count; the result is bound to `topology` and `model`
+    (Budget("latency", f) then predicts with it and plan_for_budget verifies its landing by measurement) and
+    cached. Arguments as for `measure_latency_table`; `use_cache=False` always measures (and refreshes the
+    cache).
+
+    Raises:
+        ValueError: as for `measure_latency_table`, when a table has to be measured.
     """
     threads = threads or torch.get_num_threads()
     grid = sorted(float(r) for r in keep_ratios)
@@ -307,11 +392,11 @@ def ensure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 1
 
     bound = getattr(topology, LATENCY_ATTR, None)
     if use_cache and good(bound):
-        return bound
+        return bound.bind(topology, model)
     if use_cache:
         cached = load_latency_table(topology, batch=batch, device=device, threads=threads)
         if good(cached):
-            return cached
+            return cached.bind(topology, model)
     table = measure_latency_table(model, topology, batch=batch, device=device, threads=threads,
                                   min_run_time_s=min_run_time_s, keep_ratios=grid, repeats=repeats,
                                   callback=callback)

@@ -3,7 +3,9 @@
 A budget says which fraction of the baseline's MACs, params, activation memory, latency or weight size a
 pruned model may keep. `plan_for_budget` bisects one scale factor on the per-group keep ratios against that
 metric, then fills the rounding slack greedily. It decides counts only: which channels go is select.py's
-job, and latency is predicted by engine.latency_table (attached to the topology), never measured here.
+job. Latency is predicted by engine.latency_table (attached to the topology); a latency landing is then
+verified by timing the landed plan (through the table) and corrected by secant steps, so it lands on the budget
+as measured. The analytic metrics are never measured.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from engine.graph import Topology
 from engine.pruning.plan import PruningPlan
 
 TOLERANCE = 0.01  # relative: the plan's value lands in [fraction * (1 - TOLERANCE), fraction] x baseline
+LATENCY_TOLERANCE = 0.05  # relative: a measured latency landing is on budget within this
+LATENCY_SECANT_STEPS = 2  # measured corrections of the fraction given to the latency predictor
 METRICS = ("macs", "params", "memory", "latency", "size")
 UNITS = {"macs": "MACs", "params": "parameters", "memory": "activation bytes", "latency": "ms",
          "size": "weight bytes"}
@@ -141,7 +145,14 @@ class Budget:
         return self.value(topology, plan_or_keep, bits=bits) / self.baseline(topology)
 
     def on_budget(self, topology: Topology, plan_or_keep: Any, *, tolerance: float = TOLERANCE) -> bool:
-        """True when the plan's ratio is within `tolerance` (relative) of `fraction`."""
+        """True when the plan's ratio is within `tolerance` (relative) of `fraction`.
+
+        A latency plan that plan_for_budget verified by measurement is judged on its measured ratio
+        (`meta["latency_measured_ratio"]`), within at least LATENCY_TOLERANCE.
+        """
+        measured = (getattr(plan_or_keep, "meta", None) or {}).get("latency_measured_ratio")
+        if self.metric == "latency" and measured is not None:
+            return abs(float(measured) / self.fraction - 1.0) <= max(tolerance, LATENCY_TOLERANCE)
         return abs(self.ratio(topology, plan_or_keep) / self.fraction - 1.0) <= tolerance
 
     def describe(self) -> str:
@@ -207,8 +218,16 @@ def _shape(topology: Topology, values, what: str) -> np.ndarray:
 def plan_for_budget(topology: Topology, budget: Budget | float, *, scores: Mapping[str, float] | Sequence[float] | None = None,
                     keep_ratios: Mapping[str, float] | Sequence[float] | None = None, min_keep_ratio: float = 0.05,
                     max_keep_ratio: float = 1.0, round_to: int = 1, criterion: str = "l1",
-                    method: str = "budget") -> PruningPlan:
+                    method: str = "budget", measure: bool = True) -> PruningPlan:
     """Keep counts for every prunable group so the pruned model keeps `budget` of the baseline (within 1%).
+
+    A latency budget lands on the attached table's prediction; when the table is bound with its model
+    (ensure_latency_table does that) and `measure` is True, the landed plan's physical model is then timed
+    against the baseline (LatencyTable.measure_ratio) and the fraction given to the predictor is corrected by
+    up to LATENCY_SECANT_STEPS secant steps, so the plan lands within LATENCY_TOLERANCE of the budget as
+    measured (the closest of the plans tried is returned). `plan.meta` then also carries
+    `latency_measured_ratio` (and `budget_ratio` is that measured ratio), `latency_predicted_ratio`,
+    `latency_predictor_fraction`, `latency_clock` and `latency_landing` (every try).
 
     Args:
         topology: the model's topology (with an attached latency table for a latency budget).
@@ -220,9 +239,11 @@ def plan_for_budget(topology: Topology, budget: Budget | float, *, scores: Mappi
         round_to: keep counts are multiples of this (or the whole group).
         criterion: recorded on the plan (how channels will be chosen).
         method: recorded on the plan.
+        measure: verify and correct a latency landing by measurement (see above); False trusts the predictor.
 
     Returns:
-        A plan whose value of the budget's metric is <= fraction x baseline and within 1% of it; `plan.budget`
+        A plan whose value of the budget's metric is <= fraction x baseline and within 1% of it (a measured
+        latency landing: within 5% of it, measured, when the machine allows); `plan.budget`
         is the fraction and `plan.meta` carries `budget_metric`, `budget_ratio`, `macs` and `macs_ratio`.
 
     Raises:
@@ -231,6 +252,55 @@ def plan_for_budget(topology: Topology, budget: Budget | float, *, scores: Mappi
         ValueError: both scores and keep_ratios given, or malformed ones.
     """
     spec = Budget.coerce(budget)
+    options = dict(scores=scores, keep_ratios=keep_ratios, min_keep_ratio=min_keep_ratio,
+                   max_keep_ratio=max_keep_ratio, round_to=round_to, criterion=criterion, method=method)
+    plan = _land_on_evaluator(topology, spec, **options)
+    table = getattr(topology, LATENCY_ATTR, None) if spec.metric == "latency" else None
+    if measure and table is not None and getattr(table, "can_measure", False) and topology.prunable_groups:
+        plan = _land_measured(topology, spec, table, plan, **options)
+    return plan
+
+
+def _land_measured(topology: Topology, spec: Budget, table: Any, first: PruningPlan, **options: Any) -> PruningPlan:
+    """Correct a predicted latency landing by measurement: secant steps on the fraction given to the predictor."""
+    target = spec.fraction
+    tried: list[tuple[float, PruningPlan, Any]] = []
+    fraction, plan = target, first
+    for step in range(LATENCY_SECANT_STEPS + 1):
+        timing = table.measure_ratio(plan)
+        tried.append((fraction, plan, timing))
+        if abs(timing.ratio / target - 1.0) <= LATENCY_TOLERANCE / 2 or step == LATENCY_SECANT_STEPS:
+            break  # half the tolerance: room for the noise of the measurement itself
+        if len(tried) == 1 or abs(tried[-1][0] - tried[-2][0]) < 1e-9:
+            proposal = fraction * target / max(timing.ratio, 1e-6)  # the secant through the origin
+        else:
+            (f0, _, t0), (f1, _, t1) = tried[-2], tried[-1]
+            slope = (t1.ratio - t0.ratio) / (f1 - f0)
+            proposal = (f1 + (target - t1.ratio) / slope if np.isfinite(slope) and slope > 1e-3
+                        else f1 * target / max(t1.ratio, 1e-6))  # a flat or inverted secant: rescale instead
+        proposal = float(np.clip(proposal, 0.02, 1.0))
+        if abs(proposal - fraction) < 1e-4:
+            break
+        try:
+            plan = _land_on_evaluator(topology, Budget("latency", proposal), **options)
+        except BudgetError:
+            break  # the keep bounds cannot reach the corrected fraction: keep the closest plan so far
+        fraction = proposal
+    fraction, plan, timing = min(tried, key=lambda t: abs(t[2].ratio / target - 1.0))
+    predicted = spec.ratio(topology, plan)
+    record_budget(plan, spec)
+    plan.meta.update({
+        "budget_ratio": timing.ratio, "latency_measured_ratio": timing.ratio, "latency_predicted_ratio": predicted,
+        "latency_predictor_fraction": fraction, "latency_clock": timing.clock,
+        "on_budget": bool(abs(timing.ratio / target - 1.0) <= LATENCY_TOLERANCE),
+        "latency_landing": [{"predictor_fraction": f, "measured_ratio": t.ratio, "ratio_se": t.ratio_se,
+                             "pairs": t.pairs} for f, _, t in tried]})
+    return plan
+
+
+def _land_on_evaluator(topology: Topology, spec: Budget, *, scores: Any, keep_ratios: Any, min_keep_ratio: float,
+                       max_keep_ratio: float, round_to: int, criterion: str, method: str) -> PruningPlan:
+    """plan_for_budget on the metric's analytic or predicted value (no measurement)."""
     budget = spec.fraction
     if not 0.0 < min_keep_ratio <= max_keep_ratio <= 1.0:
         raise BudgetError(f"keep bounds must satisfy 0 < min_keep_ratio <= max_keep_ratio <= 1, "

@@ -168,6 +168,127 @@ def test_latency_budget_lands_on_the_predictor(resnet20):
     assert Budget("macs").ratio(topology, plan) > 0.6  # latency falls faster than MACs under these rates
 
 
+def test_paired_timer_uses_thread_cpu_time_at_one_thread_and_leaves_threads_alone(resnet20):
+    from engine.latency_timer import clock_for, measure_paired
+
+    model, _ = resnet20
+    threads = torch.get_num_threads()
+    timing = measure_paired(model, model, (3, 32, 32), min_run_time_s=0.0, min_pairs=4, max_pairs=4)
+    assert timing.pairs == 4 and timing.threads == threads and timing.clock == clock_for(threads)
+    assert clock_for(1) == "thread_cpu" and clock_for(2) == "wall"
+    assert timing.a_ms > 0 and timing.b_ms > 0 and timing.ratio > 0 and timing.ratio_se >= 0
+    assert torch.get_num_threads() == threads  # measured at the caller's setting, never changed
+
+
+def test_a_table_is_timed_at_the_callers_thread_count(resnet20):
+    from engine.latency_table import measure_latency_table
+
+    model, topology = resnet20
+    other = torch.get_num_threads() + 1
+    with pytest.raises(ValueError, match=rf"not threads={other}; call torch.set_num_threads\({other}\)"):
+        measure_latency_table(model, topology, threads=other)
+
+
+def _proportional_savings(topology, grid=(0.25, 0.5, 0.75)):
+    """Savings of each group alone when latency is exactly proportional to MACs, and the MACs removed."""
+    full = topology.keep_vector({})
+    removed = []
+    for g in topology.prunable_groups:
+        row = []
+        for r in grid:
+            vector = full.copy()
+            vector[g.index] = max(1, int(round(r * g.channels)))
+            row.append(float(topology.table.full.macs - topology.table.macs(vector)))
+        removed.append(row)
+    removed = np.array(removed)
+    return removed / topology.table.full.macs, removed
+
+
+def test_fitted_rates_are_regularised_so_a_noisy_zero_does_not_prune_everything(resnet20):
+    from engine.latency_table import RATE_CEILING, RATE_FLOOR, fit_rates
+
+    _, topology = resnet20
+    saved, removed = _proportional_savings(topology)
+    noisy = saved.copy()
+    noisy[[1, 4, 7]] = 0.0  # three groups whose savings drowned in timing noise
+    noisy[9] = -0.02  # and one that came out slower
+    se = np.full_like(saved, 0.03)
+    fit = fit_rates(noisy, removed, se, total_macs=topology.table.full.macs)
+    assert fit.raw[1] == 0.0 and fit.raw[9] < 0  # the raw least squares would call these channels free
+    assert np.all(fit.rates > 0)
+    assert np.all(fit.rates >= RATE_FLOOR * fit.pooled * (1 - 1e-12))
+    assert np.all(fit.rates <= RATE_CEILING * fit.pooled * (1 + 1e-12))
+    table = _synthetic_table(topology, fit.rates).bind(topology)
+    plan = plan_for_budget(topology, Budget("latency", 0.6))
+    assert Budget("latency").ratio(topology, plan) == pytest.approx(0.6, rel=0.01)
+    # latency is proportional to MACs here, so a sane landing keeps about 0.6 of the MACs, never almost none
+    assert Budget("macs").ratio(topology, plan) > 0.45
+    assert table.fitted_rate_per_mac == list(fit.rates)
+    # clean measurements are barely moved: the fit returns the true (pooled) rate
+    clean = fit_rates(saved, removed, se * 0.1, total_macs=topology.table.full.macs)
+    assert clean.rates == pytest.approx(np.full(len(clean.rates), 1 / topology.table.full.macs), rel=1e-6)
+    # no saving anywhere: latency proportional to MACs is the fallback
+    none = fit_rates(np.zeros_like(saved), removed, se, total_macs=topology.table.full.macs)
+    assert none.pooled == pytest.approx(1 / topology.table.full.macs)
+    with pytest.raises(ValueError, match="fitted rates must be positive"):
+        _synthetic_table(topology, [0.0] * len(fit.rates))
+
+
+def test_a_latency_landing_is_corrected_by_measurement(resnet20, monkeypatch):
+    from engine.graph import build_topology
+    from engine.latency_timer import PairedTiming
+
+    model, _ = resnet20
+    topology = build_topology(model, torch.zeros(1, 3, 32, 32))
+    n = len(topology.prunable_groups)
+    table = _synthetic_table(topology, np.linspace(2.0, 0.5, n) / topology.macs).bind(topology)
+    assert not table.can_measure  # bound without a model: the landing trusts the predictor
+    assert "latency_measured_ratio" not in plan_for_budget(topology, Budget("latency", 0.6)).meta
+    table.bind(topology, model)
+    assert table.can_measure
+    calls = []
+
+    def measure_ratio(plan, **_):  # a machine whose latency falls slower than predicted: 0.3 + 0.6 x predicted
+        calls.append(plan)
+        ratio = 0.3 + 0.6 * table.predict_ms(plan) / table.baseline_ms
+        return PairedTiming(ratio=ratio, ratio_se=0.01, a_ms=10.0, b_ms=10.0 * ratio, pairs=9, threads=1,
+                            clock="thread_cpu")
+
+    monkeypatch.setattr(table, "measure_ratio", measure_ratio)
+    budget = Budget("latency", 0.6)
+    plan = plan_for_budget(topology, budget)
+    measured = plan.meta["latency_measured_ratio"]
+    assert abs(measured / 0.6 - 1) <= 0.05 and plan.meta["on_budget"]
+    assert 2 <= len(calls) <= 3 and len(plan.meta["latency_landing"]) == len(calls)
+    assert plan.meta["latency_landing"][0]["measured_ratio"] == pytest.approx(0.3 + 0.6 * 0.6, rel=0.02)
+    assert plan.meta["budget_ratio"] == measured and plan.budget == 0.6 and plan.meta["budget_metric"] == "latency"
+    # the predictor was asked for less than the budget, and the analytic metrics are untouched
+    assert plan.meta["latency_predictor_fraction"] < 0.6
+    assert plan.meta["latency_predicted_ratio"] == pytest.approx(budget.ratio(topology, plan))
+    assert plan.meta["macs_ratio"] == pytest.approx(Budget("macs").ratio(topology, plan))
+    assert budget.on_budget(topology, plan)  # judged on the measured ratio, not the prediction
+    assert not budget.on_budget(topology, plan.keep)  # a bare keep map has no measurement: the prediction
+    assert "latency_measured_ratio" not in plan_for_budget(topology, budget, measure=False).meta
+
+
+def test_a_measured_table_lands_a_real_plan(monkeypatch, tmp_path):
+    from engine.graph import build_topology
+    from engine.latency_table import ensure_latency_table
+    from engine.zoo import build_model
+
+    monkeypatch.setenv("TOPOPRUNE_HOME", str(tmp_path))
+    model = build_model("cifar_resnet20", width=0.25).eval()
+    topology = build_topology(model, torch.zeros(1, 3, 32, 32))
+    table = ensure_latency_table(model, topology, min_run_time_s=0.003, keep_ratios=(0.5,))
+    assert table.can_measure and table.clock in ("thread_cpu", "wall") and table.threads == torch.get_num_threads()
+    assert all(r > 0 for r in table.fitted_rate_per_mac) and len(table.saving_se) == len(table.groups)
+    plan = plan_for_budget(topology, Budget("latency", 0.7))
+    tries = plan.meta["latency_landing"]
+    assert 1 <= len(tries) <= 3 and plan.meta["latency_measured_ratio"] in [t["measured_ratio"] for t in tries]
+    assert plan.meta["latency_measured_ratio"] == min((t["measured_ratio"] for t in tries),
+                                                      key=lambda r: abs(r / 0.7 - 1))
+
+
 # ----------------------------------------------------------------------------------------------- methods
 def _ctx(resnet20, shapes10, metric):
     from engine.evaluate import ScoringConfig
