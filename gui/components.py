@@ -45,10 +45,33 @@ def metric_cards(cards: Sequence[tuple[str, str, str | None]]) -> None:
         col.metric(label, value, help=help_text)
 
 
-def budget_slider(*, key: str, default: float = 0.5) -> float:
-    """MACs budget as the fraction of the baseline's MACs kept (0.5 = half remain)."""
-    percent = st.slider("MACs budget (% of the baseline's MACs kept)", 10, 100, int(round(default * 100)), 5,
-                        key=key, help="0.5 keeps half of the multiply-accumulates, the paper's '50% FLOPs'.")
+BUDGET_METRICS = {  # engine.pruning.budget.METRICS, with what each keeps
+    "macs": "MACs (multiply-accumulates)",
+    "params": "parameters",
+    "memory": "activation memory",
+    "latency": "latency (measured here)",
+    "size": "weight size",
+}
+
+
+def budget_metric_picker(*, key: str, default: str = "macs", metrics: Sequence[str] | None = None) -> str:
+    """Select box: which metric the budget is a fraction of; returns its engine name ("macs", "latency", ...).
+
+    `metrics` limits the choice (a method's `budget_metrics`); a default it excludes falls back to the first.
+    """
+    names = [m for m in (metrics or BUDGET_METRICS) if m in BUDGET_METRICS] or ["macs"]
+    index = names.index(default) if default in names else 0
+    return st.selectbox("Budget metric", names, index=index, key=key, format_func=BUDGET_METRICS.get,
+                        help="What the budget is a fraction of. A latency budget measures a per-group latency "
+                             "table on this machine first (once per model, then cached) and checks the landed "
+                             "plan by timing it.")
+
+
+def budget_slider(*, key: str, default: float = 0.5, metric: str = "macs") -> float:
+    """Budget as the fraction of the baseline's `metric` kept (0.5 = half remain)."""
+    what = BUDGET_METRICS.get(metric, metric)
+    percent = st.slider(f"Budget (% of the baseline's {what} kept)", 10, 100, int(round(default * 100)), 5,
+                        key=key, help="0.5 keeps half: for MACs, the paper's '50% FLOPs'.")
     return percent / 100.0
 
 

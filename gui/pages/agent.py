@@ -8,6 +8,7 @@ from typing import Any
 import streamlit as st
 
 from engine.evaluate import ScoringConfig
+from engine.latency_table import ensure_latency_table
 from gui import cache, components, jobs, search_jobs
 from gui.plots import agent as ap
 from gui.plots import graph_view as gv
@@ -95,7 +96,9 @@ with components.engine_errors("agent"):
         c1, c2 = st.columns(2)
         with c1:
             spec = components.method_picker(specs, key="agent_method")
-            budget = components.budget_slider(key="agent_budget")
+            budget_metric = components.budget_metric_picker(key="agent_budget_metric",
+                                                            metrics=(spec or {}).get("budget_metrics"))
+            budget = components.budget_slider(key="agent_budget", metric=budget_metric)
         with c2:
             episodes = None
             if spec and "episodes" in spec["options"]:
@@ -120,9 +123,12 @@ with components.engine_errors("agent"):
     scoring = ScoringConfig(val_size=int(val_size), bn_batches=int(bn_batches))
 
     def launch(steps: int | None) -> None:
+        if budget_metric == "latency":  # measured once per model and machine, then cached
+            with st.spinner("Measuring the latency table on this machine (once per model, then cached)..."):
+                ensure_latency_table(loaded.model, topology)
         common = dict(method=spec["name"], model=loaded.model, topology=topology, data=cache.dataset_for(ref),
-                      budget=budget, options=options, model_name=ref.arch, dataset=ref.dataset, seed=int(seed),
-                      steps=steps, scoring=scoring,
+                      budget=budget, budget_metric=budget_metric, options=options, model_name=ref.arch,
+                      dataset=ref.dataset, seed=int(seed), steps=steps, scoring=scoring,
                       store_factory=cache.run_store)
         if spec["kind"] == "search":
             st.session_state[SEARCH_JOB] = search_jobs.start_search(step_unit=step_unit,
