@@ -280,8 +280,9 @@ SPEC = MethodSpec(
                                 min=0.02, max=0.5),
         "min_keep_ratio": OptionSpec("min_keep_ratio", float, 0.1, "smallest keep ratio of a group", min=0.01,
                                      max=1.0),
-        "calib_images": OptionSpec("calib_images", int, 64, "train images whose features the fitness uses", min=2),
-        "positions": OptionSpec("positions", int, 10, "spatial positions sampled per image", min=1),
+        "calib_images": OptionSpec("calib_images", int, 128, "train images whose features the fitness uses", min=2),
+        "positions": OptionSpec("positions", int, 16, "spatial positions sampled per image (images x positions "
+                                "should well exceed 9 x the group's channels)", min=1),
     },
     searcher=GASearch,
     budget_metrics=METRICS,
