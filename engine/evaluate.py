@@ -264,6 +264,7 @@ def report_candidate(
     latency_min_run_time_s: float = 0.5,
     seed: int = 0,
     callback: Callable[[Any], None] | None = None,
+    kd: Any | None = None,
 ) -> CandidateReport:
     """Physically prune `model` by `plan` and measure it: val and test accuracy, MACs, params, latency.
 
@@ -287,6 +288,8 @@ def report_candidate(
         latency_min_run_time_s: Minimum timing duration per model.
         seed: Fine-tuning seed.
         callback: Receives engine.train.TrainProgress during fine-tuning.
+        kd: engine.kd.KDConfig: fine-tune by distilling from the unpruned model with its temperature and weight
+            (implies `distill`; the teacher is checked against the pruned model first).
 
     Returns:
         A CandidateReport (also readable as `report["key"]`).
@@ -313,7 +316,15 @@ def report_candidate(
     if test_before_finetune or finetune_epochs == 0:
         test_before = evaluate(pruned, data, "test").top1
     test_acc = test_before
-    if finetune_epochs > 0:
+    distill = distill or kd is not None
+    if finetune_epochs > 0 and kd is not None:
+        from engine.kd import finetune_kd
+
+        finetune_kd(pruned, copy.deepcopy(model).eval(), data, kd=kd, epochs=finetune_epochs, lr=finetune_lr,
+                    seed=seed, max_batches_per_epoch=finetune_max_batches, callback=callback)
+        pruned.eval()
+        test_acc = evaluate(pruned, data, "test").top1
+    elif finetune_epochs > 0:
         teacher = copy.deepcopy(model).eval() if distill else None
         finetune(pruned, data, epochs=finetune_epochs, lr=finetune_lr, teacher=teacher, callback=callback, seed=seed,
                  max_batches_per_epoch=finetune_max_batches)
