@@ -54,6 +54,10 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                    help="a method option (repeatable; `topoprune info --methods --json` lists them)")
     p.add_argument("--finetune-epochs", type=_non_negative_int, default=0, metavar="N")
     p.add_argument("--distill", action="store_true", help="fine-tune by distilling from the unpruned model")
+    p.add_argument("--finetune-kd", action="store_true", help="fine-tune with knowledge distillation from the unpruned "
+                   "baseline (loss (1-w)*CE + w*T^2*KL); see --kd-temperature and --kd-weight")
+    p.add_argument("--kd-temperature", type=float, default=4.0, metavar="T", help="KD softmax temperature (default 4)")
+    p.add_argument("--kd-weight", type=float, default=0.9, metavar="W", help="KD term weight in [0, 1] (default 0.9)")
     p.add_argument("--val-size", type=_positive_int, default=512, metavar="N", help="val images scored (default 512)")
     p.add_argument("--round-to", type=_positive_int, default=1, metavar="N", help="round channel counts to N")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
@@ -137,6 +141,11 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     budget = None if spec is None else spec.fraction
     metric = spec.metric if spec is not None else (getattr(a, "budget_metric", None) or "macs")
     options = parse_options(a.option)
+    kd = None
+    if a.finetune_kd:  # checked before anything loads
+        from engine.kd import KDConfig
+
+        kd = KDConfig(temperature=a.kd_temperature, weight=a.kd_weight)
     if a.method and a.plan is None:
         from engine.methods import MethodError, get_method
 
@@ -175,7 +184,7 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     bar = ctx.progress(total=a.finetune_epochs or None, desc="measure")
     report = report_candidate(
         loaded.model, topology, plan, data, finetune_epochs=a.finetune_epochs, distill=a.distill, scoring=scoring,
-        latency=not a.no_latency, seed=a.seed,
+        latency=not a.no_latency, seed=a.seed, kd=kd,
         callback=lambda p: bar.update_to(int(getattr(p, "epoch", 0)), a.finetune_epochs or None),
     )
     bar.close()
@@ -212,6 +221,7 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         "test_acc_before_finetune": report.test_acc_before_finetune,
         "baseline_test_acc": report.baseline_test_acc,
         "finetune_epochs": a.finetune_epochs,
+        "finetune_kd": None if kd is None else {"temperature": kd.temperature, "weight": kd.weight},
         "plan": plan_dict,
         "artifacts": artifacts,
         "seconds": report.seconds + (method_result.seconds if method_result else 0.0),
