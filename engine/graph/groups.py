@@ -345,7 +345,7 @@ def merge_groups(dep: list[RawGroup], classes, modules: dict[str, nn.Module]) ->
     members = class_members(classes)
     truth = {frozenset((k[0], k[1], c) for k, chs in slots.items() for c in chs) for slots in members.values()}
     frozen_sets = {frozenset((k[0], k[1], c) for k, chs in members[r].items() for c in chs)
-                   for r in classes.tie_frozen}
+                   for r in classes.tie_frozen if r in members}
     kept, notes = [], []
     covered: set[tuple[str, str, int]] = set()
     for group in dep:

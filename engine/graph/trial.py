@@ -20,15 +20,17 @@ def _shrink(module: nn.Module, out_drop: int, in_drop: int) -> None:
     device = "meta"
 
     def param(shape, old):
-        return None if old is None else nn.Parameter(torch.empty(shape, device=device), requires_grad=False)
+        if old is None:
+            return None
+        return nn.Parameter(torch.empty(shape, device=device, dtype=old.dtype), requires_grad=False)
 
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         n = module.num_features - max(out_drop, in_drop)
         module.num_features = n
         module.weight, module.bias = param((n,), module.weight), param((n,), module.bias)
         if module.running_mean is not None:
-            module.running_mean = torch.empty(n, device=device)
-            module.running_var = torch.empty(n, device=device)
+            module.running_mean = torch.empty(n, device=device, dtype=module.running_mean.dtype)
+            module.running_var = torch.empty(n, device=device, dtype=module.running_var.dtype)
     elif isinstance(module, nn.modules.conv._ConvNd):
         groups = module.groups
         depthwise = groups > 1 and groups == module.in_channels == module.out_channels

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from engine.cost import count_costs, plan_macs
+from engine.errors import ModelError
 from engine.graph import build_topology
 from engine.pruning import apply_plan, mask_model, plan_for_budget
 from tests.engine.test_graph_toy import randomize_bn
@@ -273,3 +274,104 @@ def test_subclassed_layers_are_leaves_with_exact_costs():
     assert topology.group_of("fc") is None and topology.group("conv3").members[-1] == ("fc", "in")
     counted = count_costs(model, x)
     assert topology.macs == counted.macs and topology.params == counted.params
+
+
+class Branchy(nn.Module):
+    """A tensor-valued `if` that runs different layers: tracing one path would mis-prune the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a, self.b = cbr(3, 8, 3), cbr(8, 16, 3), cbr(8, 8, 3)
+        self.gate = nn.Identity()
+
+    def forward(self, x):
+        x = self.stem(x)
+        if x.sum() > 0:
+            x = self.a(x)[:, :8]
+        else:
+            x = self.b(x)
+        return x.mean((2, 3))
+
+
+class Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = Branchy()
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_data_dependent_branch_is_refused_naming_the_module():
+    with pytest.raises(ModelError, match=r"^body \(Branchy\) branches on tensor values in forward\(\)"):
+        build_topology(Outer().eval(), torch.randn(1, 3, 8, 8))
+
+
+class UpNet(nn.Module):
+    """UNet-style decoder step: ConvTranspose2d upsampling, concat with the skip, conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.down = cbr(3, 16, 3), nn.Conv2d(16, 32, 2, stride=2)
+        self.up = nn.ConvTranspose2d(32, 16, 2, stride=2)
+        self.dec = cbr(32, 16, 3)
+        self.out = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        skip = self.enc(x)
+        return self.out(self.dec(torch.cat([self.up(self.down(skip)), skip], 1)))
+
+
+class ConvAttention(nn.Module):
+    """conv features -> tokens -> nn.MultiheadAttention -> pooled linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.proj = cbr(3, 32, 3), cbr(32, 16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        tokens = self.proj(self.stem(x)).flatten(2).transpose(1, 2)  # (batch, tokens, 16)
+        y, _ = self.attn(tokens, tokens, tokens)
+        return self.fc(y.mean(1))
+
+
+@pytest.mark.parametrize("cls, frozen, reason, budget", [
+    (UpNet, "down", "ConvTranspose2d, whose channels the pruner does not edit", 0.7),
+    (ConvAttention, "proj.0", "MultiheadAttention, whose channels the pruner does not edit", 0.95),
+])
+def test_convtranspose_and_attention_costs_are_exact(cls, frozen, reason, budget):
+    torch.manual_seed(0)
+    model, x = randomize_bn(cls()).eval(), torch.randn(2, 3, 16, 16)
+    topology = build_topology(model, x)
+    assert topology.macs == count_costs(model, x).macs and topology.params == count_costs(model, x).params
+    group = topology.group(frozen)
+    assert not group.prunable and reason in group.reason
+    plan = plan_for_budget(topology, budget)
+    pruned = apply_plan(model, topology, plan).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(mask_model(model, topology, plan).eval()(x), pruned(x), atol=1e-4, rtol=1e-4)
+        assert pruned(x).shape == model(x).shape
+    assert count_costs(pruned, x).macs == plan_macs(topology, plan) < topology.macs
+
+
+def test_torch_pruning_maps_are_checked_not_trusted():
+    """C2f: Torch-Pruning maps cv1's outputs past its 32 channels; the group is rebuilt from channel tracing with
+    both chunks pruned alike (chunk(2) stays valid) and cv2's inputs remapped per concat slice."""
+    topology = build_topology(C2f(16, 32).eval(), torch.randn(1, 16, 8, 8))
+    assert any("Torch-Pruning maps cv1.0 (out)" in note for note in topology.notes)
+    group = topology.group("cv1.0")
+    maps = {(m.module, m.dim): m for m in group.maps}
+    assert group.channels == 16 and maps[("cv1.0", "out")].channels[:4] == (0, 16, 1, 17)
+    assert maps[("cv2.0", "in")].mult == 4 and maps[("cv2.0", "in")].channels[:4] == (0, 16, 32, 48)
+    assert maps[("m.0.cv1.0", "in")].mult == 1
+
+
+def test_grouped_conv_keeps_groups_valid():
+    torch.manual_seed(0)
+    model, x = randomize_bn(Grouped()).eval(), torch.randn(2, 3, 16, 16)
+    topology, plan, pruned = check_pattern(model, x)
+    conv = dict(pruned.named_modules())["block1.conv2.0"]
+    assert conv.groups == 4 and conv.in_channels % 4 == 0 and conv.out_channels % 4 == 0
+    assert conv.in_channels < 32 or conv.out_channels < 32
