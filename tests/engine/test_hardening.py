@@ -404,7 +404,7 @@ def test_search_killed_with_sigkill_then_resumed_loses_no_episode(home, tmp_path
     with RunStore(store_path) as store:  # opening marks the dead process's run interrupted
         (run,) = store.list_runs()
         assert run.status == "interrupted"
-        before = [(e.index, e.reward, e.plan, e.val_acc) for e in store.episodes(run.id)]
+        before = [(e.index, e.reward, e.plan, e.val_acc, e.created_at) for e in store.episodes(run.id)]
     assert len(before) >= 2 and [b[0] for b in before] == list(range(len(before)))
     # A resume that fails (its data folder moved away) says why and leaves the run resumable, episodes intact.
     images.rename(tmp_path / "moved")
@@ -412,7 +412,7 @@ def test_search_killed_with_sigkill_then_resumed_loses_no_episode(home, tmp_path
     assert_one_line_error(code, err.splitlines()[-1], r"data folder .*images does not exist")  # after progress logs
     with RunStore(store_path) as store:
         assert store.get_run(run.id).status == "interrupted"
-        assert [(e.index, e.reward, e.plan, e.val_acc) for e in store.episodes(run.id)] == before
+        assert [(e.index, e.reward, e.plan, e.val_acc, e.created_at) for e in store.episodes(run.id)] == before
     (tmp_path / "moved").rename(images)
     resumed = subprocess.run([sys.executable, "-m", "engine.cli", "resume", str(run.id), "--json"], env=env,
                              capture_output=True, text=True, timeout=300)
@@ -420,7 +420,7 @@ def test_search_killed_with_sigkill_then_resumed_loses_no_episode(home, tmp_path
     result = json.loads(resumed.stdout)
     assert result["run_id"] == run.id and result["status"] == "completed" and result["episodes"] == episodes
     with RunStore(store_path) as store:
-        after = [(e.index, e.reward, e.plan, e.val_acc) for e in store.episodes(run.id)]
+        after = [(e.index, e.reward, e.plan, e.val_acc, e.created_at) for e in store.episodes(run.id)]
         assert store.get_run(run.id).status == "completed"
     assert [a[0] for a in after] == list(range(episodes))
     assert after[: len(before)] == before  # every episode recorded before the kill is still there, unchanged

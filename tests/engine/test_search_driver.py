@@ -67,7 +67,14 @@ def test_crash_then_resume_equals_an_uninterrupted_run(resnet20, method):
         run_method(method, _ctx(resnet20, store, crash_id, _score_fn(topo, crash_at=3)), **FAST[method])
     assert len(store.episodes(crash_id)) == 3  # nothing recorded is lost
     assert (state_dir_for(crash_id) / STATE_FILE).exists()
-    resumed = run_method(method, _ctx(resnet20, store, crash_id, _score_fn(topo), resume=True), **FAST[method])
+    before = [(e.index, e.created_at) for e in store.episodes(crash_id)]
+    calls: list = []
+    resumed = run_method(method, _ctx(resnet20, store, crash_id, _score_fn(topo, calls=calls), resume=True),
+                         **FAST[method])
+    # the saved state was used: only the episodes after the crash were scored, the recorded ones left alone
+    final = 1 if method.startswith("gnnrl") else 0  # GNN-RL also scores its policy-mean plan at the end
+    assert len(calls) == FAST[method]["episodes"] - 3 + final
+    assert [(e.index, e.created_at) for e in store.episodes(crash_id)][:3] == before
 
     assert _episodes(store, crash_id) == _episodes(store, full_id)
     assert [c.val_acc for c in resumed.candidates] == [c.val_acc for c in full.candidates]
