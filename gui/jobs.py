@@ -289,16 +289,25 @@ def start_training(*, model_factory: Callable[[], Any], data: Any, epochs: int, 
 
 
 def start_sensitivity(*, model: Any, topology: Any, data: Any, keep_ratios: list[float],
-                      analyze: Callable[..., Any]) -> Job:
-    """Run the sensitivity analysis in the background (one unit = one scored plan)."""
+                      analyze: Callable[..., Any], scoring: Any = None, groups: list[str] | None = None,
+                      resume: Any = None) -> Job:
+    """Run the sensitivity analysis in the background (one unit = one scored plan).
+
+    ``info`` carries ``eta_s`` (seconds left) and ``partial`` (the groups finished so far, as a table dict), so a
+    page draws a partial heatmap while it runs, and a stopped or failed analysis keeps the groups it finished.
+    """
     job = Job(kind="sensitivity", label="sensitivity analysis")
 
     def work(job: Job) -> Any:
-        def callback(done: int, total: int, message: str) -> None:
-            job.report(done=done, total=total, message=message)
+        def progress(p: Any) -> None:
+            info: dict[str, Any] = {"eta_s": p.eta_s}
+            if p.group_done:
+                info["partial"] = p.table.to_dict()
+            job.report(done=p.done, total=p.total, message=f"{p.done}/{p.total} plans: {p.message}", info=info)
             job.checkpoint(unit_done=False)
 
-        table = analyze(model, topology, data, keep_ratios=keep_ratios, callback=callback)
+        table = analyze(model, topology, data, keep_ratios=keep_ratios, scoring=scoring, groups=groups,
+                        resume=resume, progress=progress)
         return table.to_dict() if hasattr(table, "to_dict") else table
 
     return job.start(work)
