@@ -97,36 +97,45 @@ def table_quant_cost(topology, vector: np.ndarray, bits: Mapping[str, int | Sequ
     Raises:
         ValueError / QuantError: unknown group or bad widths.
     """
+    kept, width_sum, quantized = _group_widths(topology, dict(bits or {}), vector)
+    return group_quant_cost(topology, kept, width_sum, quantized)
+
+
+def _layer_owner(table) -> np.ndarray:
+    """Per cost-table layer: the group owning its output channels (-1: none), cached on the table."""
+    owner = getattr(table, "_quant_owner", None)
+    if owner is None:
+        owner = np.full(len(table.specs), -1)
+        for g in range(table.r_out.shape[1]):
+            rows = np.nonzero(table.r_out[:, g] > 0)[0]
+            owner[rows] = np.where(owner[rows] < 0, g, owner[rows])
+        table._quant_owner = owner
+    return owner
+
+
+def group_quant_cost(topology, kept: np.ndarray, width_sum: np.ndarray, quantized: np.ndarray) -> QuantCost:
+    """QuantCost from per-group kept channels, the sum of their widths and whether each group is quantized
+    (all in topology order; the fast core of table_quant_cost for search loops)."""
+    from engine.quant import ACT_BITS
+
     table = topology.table
-    bits = dict(bits or {})
-    kept, width_sum, quantized = _group_widths(topology, bits, vector)
-    c_out, c_in = table._channels(kept)
+    c_out, c_in = table._channels(np.asarray(kept, dtype=np.float64))
     per_in = np.where(table.depthwise, 1.0, c_in / table.groups)
     per_kernel = np.where(table.is_conv, per_in * table.kernel, np.where(table.is_linear, c_in, 0.0))
     macs_per_out = table.coef * per_in * table.weighted
-    owner = np.full(len(table.specs), -1)
-    for g in range(len(kept)):
-        rows = np.nonzero(table.r_out[:, g] > 0)[0]
-        owner[rows] = np.where(owner[rows] < 0, g, owner[rows])
-    weight = other = scale = bitops = 0.0
-    for i, spec in enumerate(table.specs):
-        other += FP_BITS * (table.bias[i] * c_out[i] * table.weighted[i] + table.affine[i] * 2 * c_out[i]
-                            * table.is_bn[i] + table.fixed[i])
-        if not table.weighted[i]:
-            continue
-        g = owner[i]
-        if g >= 0:
-            sum_w, quant = width_sum[g], quantized[g]
-        else:
-            sum_w, quant = c_out[i] * FP_BITS, False
-        act = _act_bits() if quant else FP_BITS
-        weight += sum_w * per_kernel[i]
-        bitops += sum_w * macs_per_out[i] * act
-        scale += FP_BITS * c_out[i] if quant else 0.0
-    other += FP_BITS * table.extra_params
-    macs = table.macs(kept)
-    weight, other = int(round(weight)), int(round(other))
-    return QuantCost(weight, other, weight + other, int(round(scale)), int(macs), int(round(bitops)))
+    owner = _layer_owner(table)
+    owned = owner >= 0
+    safe = np.where(owned, owner, 0)
+    quant = owned & np.asarray(quantized, dtype=bool)[safe] & table.weighted
+    sum_w = np.where(quant, np.asarray(width_sum, dtype=np.float64)[safe], c_out * FP_BITS) * table.weighted
+    act = np.where(quant, ACT_BITS, FP_BITS)
+    other = FP_BITS * (np.sum(table.bias * c_out * table.weighted + table.affine * 2 * c_out * table.is_bn
+                              + table.fixed) + table.extra_params)
+    weight = int(round(float(np.dot(sum_w, per_kernel))))
+    bitops = int(round(float(np.sum(sum_w * macs_per_out * act))))
+    scale = int(round(float(np.sum(FP_BITS * c_out * quant))))
+    other = int(round(float(other)))
+    return QuantCost(weight, other, weight + other, scale, int(table.macs(kept)), bitops)
 
 
 def plan_quant_cost(topology, plan) -> QuantCost:

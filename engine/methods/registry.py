@@ -328,6 +328,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "engine.methods.surp",
     "engine.methods.ga",
     "engine.methods.ga",
+    "engine.methods.ajpq",
     "engine.rl.method",
 )
 _catalog_loaded = False
