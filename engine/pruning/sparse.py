@@ -72,7 +72,11 @@ def decode_masks(sparse: Mapping[str, Any], shapes: Mapping[str, torch.Size]) ->
 
 
 def apply_sparse(model: nn.Module, sparse: Mapping[str, Any]) -> nn.Module:
-    """Zero the masked weights of `model` in place (and load the kept values when the plan carries them)."""
+    """Zero the masked weights of `model` in place (and load the kept values when the plan carries them).
+
+    Their gradients are masked too (a tensor hook), so fine-tuning the returned model keeps it sparse; a deep copy
+    of the model does not carry the hooks (apply the plan again).
+    """
     weights = prunable_weights(model)
     masks = decode_masks(sparse, {k: w.shape for k, w in weights.items()})
     kept_values = sparse.get("surp_values") if sparse.get("values") == "surp" else None
@@ -84,6 +88,8 @@ def apply_sparse(model: nn.Module, sparse: Mapping[str, Any]) -> nn.Module:
                 vals = np.frombuffer(base64.b64decode(kept_values[name]), dtype=np.float32)
                 w[mask] = torch.from_numpy(vals.copy()).to(w.device, w.dtype)
             w[~mask] = 0.0
+            if w.requires_grad:  # fine-tuning keeps the zeros: SGD (momentum, weight decay) never moves them
+                w.register_hook(lambda grad, mask=mask: grad * mask)
     return model
 
 
