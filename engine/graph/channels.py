@@ -452,6 +452,9 @@ def trace_channels(model: nn.Module, inputs: tuple[torch.Tensor, ...], *,
 
 def class_members(classes: ChannelClasses) -> dict[int, dict[tuple[str, str], list[int]]]:
     """Tie-class root -> {(module, dim): channels}; grouped-conv ties merge classes into one group channel."""
+    cached = getattr(classes, "_members", None)
+    if cached is not None and cached[0] == len(classes.parent):
+        return cached[1]
     tie_parent: dict[int, int] = {}
 
     def find(a: int) -> int:
@@ -474,4 +477,6 @@ def class_members(classes: ChannelClasses) -> dict[int, dict[tuple[str, str], li
         if owner is not None:
             members[tie][(owner[0], owner[1])].append(owner[2])
     classes.tie_frozen = frozen
-    return {k: {key: sorted(v) for key, v in d.items()} for k, d in members.items()}
+    result = {k: {key: sorted(v) for key, v in d.items()} for k, d in members.items()}
+    classes._members = (len(classes.parent), result)
+    return result
