@@ -16,7 +16,7 @@ import torch
 
 from engine import services
 from engine.checkpoints import shipped_models as _shipped_models
-from engine.cost import count_costs, measure_latency
+from engine.cost import count_costs, measure_latency_stats
 from engine.data import load_data
 from engine.errors import TopoPruneError
 from engine.evaluate import Scorer
@@ -157,10 +157,17 @@ def baseline_val_acc(ref: ModelRef) -> float:
     return float(Scorer(model, get_topology(ref), dataset_for(ref)).score_model(model))
 
 
-@st.cache_data(show_spinner="Measuring CPU latency...", max_entries=16)
+@st.cache_data(show_spinner="Measuring CPU latency (5 interleaved repeats)...", max_entries=16)
+def latency_stats(ref: ModelRef, measurement: int = 0) -> dict[str, Any]:
+    """Batch-1 CPU latency of the baseline on this machine over 5 repeats (LatencyStats.to_dict(): median,
+    quartiles, range, noisy); a new `measurement` number measures again (the Re-measure button)."""
+    stats = measure_latency_stats({"baseline": load_model(ref).model}, input_size_for(ref), repeats=5)
+    return stats["baseline"].to_dict()
+
+
 def latency_ms(ref: ModelRef) -> float:
-    """Median batch-1 CPU latency of the baseline on this machine."""
-    return float(measure_latency(load_model(ref).model, input_size_for(ref), min_run_time_s=0.3).median_ms)
+    """Median batch-1 CPU latency of the baseline (the last measurement of latency_stats)."""
+    return float(latency_stats(ref)["median_ms"])
 
 
 @st.cache_data(show_spinner="Laying out the graph...", max_entries=32)

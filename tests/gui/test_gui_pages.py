@@ -61,7 +61,8 @@ def wait_job(at: AppTest, key: str, *, status: tuple[str, ...] = ("done",), time
 
 def test_model_page_default_summary_and_measure(monkeypatch):
     monkeypatch.setattr(cache, "test_accuracy", lambda ref: 87.5)
-    monkeypatch.setattr(cache, "latency_ms", lambda ref: 1.25)
+    monkeypatch.setattr(cache, "latency_stats", lambda ref, measurement=0: {
+        "median_ms": 1.25, "p25_ms": 1.2, "p75_ms": 1.3, "min_ms": 1.1, "max_ms": 1.4, "repeats": 5, "noisy": False})
     at = app()
     assert at.selectbox(key="arch").value == "cifar_resnet20"
     assert at.selectbox(key="dataset").value == "shapes10"
