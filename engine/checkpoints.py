@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from engine.errors import CheckpointError
+from engine.outputs import write_atomic
 from engine.paths import assets_dir
 from engine.zoo import build_model
 
@@ -47,6 +48,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, arch: str, dataset: s
     """Save `model`'s state_dict with metadata, atomically (a crash never leaves a half-written file).
 
     The file loads with ``torch.load(path, weights_only=True)``: metadata holds only str/int/float/list/dict.
+
+    Raises:
+        OutputError: the file cannot be written (no space, read-only, a folder); an older file stays intact.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,10 +65,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, arch: str, dataset: s
         **(extra or {}),
     }
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    partial = path.with_name(path.name + ".partial")
-    torch.save({"state_dict": state, "meta": meta}, partial)
-    partial.replace(path)
-    return path
+    return write_atomic(path, lambda tmp: torch.save({"state_dict": state, "meta": meta}, tmp))
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -86,8 +87,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             return _strip_prefix(load_file(str(path))), {}
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path} is not a valid .safetensors file ({exc}); re-export the weights") from exc
+    check_archive_sizes(path)  # before torch.load: a compressed archive must not inflate in memory
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
     except pickle.UnpicklingError as exc:
         if "global" not in str(exc).lower():  # garbage, not a forbidden object
             raise CheckpointError(
@@ -123,17 +125,65 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return _strip_prefix(obj), meta
 
 
+ARCHIVE_SLACK_BYTES = 1 << 20  # zip headers and the pickle; tensors saved by torch.save are stored, never deflated
+
+
+def check_archive_sizes(path: str | Path) -> None:
+    """Refuse a torch.save zip archive whose entries declare more bytes than the file holds.
+
+    torch.save stores tensors uncompressed, so an honest archive's content is never larger than the file; a
+    deflated one (a 2 MB file that inflates to 2 GiB) is refused from the zip directory alone, before reading.
+
+    Raises:
+        CheckpointError: naming the declared and the actual size.
+    """
+    import zipfile
+
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return  # a legacy (non-zip) torch file or garbage: torch.load's own checks follow
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    declared = sum(e.file_size for e in entries)
+    size = path.stat().st_size
+    compressed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED and e.file_size > 0]
+    if declared > size + ARCHIVE_SLACK_BYTES or any("/data/" in name for name in compressed):
+        raise CheckpointError(
+            f"{path} was refused: its archive declares {declared:,} bytes of content in a {size:,}-byte file "
+            "(compressed tensors, which torch.save never writes); save the weights with "
+            "torch.save(model.state_dict(), path) or as .safetensors"
+        )
+
+
+def _torch_load(path: Path) -> object:
+    # mmap: tensors stay on disk until load_weights has checked their shapes and copies them.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
+
+
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         return {k[len("module."):]: v for k, v in state.items()}
     return dict(state)
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "checkpoint",
+                 allow_nonfinite: bool = False) -> None:
     """Load `state` into `model` strictly; on any mismatch raise before touching a single weight.
 
+    Args:
+        allow_nonfinite: load weights holding NaN or Inf (with a NonFiniteWeightsWarning) instead of refusing.
+
     Raises:
-        CheckpointError: listing missing keys, unexpected keys and shape mismatches.
+        CheckpointError: listing missing keys, unexpected keys and shape mismatches; an integer or bool tensor
+            where the model holds floats (naming the dtype); NaN or Inf values unless ``allow_nonfinite``.
     """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -154,17 +204,49 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: st
             f"{source} does not fit this architecture: {'; '.join(parts)}; choose the architecture, width and "
             "number of classes it was trained with"
         )
+    _check_values(expected, state, source=source, allow_nonfinite=allow_nonfinite)
     model.load_state_dict(state, strict=True)
 
 
+class NonFiniteWeightsWarning(UserWarning):
+    """Weights holding NaN or Inf were loaded because the caller allowed it."""
+
+
+def _check_values(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], *, source: str,
+                  allow_nonfinite: bool) -> None:
+    """Refuse tensors whose dtype cannot hold the model's floats, and (unless allowed) NaN or Inf values."""
+    import warnings
+
+    for key, want in expected.items():
+        got = state[key]
+        if want.is_floating_point() and not (got.is_floating_point() or got.is_complex()):
+            raise CheckpointError(
+                f"{source}: tensor {key} is {str(got.dtype).removeprefix('torch.')}, but the model holds "
+                f"{str(want.dtype).removeprefix('torch.')} there; save the float weights, not a quantized or "
+                "integer copy"
+            )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not bad:
+        return
+    listed = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    if not allow_nonfinite:
+        raise CheckpointError(
+            f"{source} holds NaN or Inf values in {len(bad)} tensors ({listed}); it is probably from a diverged "
+            "training run: use an earlier checkpoint, or pass --allow-nonfinite to load it anyway"
+        )
+    warnings.warn(f"{source} holds NaN or Inf values in {len(bad)} tensors ({listed}); its accuracy is "
+                  "meaningless", NonFiniteWeightsWarning, stacklevel=3)
+
+
 def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
-                    width: float | None = None) -> LoadedCheckpoint:
+                    width: float | None = None, allow_nonfinite: bool = False) -> LoadedCheckpoint:
     """Build the architecture and load weights from `path`.
 
     Architecture, class count and width come from the arguments, else from the checkpoint's metadata.
 
     Raises:
-        CheckpointError: unreadable file, unsafe pickle, unknown architecture, or weights that do not fit.
+        CheckpointError: unreadable file, unsafe pickle, an archive that would inflate, unknown architecture,
+            weights that do not fit, integer tensors where floats belong, NaN/Inf unless ``allow_nonfinite``.
     """
     state, meta = read_state_dict(path)
     arch = arch or meta.get("arch")
@@ -177,7 +259,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: i
     num_classes = num_classes or meta.get("num_classes") or _infer_num_classes(state) or 10
     width = width or meta.get("width") or 1.0
     model = build_model(arch, num_classes=int(num_classes), width=float(width))
-    load_weights(model, state, source=str(path))
+    load_weights(model, state, source=str(path), allow_nonfinite=allow_nonfinite)
     model.eval()
     meta = {**meta, "arch": arch, "num_classes": int(num_classes), "width": float(width), "path": str(path)}
     return LoadedCheckpoint(model=model, meta=meta)

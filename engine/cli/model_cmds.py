@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.cli.context import CommandContext
 from engine.errors import TopoPruneError
+from engine.outputs import check_output
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -35,6 +36,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--epochs", type=_positive_int, required=True, metavar="N")
     p.add_argument("--out", required=True, metavar="FILE", help="checkpoint file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--lr", type=_positive_float, default=0.1, help="peak learning rate (default: 0.1)")
     p.add_argument("--batch-size", type=_positive_int, default=128, metavar="N")
     p.add_argument("--max-batches-per-epoch", type=_positive_int, metavar="N", help="cap each epoch (quick runs)")
@@ -145,9 +147,7 @@ def cmd_train(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     from engine.train import TrainConfig
 
     a = ctx.args
-    out = Path(a.out).expanduser()
-    if not out.parent.is_dir():
-        raise TopoPruneError(f"folder {out.parent} does not exist; create it or choose another --out path")
+    out = check_output(a.out, force=a.force)  # before any training: a whole run is not thrown away at the end
     data = ctx.data()
     loaded = ctx.load_model(a.model, need_data=True)
     extra: dict[str, Any] = {}

@@ -25,8 +25,10 @@ from engine.cli.inputs import (
     scoring_config,
 )
 from engine.errors import TopoPruneError
+from engine.outputs import check_output_dir, check_outputs, write_text_atomic
 
 EXPORT_SUFFIX = {"state_dict": ".pt", "pt2": ".pt2", "onnx": ".onnx"}
+PRUNE_FILES = ("pruned_state_dict.pt", "plan.json", "metrics.json")  # what `prune --out DIR` writes
 DEFAULT_KEEP_RATIOS = "0.9,0.8,0.7,0.6,0.5,0.4,0.3,0.2,0.1"
 
 
@@ -62,6 +64,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument("--round-to", type=_positive_int, default=1, metavar="N", help="round channel counts to N")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--out", metavar="DIR", help="save the pruned state_dict and plan JSON into DIR")
+    p.add_argument("--force", action="store_true", help="replace files already in --out DIR")
     p.set_defaults(handler=cmd_prune)
 
     p = commands.add_parser("export", parents=[common], help="export a run's best plan (or a plan file) as a model",
@@ -71,6 +74,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument("--model", metavar="MODEL", help="model of --plan (default: the plan's own model name)")
     p.add_argument("--format", choices=tuple(EXPORT_SUFFIX), default="state_dict")
     p.add_argument("--out", metavar="PATH", help="output file (default: ./<model>-pruned[-run<ID>]<suffix>)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file (and its .plan.json)")
     p.set_defaults(handler=cmd_export)
 
 
@@ -156,7 +160,8 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
                               f"{', '.join(method_spec.budget_metrics)}: pick one of those with --budget-metric, "
                               "or another method")
     plan = load_plan_file(a.plan) if a.plan is not None else None  # fail fast, before loading anything
-    out_dir = Path(a.out).expanduser() if a.out else None
+    out_dir = check_output_dir(a.out, PRUNE_FILES, force=a.force) if a.out else None
+    ctx.store()  # the candidate is recorded at the end: a store that cannot open fails now, not after the work
     data = ctx.data()
     loaded = ctx.load_model(a.model, need_data=True)
     topology = build_topology_for(ctx, loaded)
@@ -248,19 +253,17 @@ def save_pruned(pruned: Any, plan: dict[str, Any], metrics: dict[str, Any], out_
     from engine.store.codec import strict_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = export_pruned(pruned, out_dir / "pruned_state_dict.pt", format="state_dict", example_inputs=example)
-    plan_path = out_dir / "plan.json"
+    weights = export_pruned(pruned, out_dir / PRUNE_FILES[0], format="state_dict", example_inputs=example)
+    plan_path = out_dir / PRUNE_FILES[1]
     _write_json(plan_path, plan)
-    metrics_path = out_dir / "metrics.json"
+    metrics_path = out_dir / PRUNE_FILES[2]
     _write_json(metrics_path, strict_json(metrics))
     return {"state_dict": str(Path(weights).resolve()), "plan": str(plan_path.resolve()),
             "metrics": str(metrics_path.resolve())}
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def _human_prune(r: dict[str, Any]) -> str:
@@ -309,11 +312,10 @@ def cmd_export(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
             raise TopoPruneError(f"plan {a.plan} does not name a zoo model ({model_name!r}); pass --model MODEL")
         check_plan_model(plan, model_name, a.plan)
         default_name = f"{model_name}-pruned"
-        if a.checkpoint is None:
-            ctx.log("topoprune: warning: no --checkpoint given; exporting randomly initialised weights")
     out = Path(a.out).expanduser() if a.out else Path.cwd() / (default_name + EXPORT_SUFFIX[a.format])
-    if not out.parent.is_dir():
-        raise TopoPruneError(f"folder {out.parent} does not exist; create it or choose another --out path")
+    check_outputs([out, out.with_name(out.name + ".plan.json")], force=a.force)
+    if a.plan is not None and a.checkpoint is None:
+        ctx.log("topoprune: warning: no --checkpoint given; exporting randomly initialised weights")
     from engine.pruning import apply_plan, export_pruned
 
     loaded = ctx.load_model(model_name)

@@ -126,6 +126,7 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     options = spec.validate(options)
     if a.rescore_top < 0:
         raise TopoPruneError(f"--rescore-top must be >= 0, got {a.rescore_top}; 0 turns the re-score off")
+    ctx.store()  # a store that cannot open fails before the data and model load
     data = ctx.data()
     n_val = data.size("val")
     for flag, size in (("--val-size", a.val_size), ("--rescore-val-size", a.rescore_val_size)):

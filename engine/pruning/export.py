@@ -14,6 +14,7 @@ from torch import nn
 
 from engine.errors import CheckpointError
 from engine.graph import Topology
+from engine.outputs import write_atomic, write_text_atomic
 from engine.pruning.apply import apply_plan
 from engine.pruning.plan import PruningPlan
 
@@ -36,6 +37,7 @@ def export_pruned(model: nn.Module, path: str | Path, *, format: str = "state_di
 
     Raises:
         ValueError: unknown format, or example_inputs missing for pt2/onnx.
+        OutputError: the file cannot be written (no space, read-only, a folder); an older file stays intact.
     """
     import copy
 
@@ -48,9 +50,9 @@ def export_pruned(model: nn.Module, path: str | Path, *, format: str = "state_di
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file(state, str(path))
+            write_atomic(path, lambda tmp: save_file(state, str(tmp)))
         else:
-            torch.save(state, path)
+            write_atomic(path, lambda tmp: torch.save(state, tmp))
     else:
         if example_inputs is None:
             raise ValueError(f"export format {format!r} needs example_inputs (an input batch)")
@@ -58,11 +60,11 @@ def export_pruned(model: nn.Module, path: str | Path, *, format: str = "state_di
         frozen = copy.deepcopy(model).eval()
         if format == "pt2":
             program = torch.export.export(frozen, args)
-            torch.export.save(program, str(path))
+            write_atomic(path, lambda tmp: torch.export.save(program, str(tmp)))
         else:
-            _export_onnx(frozen, args, path)
+            write_atomic(path, lambda tmp: _export_onnx(frozen, args, tmp))
     if plan is not None:
-        path.with_name(path.name + ".plan.json").write_text(plan.to_json())
+        write_text_atomic(path.with_name(path.name + ".plan.json"), plan.to_json())
     return path
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from engine.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 STORE_FILENAME = "runs.sqlite"
 DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_RETRY_S = 600.0  # how long a search's episode write keeps retrying a held lock before giving up
 
 
 class StoreLockedError(StoreError):
@@ -46,12 +48,16 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _default_timeout_s() -> float:
-    raw = os.environ.get("TOPOPRUNE_STORE_TIMEOUT_S")
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
     try:
-        return float(raw) if raw else DEFAULT_TIMEOUT_S
+        return float(raw) if raw else default
     except ValueError:
-        return DEFAULT_TIMEOUT_S
+        return default
+
+
+def _default_timeout_s() -> float:
+    return _env_seconds("TOPOPRUNE_STORE_TIMEOUT_S", DEFAULT_TIMEOUT_S)
 
 
 def corrupt_message(path: Path, detail: str) -> str:
@@ -77,6 +83,8 @@ class Database:
         timeout_s: how long a write waits for another process's lock before raising StoreLockedError;
             default 10 s ($TOPOPRUNE_STORE_TIMEOUT_S overrides).
         mark_interrupted: run ``mark_interrupted()`` on open (skipped silently if the store is locked).
+        retry_s: how long a write opened with ``_write(retry=True)`` (a search's episode) keeps retrying, with
+            backoff, a lock held past ``timeout_s``; default 600 s ($TOPOPRUNE_STORE_RETRY_S overrides).
 
     Raises:
         StoreCorruptError: the file is not a SQLite database or fails its integrity check.
@@ -90,9 +98,11 @@ class Database:
         *,
         timeout_s: float | None = None,
         mark_interrupted: bool = True,
+        retry_s: float | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else default_store_path()
         self.timeout_s = _default_timeout_s() if timeout_s is None else float(timeout_s)
+        self.retry_s = _env_seconds("TOPOPRUNE_STORE_RETRY_S", DEFAULT_RETRY_S) if retry_s is None else float(retry_s)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,11 +190,15 @@ class Database:
             return self._connection().execute(sql, params).fetchall()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: committed on success, rolled back on any exception (Ctrl-C too)."""
+    def _write(self, *, retry: bool = False) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: committed on success, rolled back on any exception (Ctrl-C too).
+
+        With ``retry``, a lock still held after the busy timeout is waited for again, with backoff, for up to
+        ``retry_s`` in all: a long write elsewhere delays the caller instead of ending it.
+        """
         with self._lock, self._translate():
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn, retry=retry)
             try:
                 yield conn
             except BaseException:
@@ -194,6 +208,20 @@ class Database:
                     pass
                 raise
             conn.execute("COMMIT")
+
+    def _begin(self, conn: sqlite3.Connection, *, retry: bool) -> None:
+        deadline = time.monotonic() + (self.retry_s if retry else 0.0)
+        pause = 0.05
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                text = str(exc).lower()
+                if not ("locked" in text or "busy" in text) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)  # the busy timeout already waited; back off before asking again
+            pause = min(2 * pause, 5.0)
 
     def _check_integrity(self) -> None:
         rows = self._connection().execute("PRAGMA quick_check").fetchall()

@@ -243,12 +243,15 @@ class RunStore(CandidateTables, Database):
             plan: the plan (a PruningPlan or its dict). extra: anything else (timings, step count, ...).
             replace: overwrite an episode already recorded at ``index`` instead of raising.
 
+        A lock another process holds past the busy timeout is retried, with backoff, for up to ``retry_s``.
+
         Raises:
             UnknownRunError: no such run.
+            StoreLockedError: the lock was still held after ``retry_s``.
             StoreError: the episode index is already recorded and ``replace`` is False.
         """
         plan_json = codec.dumps(plan)
-        with self._write() as conn:
+        with self._write(retry=True) as conn:  # a lock held elsewhere delays a search; it does not end it
             run = conn.execute("SELECT best_score FROM runs WHERE id = ?", (int(run_id),)).fetchone()
             if run is None:
                 raise UnknownRunError(self._unknown_run_message(run_id))
