@@ -71,6 +71,8 @@ class ModelRequest:
         shipped_fallback: with ``weights="shipped"`` and nothing shipped for (name, dataset), build a random-init
             model (the GUI's default model) instead of raising CheckpointError (the CLI's contract).
         seed: seeds the random initialisation.
+        allow_nonfinite: load a checkpoint holding NaN or Inf (with a NonFiniteWeightsWarning) instead of
+            refusing it.
     """
 
     name: str
@@ -81,6 +83,7 @@ class ModelRequest:
     input_size: int | None = None
     shipped_fallback: bool = False
     seed: int = 0
+    allow_nonfinite: bool = False
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,7 @@ def _load_weights(r: ModelRequest) -> tuple[Any, str, WeightsSource]:
     path = Path(r.weights).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path given to --checkpoint")
-    kwargs: dict[str, Any] = {"arch": r.name}
+    kwargs: dict[str, Any] = {"arch": r.name, "allow_nonfinite": r.allow_nonfinite}
     if r.num_classes:
         kwargs["num_classes"] = r.num_classes
     if r.width != 1.0:

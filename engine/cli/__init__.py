@@ -36,6 +36,8 @@ def _common_options() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default: cpu)")
     g.add_argument("--num-classes", type=_positive_int, metavar="N", help="classifier size (default: dataset's)")
     g.add_argument("--width", type=_positive_float, default=1.0, metavar="W", help="width multiplier (default: 1)")
+    g.add_argument("--allow-nonfinite", action="store_true",
+                   help="load a --checkpoint holding NaN or Inf values (with a warning) instead of refusing it")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
     g.add_argument("--threads", type=_positive_int, default=int(os.environ.get("TOPOPRUNE_THREADS", 1)),
                    metavar="N", help="torch compute threads of this process (default 1, or $TOPOPRUNE_THREADS: "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from engine.errors import CheckpointError, TopoPruneError
 from engine.services import LoadedModel, load_shipped_baseline
@@ -112,6 +113,7 @@ class CommandContext:
                 else the checkpoint's, else 10 for the CIFAR zoo and 1000 for torchvision models.
             need_data: the command uses the dataset, so the class count comes from it.
         """
+        from engine.checkpoints import NonFiniteWeightsWarning
         from engine.services import ModelRequest, load_model
         from engine.zoo import default_input_size
 
@@ -124,8 +126,14 @@ class CommandContext:
         num_classes = num_classes or a.num_classes or (self.data().num_classes if need_data else None)
         input_size = a.input_size or (self.data().input_size if need_data else default_input_size(name))
         request = ModelRequest(name, weights=a.checkpoint or "random", dataset=getattr(a, "dataset", None),
-                               num_classes=num_classes, width=a.width, input_size=input_size)
-        loaded = load_model(request)
+                               num_classes=num_classes, width=a.width, input_size=input_size,
+                               allow_nonfinite=bool(getattr(a, "allow_nonfinite", False)))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NonFiniteWeightsWarning)
+            loaded = load_model(request)
+        for warning in caught:  # one line each on stderr, not Python's file:line warning format
+            if issubclass(warning.category, NonFiniteWeightsWarning):
+                self.log(f"topoprune: warning: {warning.message}")
         if need_data and a.checkpoint is not None and loaded.num_classes != self.data().num_classes:
             raise CheckpointError(
                 f"checkpoint {loaded.weights} has {loaded.num_classes} classes but dataset {self.data().name} has "
