@@ -84,6 +84,7 @@ def cmd_info(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         "macs": int(costs.macs),
         "flops": int(getattr(costs, "flops", 2 * costs.macs)),
         "memory_bytes": int(getattr(costs, "memory_bytes", 0) or 0),
+        **_quant_costs(model, ctx.example_inputs(loaded)),
         "layers": len(getattr(topology, "layers", [])),
         "groups": len(groups),
         "prunable_groups": sum(1 for g in groups if getattr(g, "prunable", False)),
@@ -94,6 +95,14 @@ def cmd_info(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         "torch": torch.__version__,
     }
     return result, _human_info
+
+
+def _quant_costs(model: Any, example: Any) -> dict[str, Any]:
+    """Weight size in KB and BitOPs (MACs x weight bits x activation bits; fp32 here), engine.quant_cost."""
+    from engine.quant_cost import count_quant_cost
+
+    cost = count_quant_cost(model, example)
+    return {"size_kb": cost.size_kb, "bitops": int(cost.bitops)}
 
 
 def _si(n: float) -> str:
@@ -108,6 +117,7 @@ def _human_info(r: dict[str, Any]) -> str:
     return "\n".join([
         f"{r['model']} ({r['weights']} weights, {r['input_size']}x{r['input_size']} input, {r['num_classes']} classes)",
         f"  params     {r['params']:,}  ({_si(r['params'])})",
+        f"  size       {r['size_kb']:.1f} KB (fp32 weights), {_si(r['bitops'])} BitOPs",
         f"  MACs       {r['macs']:,}  ({_si(r['macs'])}; FLOPs = 2 x MACs = {_si(r['flops'])})",
         f"  layers     {r['layers']}   groups {r['groups']} ({r['prunable_groups']} prunable)   stages {r['stages']}",
         f"  graph      {r['nodes']} nodes, {r['edges']} edges, built in {r['graph_build_s']:.3f} s",
