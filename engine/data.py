@@ -243,6 +243,8 @@ def _load_cifar(name: str, data_dir: Path) -> tuple[np.ndarray, ...]:
 
 
 def _read_image_folder(root: Path, input_size: int, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    import warnings
+
     from PIL import Image
 
     images, labels = [], []
@@ -251,10 +253,18 @@ def _read_image_folder(root: Path, input_size: int, classes: list[str]) -> tuple
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
         for file in files:
             try:
-                with Image.open(file) as image:
-                    image.load()
-                    mode, size = image.mode, image.size
-                    array = np.asarray(image)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not warned about
+                    with Image.open(file) as image:  # the header only: mode and size are known before decoding
+                        mode, size = image.mode, image.size
+                        array = None
+                        if mode == "RGB" and size == (input_size, input_size):
+                            image.load()
+                            array = np.asarray(image)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise DataError(f"{file} was refused: it declares more pixels than PIL's limit of "
+                                f"{Image.MAX_IMAGE_PIXELS:,} ({exc}); remove it or resize it to "
+                                f"{input_size}x{input_size}") from None
             except OSError as exc:
                 raise DataError(f"{file} is not a readable image ({exc}); remove or replace it") from exc
             if mode != "RGB":

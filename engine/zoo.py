@@ -371,8 +371,12 @@ def _build(name: str, *, num_classes: int, width: float, pretrained: bool) -> nn
     torchvision = import_torchvision()
     known = torchvision_models()
     if name not in known:
+        import difflib
+
+        close = difflib.get_close_matches(name, [*CIFAR_MODELS, *known], n=1)
+        hint = f"did you mean {close[0]!r}? Otherwise " if close else ""
         raise ModelError(
-            f"unknown model {name!r}: choose a CIFAR zoo model ({', '.join(CIFAR_MODELS)}) "
+            f"unknown model {name!r}: {hint}choose a CIFAR zoo model ({', '.join(CIFAR_MODELS)}) "
             "or a torchvision classifier name (`topoprune info --list` shows them all)"
         )
     kwargs: dict = {}

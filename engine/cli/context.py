@@ -77,12 +77,16 @@ class CommandContext:
         return bar
 
     # ------------------------------------------------------------------ resources
-    def store(self):
-        """The run store under $TOPOPRUNE_HOME (opened on first use)."""
+    def store(self, *, read_only: bool = False):
+        """The run store under $TOPOPRUNE_HOME (opened on first use; ``read_only`` for commands that only
+        read it, such as ``runs``: nothing is created, migrated or marked)."""
+        if self._store is not None and self._store.read_only and not read_only:
+            self._store.close()
+            self._store = None
         if self._store is None:
             from engine.store import RunStore
 
-            self._store = RunStore()
+            self._store = RunStore(read_only=read_only)
         return self._store
 
     def device(self) -> str:

@@ -23,6 +23,23 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def get_method_named(name: str):
+    """The MethodSpec of `name`; an unknown name's MethodError suggests the closest registered one."""
+    import difflib
+
+    from engine.methods import MethodError, get_method, list_methods
+
+    try:
+        return get_method(name)
+    except MethodError:
+        names = [m.name for m in list_methods()]
+        close = difflib.get_close_matches(name, names, n=1)
+        if name in names or not close:
+            raise
+        raise MethodError(f"unknown pruning method {name!r}; did you mean {close[0]!r}? (available methods: "
+                          f"{', '.join(names)})") from None
+
+
 def check_budget(budget: float | None, metric: str = "macs") -> float:
     """The budget, or BudgetError naming the accepted range."""
     from engine.pruning.budget import UNITS
@@ -62,6 +79,9 @@ def budget_from_args(args: argparse.Namespace):
     return Budget(metric, check_budget(getattr(args, "budget", None), metric))
 
 
+MAX_PLAN_BYTES = 64 << 20  # a plan of every channel index of a large torchvision model is a few MB
+
+
 def load_plan_file(path_text: str):
     """A PruningPlan from a JSON file, with a clear error for a missing or malformed file."""
     from engine.pruning import PruningPlan
@@ -69,10 +89,17 @@ def load_plan_file(path_text: str):
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise TopoPruneError(f"plan file {path} does not exist; check the path given to --plan")
+    size = path.stat().st_size
+    if size > MAX_PLAN_BYTES:
+        raise PlanError(f"plan file {path} is {size:,} bytes, more than a plan can be ({MAX_PLAN_BYTES:,}); "
+                        "check that --plan names a plan.json written by `prune --out`")
     try:
         return PruningPlan.from_json(path.read_text())
     except PlanError as exc:
         raise PlanError(f"plan file {path}: {exc}") from None
+    except RecursionError:
+        raise PlanError(f"plan file {path} is nested too deeply to be a TopoPrune plan; save one with "
+                        "`prune --out`") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise TopoPruneError(f"plan file {path} is not a TopoPrune plan ({exc}); save one with `prune --out`") from None
 

@@ -18,6 +18,7 @@ from engine.cli.inputs import (
     budget_from_args,
     build_topology_for,
     check_plan_model,
+    get_method_named,
     load_plan_file,
     method_callback,
     parse_options,
@@ -34,7 +35,7 @@ DEFAULT_KEEP_RATIOS = "0.9,0.8,0.7,0.6,0.5,0.4,0.3,0.2,0.1"
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``sensitivity``, ``prune`` and ``export`` to the sub-command parser."""
-    from engine.cli import _non_negative_int, _positive_int
+    from engine.cli import _non_negative_int, _positive_int, _run_id
 
     p = commands.add_parser("sensitivity", parents=[common], help="per-group val accuracy drop per keep ratio",
                             description="Prune one group at a time to each keep ratio; report the val accuracy drop.")
@@ -69,7 +70,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 
     p = commands.add_parser("export", parents=[common], help="export a run's best plan (or a plan file) as a model",
                             description="Apply a run's best plan (or --plan FILE) to its model and write it out.")
-    p.add_argument("run_id", nargs="?", type=int, metavar="RUN_ID")
+    p.add_argument("run_id", nargs="?", type=_run_id, metavar="RUN_ID")
     p.add_argument("--plan", metavar="FILE", help="export this plan (JSON) instead of a run's best plan")
     p.add_argument("--model", metavar="MODEL", help="model of --plan (default: the plan's own model name)")
     p.add_argument("--format", choices=tuple(EXPORT_SUFFIX), default="state_dict")
@@ -151,9 +152,9 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
 
         kd = KDConfig(temperature=a.kd_temperature, weight=a.kd_weight)
     if a.method and a.plan is None:
-        from engine.methods import MethodError, get_method
+        from engine.methods import MethodError
 
-        method_spec = get_method(a.method)
+        method_spec = get_method_named(a.method)
         method_spec.validate(options)  # fail fast, before loading anything
         if metric not in method_spec.budget_metrics:
             raise MethodError(f"method {a.method!r} cannot land on a {metric!r} budget; it supports "

@@ -14,6 +14,7 @@ from engine.cli.inputs import (
     apply_run_config,
     build_topology_for,
     check_budget,
+    get_method_named,
     parse_options,
     scoring_config,
 )
@@ -44,7 +45,7 @@ def is_resumable(method: str) -> bool:
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``search``, ``resume`` and ``runs`` to the sub-command parser."""
-    from engine.cli import _positive_int
+    from engine.cli import _positive_int, _run_id
 
     p = commands.add_parser("search", parents=[common], help="run a search method; episodes go to the run store",
                             description="Search for a plan on budget; every episode is recorded in the run store.")
@@ -68,13 +69,13 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 
     p = commands.add_parser("resume", parents=[common], help="continue an interrupted or paused search run",
                             description="Continue a run from its last recorded episode and saved state.")
-    p.add_argument("run_id", type=int, metavar="RUN_ID")
+    p.add_argument("run_id", type=_run_id, metavar="RUN_ID")
     add_executor_arguments(p)
     p.set_defaults(handler=cmd_resume)
 
     p = commands.add_parser("runs", parents=[common], help="list the recorded runs (or show one)",
                             description="List the runs in the run store, or show one run with its episodes.")
-    p.add_argument("run_id", nargs="?", type=int, metavar="RUN_ID", help="show this run and its episodes")
+    p.add_argument("run_id", nargs="?", type=_run_id, metavar="RUN_ID", help="show this run and its episodes")
     p.add_argument("--status", choices=("running", "paused", "interrupted", "completed", "failed"))
     p.add_argument("--limit", type=_positive_int, metavar="N", help="at most N runs (newest first)")
     p.add_argument("--move-corrupt-store", action="store_true",
@@ -102,12 +103,10 @@ def _executor(ctx: CommandContext, mctx: Any) -> Any:
 # ----------------------------------------------------------------------------------------------- search
 def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     """``topoprune search MODEL --method M --budget B --episodes N``: run_id, episodes, best_val_acc, ..."""
-    from engine.methods import get_method
-
     a = ctx.args
     budget = check_budget(a.budget)
     check_workers(a)
-    spec = get_method(a.method)
+    spec = get_method_named(a.method)
     metric = getattr(a, "budget_metric", None) or "macs"
     if metric not in spec.budget_metrics:
         raise TopoPruneError(
@@ -284,7 +283,10 @@ def cmd_runs(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     if a.move_corrupt_store:
         moved = move_corrupt_store()
         return {"moved_to": str(moved)}, lambda r: f"moved the corrupt store to {r['moved_to']}; a new one starts empty"
-    store = ctx.store()
+    from engine.store import default_store_path
+
+    # An existing store is only read (nothing migrated or marked); a missing one is created empty, as before.
+    store = ctx.store(read_only=default_store_path().is_file())
     if a.run_id is not None:
         run = store.get_run(a.run_id)
         episodes = [e.to_dict() for e in store.episodes(run.id)]
@@ -294,9 +296,19 @@ def cmd_runs(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     return {"runs": runs, "store": str(store.path)}, _human_runs
 
 
+def _shown_status(run: Any) -> str:
+    """The status, with a ``running`` run whose process on this host is gone shown as ``interrupted`` (what
+    the next writer records; a read-only listing does not write it)."""
+    from engine.store.process import hostname, pid_alive
+
+    if run.status == "running" and run.host in (None, hostname()) and not pid_alive(run.pid):
+        return "interrupted"
+    return run.status
+
+
 def _run_row(run: Any) -> dict[str, Any]:
     return {"id": run.id, "method": run.method, "model": run.model, "dataset": run.dataset, "budget": run.budget,
-            "status": run.status, "best_score": run.best_score, "episodes": run.n_episodes,
+            "status": _shown_status(run), "best_score": run.best_score, "episodes": run.n_episodes,
             "created_at": run.created_at, "updated_at": run.updated_at}
 
 

@@ -85,6 +85,8 @@ class Database:
         mark_interrupted: run ``mark_interrupted()`` on open (skipped silently if the store is locked).
         retry_s: how long a write opened with ``_write(retry=True)`` (a search's episode) keeps retrying, with
             backoff, a lock held past ``timeout_s``; default 600 s ($TOPOPRUNE_STORE_RETRY_S overrides).
+        read_only: open an existing file for reading only (``runs``, ``info``): nothing is created, migrated or
+            marked; a file that still needs a migration is opened for writing instead.
 
     Raises:
         StoreCorruptError: the file is not a SQLite database or fails its integrity check.
@@ -99,12 +101,17 @@ class Database:
         timeout_s: float | None = None,
         mark_interrupted: bool = True,
         retry_s: float | None = None,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path) if path is not None else default_store_path()
         self.timeout_s = _default_timeout_s() if timeout_s is None else float(timeout_s)
         self.retry_s = _env_seconds("TOPOPRUNE_STORE_RETRY_S", DEFAULT_RETRY_S) if retry_s is None else float(retry_s)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self.read_only = bool(read_only)
+        if self.read_only and self._open_read_only():
+            return
+        self.read_only = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._translate():
             conn = sqlite3.connect(
@@ -130,6 +137,30 @@ class Database:
             conn.close()
             self._conn = None
             raise
+
+    def _open_read_only(self) -> bool:
+        """Open ``mode=ro``; False (nothing kept open) when the file needs a migration first."""
+        if not self.path.is_file():
+            raise StoreError(f"run store {self.path} does not exist yet; runs are recorded there by "
+                             "`topoprune search` and `prune`")
+        with self._translate():
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self.timeout_s,
+                                   isolation_level=None, check_same_thread=False)
+        self._conn = conn
+        try:
+            with self._translate():
+                conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+                self._check_integrity()
+                self._check_version()
+            if self.schema_version == SCHEMA_VERSION:
+                return True
+        except BaseException:
+            conn.close()
+            self._conn = None
+            raise
+        conn.close()
+        self._conn = None
+        return False
 
     # ----------------------------------------------------------------- plumbing
     def close(self) -> None:

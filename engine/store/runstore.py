@@ -35,6 +35,8 @@ class RunStore(CandidateTables, Database):
         timeout_s: how long a write waits for another process's lock before raising StoreLockedError;
             default 10 s ($TOPOPRUNE_STORE_TIMEOUT_S overrides).
         mark_interrupted: run ``mark_interrupted()`` on open (skipped silently if the store is locked).
+        retry_s: how long an episode write retries a lock held past ``timeout_s`` (default 600 s).
+        read_only: open an existing file for reading only (nothing created, migrated or marked).
 
     Raises:
         StoreCorruptError: the file is not a SQLite database or fails its integrity check.
@@ -91,6 +93,8 @@ class RunStore(CandidateTables, Database):
         Raises:
             UnknownRunError: no such run.
         """
+        if not -(2**63) <= int(run_id) < 2**63:  # beyond SQLite's INTEGER: no such run, not an OverflowError
+            raise UnknownRunError(self._unknown_run_message(run_id))
         rows = self._read(f"SELECT {self._RUN_COLUMNS} FROM runs r WHERE r.id = ?", (int(run_id),))
         if not rows:
             raise UnknownRunError(self._unknown_run_message(run_id))

@@ -241,3 +241,113 @@ def test_a_large_stored_checkpoint_is_mapped_not_read_before_its_shapes_are_chec
     with pytest.raises(CheckpointError, match=r"shape mismatches .*fc\.weight: checkpoint \(4096, 4096\)"):
         load_checkpoint(ck, arch="cifar_resnet20", width=0.25)
     assert calls == [True]
+
+
+# ----------------------------------------------------------------------------------------------- no raw errors
+@pytest.mark.parametrize(("args", "pattern"), [
+    (["info", "cifar_resnet20", "--input-size", "100000"], r"--input-size: 100000 is outside 8\.\.1024 pixels"),
+    (["info", "cifar_resnet20", "--input-size", "2"], r"--input-size: 2 is outside 8\.\.1024 pixels"),
+    (["info", "cifar_resnet20", "--width", "1e9"], r"--width: width multiplier 1e\+09 is above the limit of 8"),
+    (["info", "cifar_resnet20", "--width", "inf"], r"--width: expected a finite number > 0, got inf"),
+    (["train", "cifar_resnet20", "--epochs", "0", "--out", "x.pt"], r"--epochs: expected a number >= 1, got 0"),
+    (["search", "cifar_resnet20", "--method", "random", "--budget", "1.5"], r"budget 1\.5 is outside \(0, 1\]"),
+])
+def test_range_errors_exit_1_in_one_line_before_any_model_is_built(home, capsys, monkeypatch, args, pattern):
+    import engine.zoo
+
+    def no_build(*a, **k):
+        raise AssertionError("a model was built before the range check")
+
+    monkeypatch.setattr(engine.zoo, "build_model", no_build)
+    code, out, err = run_cli(args, capsys)
+    assert out == ""
+    assert_one_line_error(code, err, pattern)  # exit 1: the one rule for every range error
+
+
+def test_run_ids_beyond_sqlites_range(home, capsys):
+    from engine.store import UnknownRunError
+
+    huge = str(2**64)
+    for args in (["runs", huge], ["resume", huge], ["export", huge]):
+        code, out, err = run_cli(args, capsys)
+        assert_one_line_error(code, err, rf"run id {huge} is beyond the store's range \(1\.\.{2**63 - 1}\)")
+    with RunStore() as store, pytest.raises(UnknownRunError, match=rf"no run with id {2**70}"):
+        store.get_run(2**70)
+
+
+@pytest.mark.parametrize(("text", "pattern"), [
+    ("[" * 100_000 + "]" * 100_000, r"is nested too deeply to be a TopoPrune plan"),
+    ('{"keep": {"conv1": 8', r"is not valid JSON"),
+    ("\udcff", r"is not a TopoPrune plan"),
+])
+def test_malformed_and_deeply_nested_plan_files(home, capsys, tmp_path, text, pattern):
+    plan = tmp_path / "plan.json"
+    plan.write_text(text, errors="surrogateescape")
+    code, out, err = run_cli(["export", "--plan", str(plan), "--model", "cifar_resnet20"], capsys)
+    assert out == ""
+    assert_one_line_error(code, err, pattern)
+
+
+@pytest.mark.parametrize("limit", [300, 600])  # 32x32 = 1024 pixels: over 2x the limit (error), over it (warning)
+def test_decompression_bomb_images_are_refused(tmp_path, monkeypatch, limit):
+    from PIL import Image
+    from test_cli import make_image_folder
+
+    from engine.data import load_data
+    from engine.errors import DataError
+
+    root = make_image_folder(tmp_path / "images", classes=2, train=2, test=1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(DataError, match=rf"was refused: it declares more pixels than PIL's limit of {limit}"):
+        load_data("imagefolder", data_dir=root)
+
+
+@pytest.mark.parametrize(("args", "pattern"), [
+    (["prune", "cifar_resnet20", "--method", "unifrom", "--budget", "0.5"], r"did you mean 'uniform'\?"),
+    (["search", "cifar_resnet20", "--method", "randon", "--budget", "0.5"], r"did you mean 'random'\?"),
+    (["info", "cifar_vgg61"], r"unknown model 'cifar_vgg61': did you mean 'cifar_vgg16'\?"),
+])
+def test_near_miss_names_get_a_suggestion(home, capsys, args, pattern):
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, pattern)
+
+
+def test_a_second_ctrl_c_while_marking_the_run_exits_130_in_one_line(home, capsys, monkeypatch):
+    import engine.cli.model_cmds as model_cmds
+    from engine.cli import main
+    from engine.cli.context import CommandContext
+
+    def interrupted(ctx):
+        ctx.active_run_id = 1
+        raise KeyboardInterrupt
+
+    def interrupted_again(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_cmds, "cmd_info", interrupted)
+    monkeypatch.setattr(CommandContext, "mark_interrupted", interrupted_again)
+    monkeypatch.setattr(CommandContext, "close", interrupted_again)
+    assert main(["info", "cifar_resnet20"]) == 130
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == ["topoprune: interrupted again; stopped at once"]
+
+
+def test_runs_reads_the_store_without_writing_it(home, capsys):
+    import hashlib
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with RunStore() as store:
+        run_id = store.create_run(method="random", model="cifar_resnet20", dataset="shapes10")
+    con = sqlite3.connect(str(home / "runs.sqlite"))
+    with con:  # a run whose process has died: a writable open would mark it interrupted
+        con.execute("UPDATE runs SET pid = ?, pid_start = NULL WHERE id = ?", (int(gone.stdout), run_id))
+    con.close()
+    before = hashlib.sha256((home / "runs.sqlite").read_bytes()).hexdigest()
+    listing = run_json(["runs"], capsys)
+    shown = run_json(["runs", str(run_id)], capsys)
+    assert [r["status"] for r in listing["runs"]] == ["interrupted"] == [shown["run"]["status"]]
+    assert hashlib.sha256((home / "runs.sqlite").read_bytes()).hexdigest() == before
+    with RunStore(mark_interrupted=False) as store:
+        assert store.get_run(run_id).status == "running"  # nothing was written by `runs`
