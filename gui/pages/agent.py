@@ -18,10 +18,34 @@ from gui.state import REOPEN_RUN, SEARCH_JOB, SELECTED_PLAN, model_ref
 st.title("Agent")
 ref = model_ref()
 
+# the method's own reward (episode extra `method_reward`); every episode's score is val top-1 % for all methods
+OWN_REWARDS = {
+    "gnnrl": "-(100 - val top-1 %), minus the val error in points, for a plan landed on the budget",
+    "gnnrl-nognn": "-(100 - val top-1 %), minus the val error in points, for a plan landed on the budget",
+    "amc": "-(100 - val top-1 %) / 100, minus the val error as a fraction (AMC's resource-constrained reward)",
+    "ajpq": "-(100 - val top-1 %) / 100, minus the val error as a fraction (as AMC)",
+}
+
+
+def reward_formula(method: str | None) -> str:
+    """The page's definition of what the curves show, for `method`."""
+    text = ("**Score** of every episode, for every method: val top-1 % of the episode's plan on the held-out val "
+            "split, after BN recalibration (the test split never chooses anything).")
+    own = OWN_REWARDS.get(method or "")
+    if own:
+        text += f" **{method}'s own reward**, what its agent learns from: {own}; drawn on its own axis below."
+    return text
+
+
+def filled_keep_ratios(events: list[dict[str, Any]], groups: list[str]) -> list[dict[str, float]]:
+    """Each episode's keep ratios with the groups its plan left untouched at 1.0 (a stored plan omits them)."""
+    return [{**{g: 1.0 for g in groups}, **(e.get("keep_ratios") or {})} if e.get("plan") else
+            dict(e.get("keep_ratios") or {}) for e in events]
+
 
 def draw_episodes(events: list[dict[str, Any]], topology: Any, *, prefix: str,
-                  last_step: dict[str, Any] | None = None) -> None:
-    """Reward curve, best plan, last action (bars + state graph), embeddings PCA, keep-ratio heatmap."""
+                  last_step: dict[str, Any] | None = None, method: str | None = None) -> None:
+    """Score and reward curves, best plan, last action (bars + state graph), embeddings PCA, keep-ratio heatmap."""
     step_is_newer = bool(last_step) and (not events or last_step["episode"] >= len(events) or
                                          not last_step.get("done"))
     if step_is_newer:
@@ -35,17 +59,31 @@ def draw_episodes(events: list[dict[str, Any]], topology: Any, *, prefix: str,
         draw_action(last_step["keep_ratios"], topology, prefix=prefix,
                     title=f"Action at episode {last_step['episode'] + 1}, step {last_step['step']} (keep ratios)")
         return
-    rewards = [e.get("reward") if e.get("reward") is not None else e.get("val_acc") for e in events]
-    st.plotly_chart(ap.reward_curve_figure(rewards, val_accs=[e.get("val_acc") for e in events]),
-                    key=f"{prefix}_reward")
-    best = max(events, key=lambda e: e.get("val_acc") if e.get("val_acc") is not None else float("-inf"))
+    groups = [g.name for g in topology.groups if g.prunable]
+    vals = [e.get("val_acc") for e in events]
+    rewards = [e.get("method_reward", e.get("reward")) for e in events]
+    best_i = ap.best_index(vals)
+    best = events[best_i] if best_i is not None else events[-1]
     last = events[-1]
+    if len(events) > 1:
+        st.markdown(reward_formula(method))
+        smoothing = st.slider("Curve smoothing", 0.0, 0.95, 0.0, 0.05, key=f"{prefix}_smoothing",
+                              help="TensorBoard-style exponential moving average (0 = raw points).")
+        st.plotly_chart(ap.episode_curves_figure(vals, method_rewards=rewards, smoothing=smoothing,
+                                                 reward_title=f"{method or 'method'} reward"), key=f"{prefix}_reward")
+    else:
+        st.caption("One plan so far (a one-shot method scores one plan): no learning curve to draw. Its score is "
+                   "val top-1 % on the val split after BN recalibration.")
     components.metric_cards([
         ("Episodes", str(len(events)), None),
         ("Best val top-1", f"{best.get('val_acc', float('nan')):.2f} %", "after BN recalibration, val split"),
+        ("Best episode", str(int(best.get("episode", best_i or 0)) + 1) if best_i is not None else "n/a",
+         "starred on the curve, outlined on the heatmap"),
         ("Best MACs kept", f"{best.get('macs_ratio', float('nan')):.1%}", "fraction of the baseline's MACs"),
-        ("Last reward", f"{rewards[-1]:.3f}" if rewards[-1] is not None else "n/a", None),
     ])
+    st.download_button("Download the episodes (CSV)", ap.episodes_csv(
+        [{**e, "keep_ratios": k} for e, k in zip(events, filled_keep_ratios(events, groups), strict=True)],
+        groups=groups), file_name=f"episodes-{method or 'run'}-{prefix}.csv", mime="text/csv", key=f"{prefix}_csv")
     if best.get("plan") and st.button("Colour the Topology page by the best plan", key=f"{prefix}_use_best"):
         st.session_state[SELECTED_PLAN] = best["plan"]
         st.toast("Best plan selected: Topology > Colour by > keep ratio")
@@ -61,13 +99,16 @@ def draw_episodes(events: list[dict[str, Any]], topology: Any, *, prefix: str,
         if emb:
             names = last.get("embedding_groups") or list(last.get("keep_ratios", {}))[: len(emb)]
             stage_of = {g.name: g.stage for g in topology.groups}
-            st.plotly_chart(ap.embedding_pca_figure(emb, names=names, stages=[stage_of.get(n, 0) for n in names]),
+            st.plotly_chart(ap.embedding_pca_figure(emb, names=names, stages=[stage_of.get(n, 0) for n in names],
+                                                    title=f"Group embeddings (PCA), episode {len(events)}"),
                             key=f"{prefix}_pca")
+            st.caption("Each point is one coupled group as the GNN encodes it; groups close together look alike "
+                       "to the agent. PCA axes are relative, without units.")
         else:
             st.caption("This method reports no per-group embeddings (only the GNN agents do).")
     with right:
-        groups = [g.name for g in topology.groups if g.prunable]
-        st.plotly_chart(ap.keep_ratio_heatmap_figure([e.get("keep_ratios", {}) for e in events], groups=groups),
+        st.plotly_chart(ap.keep_ratio_heatmap_figure(filled_keep_ratios(events, groups), groups=groups,
+                                                     best_episode=best_i + 1 if best_i is not None else None),
                         key=f"{prefix}_heatmap")
 
 
@@ -136,6 +177,7 @@ with components.engine_errors("agent"):
         else:
             st.session_state[SEARCH_JOB] = search_jobs.start_method(**common)
         st.session_state[REOPEN_RUN] = None
+        st.session_state["_agent_method"] = spec["name"]  # what the live curves are labelled with
 
     # each button's action is bound when it is drawn (on_click), so a click does what its label said even if
     # the job changed state since; job_controls is the single table of which buttons each state offers
@@ -174,7 +216,8 @@ with components.engine_errors("agent"):
             r = snap.result
             st.success(f"Search finished: best val top-1 {r['val_acc']:.2f}% at {r['macs_ratio']:.1%} of the MACs"
                        + (f" (run {snap.info['run_id']}; candidate on the Compare page)" if "run_id" in snap.info else ""))
-        draw_episodes(snap.events, topology, prefix="live", last_step=snap.info.get("last_step"))
+        draw_episodes(snap.events, topology, prefix="live", last_step=snap.info.get("last_step"),
+                      method=st.session_state.get("_agent_method"))
 
     reopen = st.session_state.get(REOPEN_RUN)
     if reopen is not None:
@@ -188,11 +231,12 @@ with components.engine_errors("agent"):
             keep_ratios = search_jobs.plan_keep_ratios(ep.plan, topology) if ep.plan and run.model == ref.arch else {}
             events.append({"episode": ep.index, "reward": ep.reward, "val_acc": ep.val_acc,
                            "macs_ratio": ep.macs_ratio, "keep_ratios": keep_ratios, "plan": ep.plan,
-                           **{k: v for k, v in (ep.extra or {}).items() if k in ("embeddings", "embedding_groups")}})
+                           **{k: v for k, v in (ep.extra or {}).items()
+                              if k in ("embeddings", "embedding_groups", "method_reward")}})
         if run.model != ref.arch:
             st.warning(f"This run pruned `{run.model}`, but the chosen model is `{ref.arch}`; choose it on the "
                        "Model & data page to see its plans on the graph.")
-        draw_episodes(events, topology, prefix="reopened")
+        draw_episodes(events, topology, prefix="reopened", method=run.method)
         if run.resumable and search_jobs.is_search(run.method) and run.model == ref.arch and not busy:
             if st.button("Resume this run", type="primary", key="agent_resume_run",
                          help="Continue the search from its saved state (after its last finished episode)."):
@@ -204,6 +248,7 @@ with components.engine_errors("agent"):
                     store_factory=cache.run_store, resume_run_id=run.id, past_events=events,
                     budget_metric=(run.config or {}).get("budget_metric", "macs"))
                 st.session_state[REOPEN_RUN] = None
+                st.session_state["_agent_method"] = run.method
                 st.rerun()
         if st.button("Close this run", key="agent_close_run"):
             st.session_state[REOPEN_RUN] = None

@@ -265,7 +265,7 @@ def test_agent_launch_runs_and_records():
     assert len(snap.events) == 3 and "run_id" in snap.info
     assert any("Search finished" in s.value for s in at.success)
     kinds = [c["data"][0].get("name") or c["data"][0]["type"] for c in charts(at)]
-    assert kinds[0] == "reward" and "heatmap" in [c["data"][0]["type"] for c in charts(at)]
+    assert kinds[0] == "val top-1 %" and "heatmap" in [c["data"][0]["type"] for c in charts(at)]
     runs = cache.run_store().list_runs()
     assert runs[0].method == "random" and runs[0].status == "completed" and runs[0].n_episodes == 3
     assert cache.run_store().candidates()[0].run_id == runs[0].id
