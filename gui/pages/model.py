@@ -14,6 +14,7 @@ from engine.paths import topoprune_home
 from engine.train import TrainConfig, train_model
 from engine.zoo import CIFAR_MODELS, build_model
 from gui import cache, components, jobs
+from gui.guide import draw_start_here
 from gui.plots.compare import latency_text
 from gui.state import TRAIN_JOB, ModelRef, model_ref, set_model_ref
 
@@ -38,6 +39,7 @@ def dataset_input_size(name: str, data_dir: str | None) -> int:
 
 
 st.title("Model & data")
+draw_start_here()
 st.caption("Everything on the other pages uses the model chosen here. Built-in default: "
            "`cifar_resnet20` on the procedural `shapes10` dataset with the shipped checkpoint.")
 
