@@ -105,7 +105,10 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         message = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         kind = "truncated or corrupt" if path.stat().st_size > 0 else "empty"
         if "TorchScript" in message:
-            kind = "a TorchScript archive, which cannot be pruned"
+            raise CheckpointError(
+                f"{path} was refused: it is a TorchScript archive, which runs code when loaded and cannot be "
+                "pruned; save the weights with torch.save(model.state_dict(), path) or as .safetensors"
+            ) from exc
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (it looks {kind}: {message}); "
             "provide a state_dict saved with torch.save or a .safetensors file"

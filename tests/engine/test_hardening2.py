@@ -351,3 +351,78 @@ def test_runs_reads_the_store_without_writing_it(home, capsys):
     assert hashlib.sha256((home / "runs.sqlite").read_bytes()).hexdigest() == before
     with RunStore(mark_interrupted=False) as store:
         assert store.get_run(run_id).status == "running"  # nothing was written by `runs`
+
+
+# ----------------------------------------------------------------------------------------------- item 5: tests that
+# fail when their protection is removed
+def test_a_torchscript_archive_is_refused_by_name(home, capsys, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(scripted, str(path))
+    code, _, err = run_cli(["info", "cifar_resnet20", *TINY, "--checkpoint", str(path)], capsys)
+    assert_one_line_error(code, err, r"scripted\.pt was refused: it is a TorchScript archive, which runs code when "
+                                     r"loaded and cannot be pruned; save the weights with torch\.save")
+
+
+def test_a_shipped_checkpoint_that_still_loads_but_differs_fails_its_sha256(tmp_path, monkeypatch):
+    import shutil
+
+    import engine.checkpoints as checkpoints
+    from engine.errors import CheckpointError
+
+    assets = Path(checkpoints.assets_dir())
+    entry = checkpoints.read_manifest()["models"]["cifar_resnet20"]
+    fake = tmp_path / "assets"
+    fake.mkdir()
+    shutil.copy(assets / checkpoints.MANIFEST_NAME, fake / checkpoints.MANIFEST_NAME)
+    saved = torch.load(assets / entry["file"], weights_only=True)
+    saved["state_dict"]["conv1.weight"].mul_(-1.0)  # a valid checkpoint, other weights: only the sha256 tells
+    torch.save(saved, fake / entry["file"])
+    monkeypatch.setattr(checkpoints, "assets_dir", lambda: fake)
+    with pytest.raises(CheckpointError, match=r"cifar_resnet20\.pt does not match its sha256 in the manifest"):
+        checkpoints.load_shipped("cifar_resnet20")
+    assert checkpoints.load_shipped("cifar_resnet20", verify=False).model is not None  # it does load otherwise
+
+
+def test_a_read_waits_for_a_write_in_flight_on_the_shared_connection(tmp_path):
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        run_id = store.create_run(method="random", model="cifar_resnet20", dataset="shapes10")
+        inside, seen = threading.Event(), []
+
+        def write_then_roll_back():
+            with pytest.raises(RuntimeError), store._write() as conn:
+                conn.execute("INSERT INTO episodes (run_id, idx, plan, extra, created_at) VALUES (?, 0, 'null', "
+                             "'{}', 'now')", (run_id,))
+                inside.set()
+                time.sleep(0.4)
+                raise RuntimeError("the write fails")
+
+        writer = threading.Thread(target=write_then_roll_back)
+        writer.start()
+        inside.wait(5)
+        seen.append(len(store.episodes(run_id)))  # must not see the uncommitted row through the shared connection
+        writer.join()
+        assert seen == [0] and store.episodes(run_id) == []
+
+
+def test_a_store_damaged_inside_a_table_is_refused_on_open(tmp_path):
+    from engine.store import StoreCorruptError
+
+    path = tmp_path / "runs.sqlite"
+    with RunStore(path) as store:
+        run_id = store.create_run(method="m", model="x", dataset="d")
+        for i in range(200):
+            store.add_episode(run_id, reward=float(i), plan={"keep": {"g": "x" * 400}})
+    data = bytearray(path.read_bytes())
+    page = 4096
+    pages = len(data) // page
+    for n in range(pages - 8, pages - 2):  # episode pages only: opening reads the schema and the runs table
+        data[n * page: n * page + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    detail = r"(integrity check|database disk image is malformed)"  # quick_check's rows, or its own error
+    with pytest.raises(StoreCorruptError, match=rf"runs\.sqlite is corrupt \({detail}"):
+        RunStore(path)
