@@ -110,7 +110,12 @@ def load_pruned(model: nn.Module, topology: Topology, plan: PruningPlan, weights
 
                 state = load_file(str(weights))
             else:
+                from engine.checkpoints import check_archive_sizes
+
+                check_archive_sizes(weights)  # a compressed archive must not inflate before the shape check
                 state = torch.load(weights, map_location="cpu", weights_only=True)
+        except CheckpointError:
+            raise
         except Exception as exc:
             raise CheckpointError(f"cannot read pruned weights {weights}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(state, dict):

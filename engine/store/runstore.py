@@ -130,8 +130,11 @@ class RunStore(CandidateTables, Database):
     ) -> None:
         """Set the given fields of a run (``None`` leaves a field as it is); ``extra`` is merged in.
 
+        A lock another process holds past the busy timeout is retried, with backoff, for up to ``retry_s``.
+
         Raises:
             UnknownRunError: no such run.
+            StoreLockedError: the lock was still held after ``retry_s``.
         """
         sets: list[str] = []
         params: list[Any] = []
@@ -151,7 +154,7 @@ class RunStore(CandidateTables, Database):
         if config is not None:
             sets.append("config = ?")
             params.append(codec.dumps(config))
-        with self._write() as conn:
+        with self._write(retry=True) as conn:  # a search saves its state here each batch: a held lock delays it
             row = conn.execute("SELECT extra FROM runs WHERE id = ?", (int(run_id),)).fetchone()
             if row is None:
                 raise UnknownRunError(self._unknown_run_message(run_id))

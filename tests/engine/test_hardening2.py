@@ -426,3 +426,34 @@ def test_a_store_damaged_inside_a_table_is_refused_on_open(tmp_path):
     detail = r"(integrity check|database disk image is malformed)"  # quick_check's rows, or its own error
     with pytest.raises(StoreCorruptError, match=rf"runs\.sqlite is corrupt \({detail}"):
         RunStore(path)
+
+
+def test_load_pruned_refuses_an_inflating_archive(tmp_path):
+    from engine.errors import CheckpointError
+    from engine.pruning import PruningPlan, load_pruned
+    from engine.zoo import build_model
+
+    model = build_model("cifar_resnet20", width=0.25)
+    state = dict(model.state_dict())
+    state["pad"] = torch.zeros(16 << 20, dtype=torch.uint8)
+    plain = tmp_path / "plain.pt"
+    torch.save(state, plain)
+    bomb = _deflated_copy(plain, tmp_path / "pruned.pt")
+    with pytest.raises(CheckpointError, match=r"pruned\.pt was refused: its archive declares"):
+        load_pruned(model, None, PruningPlan(model="cifar_resnet20", keep={}), bomb)  # refused before the topology
+
+
+def test_a_long_lock_delays_a_run_update_too(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    with RunStore(path, timeout_s=0.1, retry_s=20) as store:
+        run_id = store.create_run(method="random", model="cifar_resnet20", dataset="shapes10")
+        holder = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+        release.start()
+        try:
+            store.update_run(run_id, extra={"state": "saved"})
+        finally:
+            release.join()
+            holder.close()
+        assert store.get_run(run_id).extra["state"] == "saved"
