@@ -47,9 +47,14 @@ def log(message: str) -> None:
 
 def machine() -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "load_average_at_start": [round(v, 2) for v in load] if load else None}
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": [round(v, 2) for v in load] if load else None,
+    }
 
 
 def mean_se(values: list[float]) -> dict[str, float]:
@@ -64,10 +69,18 @@ def paired(a: list[float], b: list[float]) -> dict[str, Any]:
     diffs = [x - y for x, y in zip(a, b, strict=True)]
     stats = mean_se(diffs)
     t = stats["mean"] / stats["se"] if stats["se"] > 0 else (math.inf if stats["mean"] else 0.0)
-    return {**stats, "t": t, "df": len(diffs) - 1, "wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs)}
+    return {
+        **stats,
+        "t": t,
+        "df": len(diffs) - 1,
+        "wins": sum(d > 0 for d in diffs),
+        "ties": sum(d == 0 for d in diffs),
+    }
 
 
-def holdout_acc(model: torch.nn.Module, topology: Any, plan: Any, data: Any, scorer: Scorer, start: int) -> float:
+def holdout_acc(
+    model: torch.nn.Module, topology: Any, plan: Any, data: Any, scorer: Scorer, start: int
+) -> float:
     """Top-1 on val images [start:] (never used for selection), after the scorer's BN recalibration."""
     x, y = data.tensors("val")
     pruned = scorer.prepare(apply_plan(model, topology, plan))
@@ -76,19 +89,37 @@ def holdout_acc(model: torch.nn.Module, topology: Any, plan: Any, data: Any, sco
 
 def section_surp(model, topology, data, args, doc) -> None:
     t0 = time.perf_counter()
-    points, overlaps = rate_distortion(model, topology, data, sparsities=args.sparsities, alpha=args.alpha,
-                                       scoring=ScoringConfig(val_size=args.val_size))
+    points, overlaps = rate_distortion(
+        model,
+        topology,
+        data,
+        sparsities=args.sparsities,
+        alpha=args.alpha,
+        scoring=ScoringConfig(val_size=args.val_size),
+    )
     doc["surp"] = {"points": [p.to_dict() for p in points], "overlap": [o.to_dict() for o in overlaps]}
-    ctx = MethodContext(model=model, topology=topology, data=data, budget=args.budget,
-                        scoring=ScoringConfig(val_size=args.val_size))
+    ctx = MethodContext(
+        model=model,
+        topology=topology,
+        data=data,
+        budget=args.budget,
+        scoring=ScoringConfig(val_size=args.val_size),
+    )
     channel = run_method("surp-channel", ctx)
     magnitude = run_method("magnitude", ctx, norm="l2", normalize="l2")
-    same = sum(len(set(channel.plan.indices.get(g, [])) & set(magnitude.plan.indices.get(g, [])))
-               for g in set(channel.plan.indices or {}) | set(magnitude.plan.indices or {}))
+    same = sum(
+        len(set(channel.plan.indices.get(g, [])) & set(magnitude.plan.indices.get(g, [])))
+        for g in set(channel.plan.indices or {}) | set(magnitude.plan.indices or {})
+    )
     kept = sum(len(v) for v in (channel.plan.indices or {}).values())
-    doc["surp_channel"] = {"budget": args.budget, "val_surp_channel": channel.val_acc,
-                           "val_magnitude_l2_l2": magnitude.val_acc, "kept_channels_in_pruned_groups": kept,
-                           "kept_channels_shared": same, "mask_bits": channel.meta["surp_channel"]["mask_bits"]}
+    doc["surp_channel"] = {
+        "budget": args.budget,
+        "val_surp_channel": channel.val_acc,
+        "val_magnitude_l2_l2": magnitude.val_acc,
+        "kept_channels_in_pruned_groups": kept,
+        "kept_channels_shared": same,
+        "mask_bits": channel.meta["surp_channel"]["mask_bits"],
+    }
     doc["seconds"]["surp"] = time.perf_counter() - t0
 
 
@@ -98,25 +129,53 @@ def section_selection(model, topology, data, args, doc) -> list[Any]:
     scorer = Scorer(model, topology, data, scoring)
     rows, ga_plans = [], []
     for seed in args.seeds:
-        ctx = MethodContext(model=model, topology=topology, data=data, budget=args.budget, seed=seed, scoring=scoring,
-                            scorer=scorer)
-        ga = run_method("ga", ctx, population=args.population, generations=args.generations, elite=args.elite,
-                        grid_step=args.grid_step)
+        ctx = MethodContext(
+            model=model,
+            topology=topology,
+            data=data,
+            budget=args.budget,
+            seed=seed,
+            scoring=scoring,
+            scorer=scorer,
+        )
+        ga = run_method(
+            "ga",
+            ctx,
+            population=args.population,
+            generations=args.generations,
+            elite=args.elite,
+            grid_step=args.grid_step,
+        )
         keep = ga.meta["ga_keep"]
         indices = {n: select_channels(model, topology, n, k, criterion="l1") for n, k in keep.items()}
         l1 = plan_with_indices(ctx, keep, indices, method="l1-topk")
         sens = run_method("sensitivity", ctx, grid_step=args.grid_step)
-        for name, plan, val in (("ga", ga.plan, ga.val_acc), ("l1-topk", l1, scorer.score(l1)),
-                                ("sensitivity", sens.plan, sens.val_acc)):
+        for name, plan, val in (
+            ("ga", ga.plan, ga.val_acc),
+            ("l1-topk", l1, scorer.score(l1)),
+            ("sensitivity", sens.plan, sens.val_acc),
+        ):
             report = report_candidate(model, topology, plan, data, scoring=scoring, latency=False)
-            rows.append({"seed": seed, "method": name, "val": val, "val_holdout":
-                         holdout_acc(model, topology, plan, data, scorer, args.val_size),
-                         "test": report.test_acc_before_finetune, "macs_ratio": report.macs_ratio,
-                         "params_ratio": report.params_after / report.params_before,
-                         "same_amounts_as_ga": dict(plan.keep) == dict(ga.plan.keep)})
+            rows.append(
+                {
+                    "seed": seed,
+                    "method": name,
+                    "val": val,
+                    "val_holdout": holdout_acc(model, topology, plan, data, scorer, args.val_size),
+                    "test": report.test_acc_before_finetune,
+                    "macs_ratio": report.macs_ratio,
+                    "params_ratio": report.params_after / report.params_before,
+                    "same_amounts_as_ga": dict(plan.keep) == dict(ga.plan.keep),
+                }
+            )
         ga_plans.append((seed, ga.plan))
-        log(f"seed {seed}: " + ", ".join(f"{r['method']} val {r['val']:.1f} hold {r['val_holdout']:.1f} "
-                                         f"test {r['test']:.1f}" for r in rows[-3:]))
+        log(
+            f"seed {seed}: "
+            + ", ".join(
+                f"{r['method']} val {r['val']:.1f} hold {r['val_holdout']:.1f} test {r['test']:.1f}"
+                for r in rows[-3:]
+            )
+        )
         doc["selection"] = summarise(rows, ("ga", "l1-topk", "sensitivity"), ("val", "val_holdout", "test"))
         doc["selection"]["rows"] = rows
         doc["seconds"]["selection"] = time.perf_counter() - t0
@@ -128,17 +187,31 @@ def section_kd(model, topology, data, ga_plans, args, doc) -> None:
     t0 = time.perf_counter()
     rows = []
     for seed, plan in ga_plans:
-        common = {"finetune_epochs": 1, "finetune_max_batches": args.finetune_batches, "finetune_lr": args.lr,
-                  "seed": seed, "latency": False, "scoring": ScoringConfig(val_size=args.val_size),
-                  "test_before_finetune": False}
+        common = {
+            "finetune_epochs": 1,
+            "finetune_max_batches": args.finetune_batches,
+            "finetune_lr": args.lr,
+            "seed": seed,
+            "latency": False,
+            "scoring": ScoringConfig(val_size=args.val_size),
+            "test_before_finetune": False,
+        }
         plain = report_candidate(model, topology, plan, data, **common)
-        kd = report_candidate(model, topology, plan, data, kd=KDConfig(args.kd_temperature, args.kd_weight), **common)
+        kd = report_candidate(
+            model, topology, plan, data, kd=KDConfig(args.kd_temperature, args.kd_weight), **common
+        )
         rows.append({"seed": seed, "plain": plain.test_acc, "kd": kd.test_acc})
         log(f"seed {seed}: fine-tune plain {plain.test_acc:.2f} kd {kd.test_acc:.2f}")
-        doc["kd"] = {"rows": rows, "plain": mean_se([r["plain"] for r in rows]), "kd": mean_se([r["kd"] for r in rows]),
-                     "kd_minus_plain": paired([r["kd"] for r in rows], [r["plain"] for r in rows]),
-                     "finetune_batches": args.finetune_batches, "lr": args.lr,
-                     "kd_temperature": args.kd_temperature, "kd_weight": args.kd_weight}
+        doc["kd"] = {
+            "rows": rows,
+            "plain": mean_se([r["plain"] for r in rows]),
+            "kd": mean_se([r["kd"] for r in rows]),
+            "kd_minus_plain": paired([r["kd"] for r in rows], [r["plain"] for r in rows]),
+            "finetune_batches": args.finetune_batches,
+            "lr": args.lr,
+            "kd_temperature": args.kd_temperature,
+            "kd_weight": args.kd_weight,
+        }
         doc["seconds"]["kd"] = time.perf_counter() - t0
         write(doc, args)
 
@@ -160,42 +233,80 @@ def fmt(s: dict[str, float]) -> str:
 
 def to_markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
-    lines = [f"# SuRP, ga and KD on {doc['model']} / {doc['dataset']}", "",
-             f"Command: `{doc['command']}`  ", f"Machine: {m['platform']}, {m['cpu_count']} cores, torch {m['torch']} "
-             f"with {m['torch_threads']} thread, load {m['load_average_at_start']}; {doc['date']}", ""]
+    lines = [
+        f"# SuRP, ga and KD on {doc['model']} / {doc['dataset']}",
+        "",
+        f"Command: `{doc['command']}`  ",
+        f"Machine: {m['platform']}, {m['cpu_count']} cores, torch {m['torch']} "
+        f"with {m['torch_threads']} thread, load {m['load_average_at_start']}; {doc['date']}",
+        "",
+    ]
     if "surp" in doc:
-        lines += ["## Rate-distortion (val; logit MSE vs the unpruned model; no fine-tune)", "",
-                  "| method | sparsity | bits/weight | val top-1 | logit MSE | nnz-MACs (needs sparse kernels) |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {p['method']} | {p['sparsity']:.3f} | {p['bits_per_weight']:.3f} | {p['val_acc']:.2f} | "
-                  f"{p['logit_mse']:.4f} | {p['nnz_macs_ratio']:.3f} |" for p in doc["surp"]["points"]]
-        lines += ["", "Dense MACs are unchanged (1.000) for every row above.", "",
-                  "| sparsity | Jaccard(SuRP, normalised magnitude) | pre-boundary SuRP weights in magnitude top-k | "
-                  "mean shrink of kept magnitudes |", "|---|---|---|---|"]
-        lines += [f"| {o['sparsity']} | {o['jaccard']:.4f} | {o['outside_last_round']:.4f} | {o['shrink']:.4f} |"
-                  for o in doc["surp"]["overlap"]]
+        lines += [
+            "## Rate-distortion (val; logit MSE vs the unpruned model; no fine-tune)",
+            "",
+            "| method | sparsity | bits/weight | val top-1 | logit MSE | nnz-MACs (needs sparse kernels) |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['method']} | {p['sparsity']:.3f} | {p['bits_per_weight']:.3f} | {p['val_acc']:.2f} | "
+            f"{p['logit_mse']:.4f} | {p['nnz_macs_ratio']:.3f} |"
+            for p in doc["surp"]["points"]
+        ]
+        lines += [
+            "",
+            "Dense MACs are unchanged (1.000) for every row above.",
+            "",
+            "| sparsity | Jaccard(SuRP, normalised magnitude) | pre-boundary SuRP weights in magnitude top-k | "
+            "mean shrink of kept magnitudes |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {o['sparsity']} | {o['jaccard']:.4f} | {o['outside_last_round']:.4f} | {o['shrink']:.4f} |"
+            for o in doc["surp"]["overlap"]
+        ]
         c = doc["surp_channel"]
-        lines += ["", f"surp-channel vs magnitude (l2, normalised by l2) at {c['budget']} MACs: val "
-                  f"{c['val_surp_channel']:.2f} vs {c['val_magnitude_l2_l2']:.2f}; {c['kept_channels_shared']} of "
-                  f"{c['kept_channels_in_pruned_groups']} kept channels shared; mask {c['mask_bits']:.0f} bits.", ""]
+        lines += [
+            "",
+            f"surp-channel vs magnitude (l2, normalised by l2) at {c['budget']} MACs: val "
+            f"{c['val_surp_channel']:.2f} vs {c['val_magnitude_l2_l2']:.2f}; {c['kept_channels_shared']} of "
+            f"{c['kept_channels_in_pruned_groups']} kept channels shared; mask {c['mask_bits']:.0f} bits.",
+            "",
+        ]
     if "selection" in doc:
         s = doc["selection"]
-        lines += [f"## Channel selection at {doc['budget']} MACs, before fine-tune (mean +- SE over seeds "
-                  f"{doc['seeds']})", "", "| method | val (selection) | val held-out | test |", "|---|---|---|---|"]
-        lines += [f"| {k} | {fmt(s[k]['val'])} | {fmt(s[k]['val_holdout'])} | {fmt(s[k]['test'])} |"
-                  for k in ("ga", "l1-topk", "sensitivity") if k in s]
+        lines += [
+            f"## Channel selection at {doc['budget']} MACs, before fine-tune (mean +- SE over seeds "
+            f"{doc['seeds']})",
+            "",
+            "| method | val (selection) | val held-out | test |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {fmt(s[k]['val'])} | {fmt(s[k]['val_holdout'])} | {fmt(s[k]['test'])} |"
+            for k in ("ga", "l1-topk", "sensitivity")
+            if k in s
+        ]
         for key in ("val", "val_holdout", "test"):
             p = s[f"ga_minus_l1_{key}"]
-            lines.append(f"- ga - l1-topk ({key}): {p['mean']:+.2f} +- {p['se']:.2f}, paired t = {p['t']:.2f} "
-                         f"(df {p['df']}), ga ahead in {p['wins']} of {p['n']}")
+            lines.append(
+                f"- ga - l1-topk ({key}): {p['mean']:+.2f} +- {p['se']:.2f}, paired t = {p['t']:.2f} "
+                f"(df {p['df']}), ga ahead in {p['wins']} of {p['n']}"
+            )
         lines.append("")
     if "kd" in doc:
         k = doc["kd"]
         p = k["kd_minus_plain"]
-        lines += [f"## Fine-tune of the GA plans: {k['finetune_batches']} batches, lr {k['lr']}, KD T={k['kd_temperature']}"
-                  f" w={k['kd_weight']}", "", f"- plain: test {fmt(k['plain'])}", f"- KD: test {fmt(k['kd'])}",
-                  f"- KD - plain: {p['mean']:+.2f} +- {p['se']:.2f}, paired t = {p['t']:.2f}, KD ahead in {p['wins']} "
-                  f"of {p['n']}", ""]
+        lines += [
+            f"## Fine-tune of the GA plans: {k['finetune_batches']} batches, lr {k['lr']}, KD T={k['kd_temperature']}"
+            f" w={k['kd_weight']}",
+            "",
+            f"- plain: test {fmt(k['plain'])}",
+            f"- KD: test {fmt(k['kd'])}",
+            f"- KD - plain: {p['mean']:+.2f} +- {p['se']:.2f}, paired t = {p['t']:.2f}, KD ahead in {p['wins']} "
+            f"of {p['n']}",
+            "",
+        ]
     lines += [f"Seconds per section: {json.dumps({k: round(v) for k, v in doc['seconds'].items()})}", ""]
     return "\n".join(lines)
 
@@ -236,10 +347,17 @@ def main(argv: list[str] | None = None) -> int:
     model = load_shipped(args.model, dataset=args.dataset).model.eval()
     data = load_data(args.dataset, seed=0)
     topology = build_topology(model, torch.zeros(1, 3, data.input_size, data.input_size))
-    doc: dict[str, Any] = {"command": "python " + shlex.join(["bench/bench_surp_ga.py", *(argv or sys.argv[1:])]),
-                           "machine": machine(), "date": f"{dt.date.today()}", "model": args.model,
-                           "dataset": args.dataset, "budget": args.budget, "seeds": args.seeds, "seconds": {},
-                           "settings": {k: v for k, v in vars(args).items() if k != "out"}}
+    doc: dict[str, Any] = {
+        "command": "python " + shlex.join(["bench/bench_surp_ga.py", *(argv or sys.argv[1:])]),
+        "machine": machine(),
+        "date": f"{dt.date.today()}",
+        "model": args.model,
+        "dataset": args.dataset,
+        "budget": args.budget,
+        "seeds": args.seeds,
+        "seconds": {},
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+    }
     log("rate-distortion")
     section_surp(model, topology, data, args, doc)
     write(doc, args)

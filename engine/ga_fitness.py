@@ -30,7 +30,9 @@ class ConsumerStats:
     other_cols: np.ndarray
 
 
-def _consumers(model: nn.Module, topology, group_name: str) -> list[tuple[str, nn.Module, tuple[int, ...], int]]:
+def _consumers(
+    model: nn.Module, topology, group_name: str
+) -> list[tuple[str, nn.Module, tuple[int, ...], int]]:
     modules = dict(model.named_modules())
     out = []
     for m in topology.group(group_name).maps:
@@ -51,8 +53,10 @@ def capture_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[
     seen: dict[str, torch.Tensor] = {}
     modules = dict(model.named_modules())
     """The input tensor of each named module on one forward of `x`."""
-    handles = [modules[n].register_forward_pre_hook(lambda mod, args, n=n: seen.__setitem__(n, args[0].detach()))
-               for n in names]
+    handles = [
+        modules[n].register_forward_pre_hook(lambda mod, args, n=n: seen.__setitem__(n, args[0].detach()))
+        for n in names
+    ]
     try:
         with torch.no_grad():
             model.eval()(x)
@@ -77,13 +81,21 @@ def _columns(module: nn.Module, x: torch.Tensor, positions: tuple[torch.Tensor, 
 
 
 def _positions(module: nn.Conv2d, x: torch.Tensor, per_image: int, generator: torch.Generator) -> tuple:
-    (kh, kw), (ph, pw), (dh, dw), (sh, sw) = module.kernel_size, module.padding, module.dilation, module.stride
+    (kh, kw), (ph, pw), (dh, dw), (sh, sw) = (
+        module.kernel_size,
+        module.padding,
+        module.dilation,
+        module.stride,
+    )
     out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     batch = x.shape[0]
     b = torch.arange(batch).repeat_interleave(per_image)
-    return (b, torch.randint(0, out_h, (batch * per_image,), generator=generator),
-            torch.randint(0, out_w, (batch * per_image,), generator=generator))
+    return (
+        b,
+        torch.randint(0, out_h, (batch * per_image,), generator=generator),
+        torch.randint(0, out_w, (batch * per_image,), generator=generator),
+    )
 
 
 def consumer_stats(
@@ -124,15 +136,24 @@ def consumer_stats(
         x_cur = _columns(module, cur_in[name], positions)  # (samples, D)
         weight = module.weight.detach().double().flatten(1)  # (out, D)
         y = _columns(module, base_in[name], positions) @ weight.T  # (samples, out)
-        width = weight.shape[1] // (module.in_channels if isinstance(module, nn.Conv2d) else module.in_features)
+        width = weight.shape[1] // (
+            module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+        )
         group_cols = []
         for j in range(len(channels) // mult):
-            chans = channels[j * mult:(j + 1) * mult]
+            chans = channels[j * mult : (j + 1) * mult]
             group_cols.append(np.concatenate([np.arange(c * width, (c + 1) * width) for c in chans]))
         used = np.concatenate(group_cols) if group_cols else np.array([], dtype=np.int64)
         other = np.setdiff1d(np.arange(weight.shape[1]), used)
-        stats.append(ConsumerStats(gram=(x_cur.T @ x_cur).float(), cross=(x_cur.T @ y).float(), energy=float((y ** 2).sum()),
-                                   group_cols=group_cols, other_cols=other))
+        stats.append(
+            ConsumerStats(
+                gram=(x_cur.T @ x_cur).float(),
+                cross=(x_cur.T @ y).float(),
+                energy=float((y**2).sum()),
+                group_cols=group_cols,
+                other_cols=other,
+            )
+        )
     return stats
 
 
@@ -148,7 +169,9 @@ def reconstruction_fitness(stats: list[ConsumerStats], mask: np.ndarray, *, ridg
         gram = gram + ridge * (float(gram.diagonal().mean()) + 1e-12) * torch.eye(len(cols), dtype=gram.dtype)
         cross = s.cross[idx]
         chol, info = torch.linalg.cholesky_ex(gram)
-        solved = torch.cholesky_solve(cross, chol) if int(info) == 0 else torch.linalg.lstsq(gram, cross).solution
+        solved = (
+            torch.cholesky_solve(cross, chol) if int(info) == 0 else torch.linalg.lstsq(gram, cross).solution
+        )
         explained = float((cross * solved).sum())
         total += max(0.0, s.energy - explained) / max(s.energy, 1e-12)
     return -total

@@ -32,18 +32,27 @@ class KDConfig:
     weight: float = 0.9
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, int | float) and self.temperature > 0 and math.isfinite(self.temperature)):
-            raise KDError(f"KD temperature must be a number > 0, got {self.temperature!r}; 4 is the usual choice")
+        if not (
+            isinstance(self.temperature, int | float)
+            and self.temperature > 0
+            and math.isfinite(self.temperature)
+        ):
+            raise KDError(
+                f"KD temperature must be a number > 0, got {self.temperature!r}; 4 is the usual choice"
+            )
         if not (isinstance(self.weight, int | float) and 0.0 <= self.weight <= 1.0):
-            raise KDError(f"KD weight must be in [0, 1] (the share of the distillation term), got {self.weight!r}")
+            raise KDError(
+                f"KD weight must be in [0, 1] (the share of the distillation term), got {self.weight!r}"
+            )
 
 
 def _layers(model: nn.Module) -> list[tuple[str, str]]:
     return [(name, type(m).__name__) for name, m in model.named_modules() if isinstance(m, _LAYERS)]
 
 
-def check_teacher(teacher: nn.Module, student: nn.Module, example_inputs: torch.Tensor, *,
-                  num_classes: int | None = None) -> None:
+def check_teacher(
+    teacher: nn.Module, student: nn.Module, example_inputs: torch.Tensor, *, num_classes: int | None = None
+) -> None:
     """Refuse a teacher that is not the student's (unpruned) architecture or predicts another number of classes.
 
     A pruned student keeps its teacher's layer names and kinds (only widths differ), so those must match.
@@ -53,10 +62,14 @@ def check_teacher(teacher: nn.Module, student: nn.Module, example_inputs: torch.
     """
     t_layers, s_layers = _layers(teacher), _layers(student)
     if t_layers != s_layers:
-        first = next((f"{t} vs {s}" for t, s in zip(t_layers, s_layers, strict=False) if t != s),
-                     f"{len(t_layers)} vs {len(s_layers)} layers")
-        raise KDError(f"the KD teacher is not the student's architecture (first difference: {first}); distil from "
-                      "the unpruned baseline of the same model")
+        first = next(
+            (f"{t} vs {s}" for t, s in zip(t_layers, s_layers, strict=False) if t != s),
+            f"{len(t_layers)} vs {len(s_layers)} layers",
+        )
+        raise KDError(
+            f"the KD teacher is not the student's architecture (first difference: {first}); distil from "
+            "the unpruned baseline of the same model"
+        )
     with torch.no_grad():
         was = teacher.training, student.training
         teacher.eval(), student.eval()
@@ -64,11 +77,15 @@ def check_teacher(teacher: nn.Module, student: nn.Module, example_inputs: torch.
         s_out = student(example_inputs).shape[-1]
         teacher.train(was[0]), student.train(was[1])
     if t_out != s_out:
-        raise KDError(f"the KD teacher predicts {t_out} classes but the student {s_out}; distil from a baseline "
-                      "trained on the same dataset")
+        raise KDError(
+            f"the KD teacher predicts {t_out} classes but the student {s_out}; distil from a baseline "
+            "trained on the same dataset"
+        )
     if num_classes is not None and s_out != num_classes:
-        raise KDError(f"the student predicts {s_out} classes but the dataset has {num_classes}; fine-tune a model "
-                      "trained on this dataset")
+        raise KDError(
+            f"the student predicts {s_out} classes but the dataset has {num_classes}; fine-tune a model "
+            "trained on this dataset"
+        )
 
 
 def finetune_kd(
@@ -97,6 +114,13 @@ def finetune_kd(
     kd = kd or KDConfig()
     example = torch.zeros(2, *data.tensors("train", limit=1)[0].shape[1:])
     check_teacher(teacher, student, example, num_classes=int(data.num_classes))
-    config = TrainConfig(epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, distill_alpha=float(kd.weight),
-                         distill_temperature=float(kd.temperature), max_batches_per_epoch=max_batches_per_epoch)
+    config = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        batch_size=batch_size,
+        distill_alpha=float(kd.weight),
+        distill_temperature=float(kd.temperature),
+        max_batches_per_epoch=max_batches_per_epoch,
+    )
     return train_model(student, data, config, teacher=teacher, callback=callback)

@@ -34,8 +34,10 @@ def check_sparsity(sparsity: float, *, what: str = "sparsity target") -> float:
     except (TypeError, ValueError):
         raise SurpError(f"{what} must be a number in (0, 1), got {sparsity!r}") from None
     if not 0.0 < value < 1.0 or math.isnan(value):
-        raise SurpError(f"{what} must be in (0, 1) (the fraction of weights set to zero), got {sparsity!r}; "
-                        "e.g. 0.9 keeps 10% of the weights")
+        raise SurpError(
+            f"{what} must be in (0, 1) (the fraction of weights set to zero), got {sparsity!r}; "
+            "e.g. 0.9 keeps 10% of the weights"
+        )
     return value
 
 
@@ -147,8 +149,16 @@ def successive_refinement(
         lam_inv *= decay**m
         if fresh.size:
             trace.append((nonzero / n, refinements, bits))
-    return Refinement(recon=torch.from_numpy(recon), order=torch.from_numpy(order), refinements=refinements, rounds=rounds, refreshes=refreshes,
-                      index_bits=bits, sign_bits=nonzero, trace=trace)
+    return Refinement(
+        recon=torch.from_numpy(recon),
+        order=torch.from_numpy(order),
+        refinements=refinements,
+        rounds=rounds,
+        refreshes=refreshes,
+        index_bits=bits,
+        sign_bits=nonzero,
+        trace=trace,
+    )
 
 
 def normalised_magnitudes(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,7 +63,7 @@ def _load(model: nn.Module, flat: torch.Tensor) -> nn.Module:
     start = 0
     with torch.no_grad():
         for w in prunable_weights(out).values():
-            w.copy_(flat[start:start + w.numel()].reshape(w.shape).to(w.dtype))
+            w.copy_(flat[start : start + w.numel()].reshape(w.shape).to(w.dtype))
             start += w.numel()
     return out
 
@@ -120,11 +120,14 @@ def rate_distortion(
         float_rate = (mask_bits(n, nnz) + 32 * nnz) / n
         last = int(ref.order.max())
         early = support & (ref.order < last)
-        overlaps.append(MaskOverlap(
-            sparsity=s, jaccard=jaccard(support, top),
-            outside_last_round=float((early & top).sum()) / max(1, int(early.sum())),
-            shrink=float((1 - ref.recon[support] / mags[support]).mean()),
-        ))
+        overlaps.append(
+            MaskOverlap(
+                sparsity=s,
+                jaccard=jaccard(support, top),
+                outside_last_round=float((early & top).sum()) / max(1, int(early.sum())),
+                shrink=float((1 - ref.recon[support] / mags[support]).mean()),
+            )
+        )
         for method, flat, rate in (
             ("surp", ref.recon * norms * signs, ref.bits_per_weight),
             ("surp-mask", original * support, float_rate),
@@ -132,8 +135,16 @@ def rate_distortion(
         ):
             pruned = _load(model, flat)
             acc, mse = _measure(scorer, base_logits, pruned)
-            points.append(RDPoint(method=method, sparsity=1 - nnz / n, bits_per_weight=rate, val_acc=acc,
-                                  logit_mse=mse, nnz_macs_ratio=_nnz_ratio(model, pruned, data)))
+            points.append(
+                RDPoint(
+                    method=method,
+                    sparsity=1 - nnz / n,
+                    bits_per_weight=rate,
+                    val_acc=acc,
+                    logit_mse=mse,
+                    nnz_macs_ratio=_nnz_ratio(model, pruned, data),
+                )
+            )
     return points, overlaps
 
 

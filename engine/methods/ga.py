@@ -49,8 +49,14 @@ def amounts_for_budget(ctx: Any, options: dict[str, Any]) -> dict[str, int]:
 
         step = options["grid_step"]
         grid = [round(1.0 - step * i, 6) for i in range(1, int(round(1.0 / step)))]
-        table = analyze_sensitivity(ctx.model, ctx.topology, ctx.data, keep_ratios=grid, scorer=ctx.get_scorer(),
-                                    round_to=ctx.round_to)
+        table = analyze_sensitivity(
+            ctx.model,
+            ctx.topology,
+            ctx.data,
+            keep_ratios=grid,
+            scorer=ctx.get_scorer(),
+            round_to=ctx.round_to,
+        )
         ratios = allocate_greedy(ctx.topology, table, ctx.budget_spec)
     else:
         ratios = {g.name: 1.0 for g in groups}
@@ -116,9 +122,17 @@ class GASearch(SearchMethod):
         return [s.val_acc for s in scored]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_state(self.rng), "keep": self.keep, "order": list(self.order), "position": self.position,
-                "committed": self.committed, "pending": self.pending, "scored": self.scored,
-                "population": self.population, "groups_log": self.groups_log}
+        return {
+            "rng": rng_state(self.rng),
+            "keep": self.keep,
+            "order": list(self.order),
+            "position": self.position,
+            "committed": self.committed,
+            "pending": self.pending,
+            "scored": self.scored,
+            "population": self.population,
+            "groups_log": self.groups_log,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_rng_state(self.rng, state["rng"])
@@ -168,8 +182,9 @@ class GASearch(SearchMethod):
         if self.groups_log and self.groups_log[-1]["group"] == name:
             self.groups_log[-1].update({"chosen": chosen, "elite_val": vals})
         else:
-            self.groups_log.append({"group": name, "k": len(chosen), "chosen": chosen, "elite_val": vals,
-                                    "best": [], "mean": []})
+            self.groups_log.append(
+                {"group": name, "k": len(chosen), "chosen": chosen, "elite_val": vals, "best": [], "mean": []}
+            )
         self.scored, self.pending = [], []
         self.position += 1
 
@@ -188,15 +203,27 @@ class GASearch(SearchMethod):
         name = self.order[self.position]
         k, size = self.keep[name], self.ctx.topology.group(name).channels
         done = {n: self.committed[n] for n in self.order if n in self.committed}
-        current = mask_model(self.ctx.model, self.ctx.topology,
-                             plan_with_indices(self.ctx, {n: len(v) for n, v in done.items()}, done, method=NAME))
+        current = mask_model(
+            self.ctx.model,
+            self.ctx.topology,
+            plan_with_indices(self.ctx, {n: len(v) for n, v in done.items()}, done, method=NAME),
+        )
         seed = int(self.rng.integers(2**31 - 1))
         if self._base_inputs is None:  # the baseline's consumer inputs, captured once for every group
-            names = sorted({c for g in self.order for c in consumer_names(self.ctx.model, self.ctx.topology, g)})
+            names = sorted(
+                {c for g in self.order for c in consumer_names(self.ctx.model, self.ctx.topology, g)}
+            )
             self._base_inputs = capture_inputs(self.ctx.model, names, self._calibration())
-        stats = consumer_stats(self.ctx.model, current, self.ctx.topology, name, self._calibration(),
-                               positions_per_image=self.options["positions"], seed=seed,
-                               base_inputs=self._base_inputs)
+        stats = consumer_stats(
+            self.ctx.model,
+            current,
+            self.ctx.topology,
+            name,
+            self._calibration(),
+            positions_per_image=self.options["positions"],
+            seed=seed,
+            base_inputs=self._base_inputs,
+        )
         if not stats:
             return
         cache: dict[bytes, float] = {}
@@ -232,19 +259,38 @@ class GASearch(SearchMethod):
             mask = np.zeros(size, dtype=np.int64)
             mask[self.rng.choice(size, k, replace=False)] = 1
             init.append(mask.tolist())
-        log = {"group": name, "k": k, "channels": size, "best": [], "mean": [], "chosen": None, "elite_val": None}
+        log = {
+            "group": name,
+            "k": k,
+            "channels": size,
+            "best": [],
+            "mean": [],
+            "chosen": None,
+            "elite_val": None,
+        }
 
         def on_generation(ga) -> None:
             fit = np.asarray(ga.last_generation_fitness, dtype=float)
             log["best"].append(float(fit.max()))
             log["mean"].append(float(fit.mean()))
 
-        ga = pygad.GA(num_generations=self.options["generations"], num_parents_mating=max(2, pop // 2),
-                      fitness_func=fitness, initial_population=np.asarray(init), gene_type=int, gene_space=[0, 1],
-                      parent_selection_type="tournament", K_tournament=3, crossover_type=crossover,
-                      mutation_type=mutation, keep_elitism=min(2, pop), random_seed=seed,
-                      stop_criteria=f"saturate_{self.options['patience']}", on_generation=on_generation,
-                      suppress_warnings=True)
+        ga = pygad.GA(
+            num_generations=self.options["generations"],
+            num_parents_mating=max(2, pop // 2),
+            fitness_func=fitness,
+            initial_population=np.asarray(init),
+            gene_type=int,
+            gene_space=[0, 1],
+            parent_selection_type="tournament",
+            K_tournament=3,
+            crossover_type=crossover,
+            mutation_type=mutation,
+            keep_elitism=min(2, pop),
+            random_seed=seed,
+            stop_criteria=f"saturate_{self.options['patience']}",
+            on_generation=on_generation,
+            suppress_warnings=True,
+        )
         ga.run()
         population = np.asarray(ga.population, dtype=np.int64)
         scores = [fitness(ga, p, i) for i, p in enumerate(population)]
@@ -255,7 +301,9 @@ class GASearch(SearchMethod):
             key = population[i].tobytes()
             if key not in seen and int(population[i].sum()) == k:
                 seen.add(key)
-                ranked.append({"rank": len(ranked), "mask": population[i].tolist(), "fitness": float(scores[i])})
+                ranked.append(
+                    {"rank": len(ranked), "mask": population[i].tolist(), "fitness": float(scores[i])}
+                )
             if len(ranked) >= self.options["elite"]:
                 break
         self.pending = ranked
@@ -269,20 +317,37 @@ SPEC = MethodSpec(
     options={
         "population": OptionSpec("population", int, 24, "masks per GA population", min=2),
         "generations": OptionSpec("generations", int, 25, "most GA generations per group", min=1),
-        "patience": OptionSpec("patience", int, 5, "stop a group's GA after this many generations without gain",
-                               min=1),
+        "patience": OptionSpec(
+            "patience", int, 5, "stop a group's GA after this many generations without gain", min=1
+        ),
         "elite": OptionSpec("elite", int, 3, "best masks per group scored on val (step-2 fitness)", min=1),
-        "mutation_p": OptionSpec("mutation_p", float, 0.1, "chance of a swap mutation per offspring", min=0.0,
-                                 max=1.0),
-        "allocation": OptionSpec("allocation", str, "sensitivity", "per-group amounts: from sensitivity curves "
-                                 "or uniform", choices=("sensitivity", "uniform")),
-        "grid_step": OptionSpec("grid_step", float, 0.1, "keep-ratio grid step of the sensitivity curves",
-                                min=0.02, max=0.5),
-        "min_keep_ratio": OptionSpec("min_keep_ratio", float, 0.1, "smallest keep ratio of a group", min=0.01,
-                                     max=1.0),
-        "calib_images": OptionSpec("calib_images", int, 128, "train images whose features the fitness uses", min=2),
-        "positions": OptionSpec("positions", int, 16, "spatial positions sampled per image (images x positions "
-                                "should well exceed 9 x the group's channels)", min=1),
+        "mutation_p": OptionSpec(
+            "mutation_p", float, 0.1, "chance of a swap mutation per offspring", min=0.0, max=1.0
+        ),
+        "allocation": OptionSpec(
+            "allocation",
+            str,
+            "sensitivity",
+            "per-group amounts: from sensitivity curves or uniform",
+            choices=("sensitivity", "uniform"),
+        ),
+        "grid_step": OptionSpec(
+            "grid_step", float, 0.1, "keep-ratio grid step of the sensitivity curves", min=0.02, max=0.5
+        ),
+        "min_keep_ratio": OptionSpec(
+            "min_keep_ratio", float, 0.1, "smallest keep ratio of a group", min=0.01, max=1.0
+        ),
+        "calib_images": OptionSpec(
+            "calib_images", int, 128, "train images whose features the fitness uses", min=2
+        ),
+        "positions": OptionSpec(
+            "positions",
+            int,
+            16,
+            "spatial positions sampled per image (images x positions "
+            "should well exceed 9 x the group's channels)",
+            min=1,
+        ),
     },
     searcher=GASearch,
     budget_metrics=METRICS,

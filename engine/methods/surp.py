@@ -46,7 +46,9 @@ def parse_schedule(text: str, target: float) -> list[float]:
     try:
         steps = [float(s) for s in str(text).split(",") if s.strip()]
     except ValueError:
-        raise SurpError(f"schedule {text!r} must be comma-separated sparsities in (0, 1), e.g. 0.5,0.75,0.9") from None
+        raise SurpError(
+            f"schedule {text!r} must be comma-separated sparsities in (0, 1), e.g. 0.5,0.75,0.9"
+        ) from None
     for s in steps:
         check_sparsity(s, what="schedule sparsity")
     return sorted(s for s in set(steps) if s < target) + [target]
@@ -73,14 +75,22 @@ def surp_weights(
     masks, values, start = {}, {}, 0
     for name, w in weights.items():
         n = w.numel()
-        values[name] = flat[start:start + n].reshape(w.shape).to(w.dtype)
-        masks[name] = (ref.recon[start:start + n] > 0).reshape(w.shape)
+        values[name] = flat[start : start + n].reshape(w.shape).to(w.dtype)
+        masks[name] = (ref.recon[start : start + n] > 0).reshape(w.shape)
         start += n
     return masks, values, ref
 
 
-def retrain_masked(model: nn.Module, data: Any, masks: dict[str, torch.Tensor], *, steps: int, lr: float = 0.01,
-                   seed: int = 0, batch_size: int = 128) -> nn.Module:
+def retrain_masked(
+    model: nn.Module,
+    data: Any,
+    masks: dict[str, torch.Tensor],
+    *,
+    steps: int,
+    lr: float = 0.01,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> nn.Module:
     """Retrain `model` in place for `steps` batches of train, gradients (and weights) masked to the non-zeros."""
     from engine.data import augment_batch
 
@@ -92,7 +102,7 @@ def retrain_masked(model: nn.Module, data: Any, masks: dict[str, torch.Tensor], 
     order = torch.randperm(x.shape[0], generator=generator)
     for step in range(steps):
         start = (step * batch_size) % max(1, x.shape[0])
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         loss = F.cross_entropy(model(augment_batch(x[index], generator)), y[index])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -115,11 +125,21 @@ def _sparse_summary(model: nn.Module, sparse_model: nn.Module, data: Any, ref: A
     weights = prunable_weights(sparse_model)
     total = sum(w.numel() for w in weights.values())
     kept = sum(int((w != 0).sum()) for w in weights.values())
-    return {"sparsity_target": sparsity, "sparsity": 1 - kept / total, "nnz_weights": kept, "weights": total,
-            "bits_per_weight": ref.bits_per_weight, "index_bits": ref.index_bits, "sign_bits": ref.sign_bits,
-            "refinements": ref.refinements, "refreshes": ref.refreshes,
-            "dense_macs": int(dense.macs), "nnz_macs": nnz, "nnz_macs_ratio": nnz / max(1, dense.macs),
-            "nnz_macs_note": SPARSE_LABEL}
+    return {
+        "sparsity_target": sparsity,
+        "sparsity": 1 - kept / total,
+        "nnz_weights": kept,
+        "weights": total,
+        "bits_per_weight": ref.bits_per_weight,
+        "index_bits": ref.index_bits,
+        "sign_bits": ref.sign_bits,
+        "refinements": ref.refinements,
+        "refreshes": ref.refreshes,
+        "dense_macs": int(dense.macs),
+        "nnz_macs": nnz,
+        "nnz_macs_ratio": nnz / max(1, dense.macs),
+        "nnz_macs_note": SPARSE_LABEL,
+    }
 
 
 def _target_sparsity(ctx: MethodContext, options: dict[str, Any]) -> float:
@@ -146,8 +166,14 @@ def run_surp(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
                 for name, w in prunable_weights(work).items():
                     w.mul_(masks[name])
         if i < len(steps) - 1 and options["retrain_steps"] > 0:
-            retrain_masked(work, ctx.data, masks, steps=options["retrain_steps"], lr=options["retrain_lr"],
-                           seed=ctx.seed + i)
+            retrain_masked(
+                work,
+                ctx.data,
+                masks,
+                steps=options["retrain_steps"],
+                lr=options["retrain_lr"],
+                seed=ctx.seed + i,
+            )
         rounds.append({"sparsity": sparsity, "bits_per_weight": ref.bits_per_weight})
         ctx.emit(NAME, i + 1, len(steps), f"refined to {sparsity:.3f} sparsity")
     weights = prunable_weights(work)
@@ -161,16 +187,24 @@ def run_surp(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
     summary.update({"values": options["values"], "iterative": bool(options["iterative"]), "rounds": rounds})
     plan.meta["surp"] = {k: v for k, v in summary.items() if k != "rounds"}
     cand = score_candidate(ctx, NAME, plan, history, step=len(steps), total=len(steps))
-    return MethodResult(method=NAME, plan=plan, val_acc=cand.val_acc, macs_ratio=1.0, candidates=history,
-                        meta={"surp": summary})
+    return MethodResult(
+        method=NAME,
+        plan=plan,
+        val_acc=cand.val_acc,
+        macs_ratio=1.0,
+        candidates=history,
+        meta={"surp": summary},
+    )
 
 
 def channel_scores_l2(ctx: MethodContext) -> dict[str, torch.Tensor]:
     """u_{g,c}: L2 filter norms pooled over the group's producers, divided by the group's L2 norm."""
     from engine.methods.magnitude import group_channel_norms, normalise_scores
 
-    return {g.name: normalise_scores(group_channel_norms(ctx.model, ctx.topology, g.name, norm="l2"), "l2")
-            for g in prunable_groups(ctx.topology)}
+    return {
+        g.name: normalise_scores(group_channel_norms(ctx.model, ctx.topology, g.name, norm="l2"), "l2")
+        for g in prunable_groups(ctx.topology)
+    }
 
 
 def channel_entry_order(scores: dict[str, torch.Tensor], *, alpha: float, seed: int) -> tuple[list, Any]:
@@ -180,8 +214,10 @@ def channel_entry_order(scores: dict[str, torch.Tensor], *, alpha: float, seed: 
     ref = successive_refinement(flat, target_density=1.0, alpha=alpha, seed=seed)
     owner = [(n, c) for n in names for c in range(scores[n].numel())]
     tiebreak = np.random.default_rng(seed + 1).permutation(len(owner))
-    rank = sorted(range(len(owner)), key=lambda i: (int(ref.order[i]) if ref.order[i] >= 0 else 1 << 60,
-                                                     int(tiebreak[i])))
+    rank = sorted(
+        range(len(owner)),
+        key=lambda i: (int(ref.order[i]) if ref.order[i] >= 0 else 1 << 60, int(tiebreak[i])),
+    )
     return [owner[i] for i in rank], ref
 
 
@@ -206,8 +242,9 @@ def run_surp_channel(ctx: MethodContext, options: dict[str, Any]) -> MethodResul
         return picked
 
     def value(p: int) -> float:
-        return keep_value(ctx.topology, {**full_keep(ctx.topology), **{n: len(v) for n, v in chosen(p).items()}},
-                          budget)
+        return keep_value(
+            ctx.topology, {**full_keep(ctx.topology), **{n: len(v) for n, v in chosen(p).items()}}, budget
+        )
 
     lo, hi = 0, len(order)  # largest prefix whose plan stays within the budget
     while lo < hi:
@@ -228,24 +265,42 @@ def run_surp_channel(ctx: MethodContext, options: dict[str, Any]) -> MethodResul
             picked[name].append(c)
     if ctx.round_to > 1:
         ratios = {n: keep[n] / groups[n].channels for n in groups}
-        rounded = fit_ratios_to_budget(ctx, ratios, method=CHANNEL_NAME, min_keep_ratio=options["min_keep_ratio"])
+        rounded = fit_ratios_to_budget(
+            ctx, ratios, method=CHANNEL_NAME, min_keep_ratio=options["min_keep_ratio"]
+        )
         keep = {n: int(rounded.keep.get(n, groups[n].channels)) for n in groups}
         rank = {oc: i for i, oc in enumerate(order)}
-        picked = {n: sorted(range(groups[n].channels), key=lambda c, n=n: rank[(n, c)])[: keep[n]] for n in groups}
+        picked = {
+            n: sorted(range(groups[n].channels), key=lambda c, n=n: rank[(n, c)])[: keep[n]] for n in groups
+        }
     entered = sum(keep.values()) / max(1, len(order))
     bits = next((b for d, _, b in ref.trace if d >= entered), ref.index_bits)
-    meta = {"mask_bits": bits, "channels_kept": sum(keep.values()), "channels": len(order),
-            "refinements": ref.refinements, "refreshes": ref.refreshes}
-    plan = plan_with_indices(ctx, keep, picked, method=CHANNEL_NAME, criterion="l2", meta={"surp_channel": meta})
+    meta = {
+        "mask_bits": bits,
+        "channels_kept": sum(keep.values()),
+        "channels": len(order),
+        "refinements": ref.refinements,
+        "refreshes": ref.refreshes,
+    }
+    plan = plan_with_indices(
+        ctx, keep, picked, method=CHANNEL_NAME, criterion="l2", meta={"surp_channel": meta}
+    )
     ratio = check_on_budget(ctx, plan, CHANNEL_NAME)
     history: list = []
     cand = score_candidate(ctx, CHANNEL_NAME, plan, history, step=1, total=1)
-    return MethodResult(method=CHANNEL_NAME, plan=plan, val_acc=cand.val_acc, macs_ratio=ratio, candidates=history,
-                        meta={"surp_channel": meta})
+    return MethodResult(
+        method=CHANNEL_NAME,
+        plan=plan,
+        val_acc=cand.val_acc,
+        macs_ratio=ratio,
+        candidates=history,
+        meta={"surp_channel": meta},
+    )
 
 
-_ALPHA = OptionSpec("alpha", float, 10.0, "SuRP threshold multiplier (10 for ResNet-20, 13 for VGG-16)",
-                    min=0.1, max=100.0)
+_ALPHA = OptionSpec(
+    "alpha", float, 10.0, "SuRP threshold multiplier (10 for ResNet-20, 13 for VGG-16)", min=0.1, max=100.0
+)
 SPECS = (
     MethodSpec(
         name=NAME,
@@ -253,17 +308,32 @@ SPECS = (
         "dense MACs unchanged (nnz-MACs need sparse kernels).",
         kind="oneshot",
         options={
-            "sparsity": OptionSpec("sparsity", float, 0.0, "fraction of conv/linear weights set to zero, in "
-                                   "(0, 1); 0 = 1 - budget on a params budget", min=0.0, max=1.0),
+            "sparsity": OptionSpec(
+                "sparsity",
+                float,
+                0.0,
+                "fraction of conv/linear weights set to zero, in (0, 1); 0 = 1 - budget on a params budget",
+                min=0.0,
+                max=1.0,
+            ),
             "alpha": _ALPHA,
-            "values": OptionSpec("values", str, "surp", "kept weights: SuRP's reconstruction or the original "
-                                 "values under SuRP's mask (the ablation)", choices=("surp", "original")),
-            "iterative": OptionSpec("iterative", bool, False, "prune, retrain briefly, refine to the next target"),
+            "values": OptionSpec(
+                "values",
+                str,
+                "surp",
+                "kept weights: SuRP's reconstruction or the original values under SuRP's mask (the ablation)",
+                choices=("surp", "original"),
+            ),
+            "iterative": OptionSpec(
+                "iterative", bool, False, "prune, retrain briefly, refine to the next target"
+            ),
             "schedule": OptionSpec("schedule", str, "0.5,0.75,0.9,0.95,0.98", "iterative sparsity targets"),
-            "retrain_steps": OptionSpec("retrain_steps", int, 50, "batches of masked retraining per iterative "
-                                        "step", min=0),
-            "retrain_lr": OptionSpec("retrain_lr", float, 0.01, "learning rate of the masked retraining",
-                                     min=1e-6, max=1.0),
+            "retrain_steps": OptionSpec(
+                "retrain_steps", int, 50, "batches of masked retraining per iterative step", min=0
+            ),
+            "retrain_lr": OptionSpec(
+                "retrain_lr", float, 0.01, "learning rate of the masked retraining", min=1e-6, max=1.0
+            ),
         },
         fn=run_surp,
         budget_metrics=("params",),
@@ -275,8 +345,9 @@ SPECS = (
         kind="oneshot",
         options={
             "alpha": _ALPHA,
-            "min_keep_ratio": OptionSpec("min_keep_ratio", float, 0.1, "smallest fraction of a group kept",
-                                         min=0.01, max=1.0),
+            "min_keep_ratio": OptionSpec(
+                "min_keep_ratio", float, 0.1, "smallest fraction of a group kept", min=0.01, max=1.0
+            ),
         },
         fn=run_surp_channel,
         budget_metrics=METRICS,

@@ -39,7 +39,9 @@ def _b64(array: np.ndarray) -> str:
     return base64.b64encode(array.tobytes()).decode("ascii")
 
 
-def encode_sparse(masks: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+def encode_sparse(
+    masks: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, Any]:
     """The JSON form of unstructured masks (bool tensors) and, optionally, the kept weights' values."""
     out: dict[str, Any] = {"format": FORMAT, "values": "original" if values is None else "surp", "masks": {}}
     for name, mask in masks.items():
@@ -59,12 +61,16 @@ def decode_masks(sparse: Mapping[str, Any], shapes: Mapping[str, torch.Size]) ->
         PlanError: unknown format, or a mask for a weight the model does not have.
     """
     if sparse.get("format") != FORMAT:
-        raise PlanError(f"sparse masks in format {sparse.get('format')!r} cannot be read; expected {FORMAT!r}")
+        raise PlanError(
+            f"sparse masks in format {sparse.get('format')!r} cannot be read; expected {FORMAT!r}"
+        )
     out = {}
     for name, text in sparse["masks"].items():
         if name not in shapes:
-            raise PlanError(f"the plan's sparse mask names weight {name!r}, which this model does not have; "
-                            "apply the plan to the model it was made for")
+            raise PlanError(
+                f"the plan's sparse mask names weight {name!r}, which this model does not have; "
+                "apply the plan to the model it was made for"
+            )
         n = int(np.prod(shapes[name]))
         bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n]
         out[name] = torch.from_numpy(bits.astype(bool)).reshape(shapes[name])

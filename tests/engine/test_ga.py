@@ -12,8 +12,15 @@ from engine.methods.ga import repair
 from engine.search import STATE_FILE, state_dir_for
 from engine.store import RunStore
 
-FAST = {"allocation": "uniform", "population": 4, "generations": 2, "patience": 2, "elite": 2, "calib_images": 8,
-        "positions": 2}
+FAST = {
+    "allocation": "uniform",
+    "population": 4,
+    "generations": 2,
+    "patience": 2,
+    "elite": 2,
+    "calib_images": 8,
+    "positions": 2,
+}
 
 
 class Crash(Exception):
@@ -34,8 +41,17 @@ def _score_fn(crash_at=None):
 
 def _ctx(resnet20, data, store=None, run_id=None, score_fn=None, resume=False):
     model, topo = resnet20
-    return MethodContext(model=model, topology=topo, data=data, budget=0.5, seed=2, store=store, run_id=run_id,
-                         score_fn=score_fn, resume=resume)
+    return MethodContext(
+        model=model,
+        topology=topo,
+        data=data,
+        budget=0.5,
+        seed=2,
+        store=store,
+        run_id=run_id,
+        score_fn=score_fn,
+        resume=resume,
+    )
 
 
 def test_repair_keeps_exactly_k():
@@ -55,7 +71,9 @@ def test_fitness_is_zero_with_every_channel_and_worse_with_fewer(resnet20, small
     from engine.ga_fitness import consumer_stats, reconstruction_fitness
 
     model, topo = resnet20
-    x, _ = small_shapes10.tensors("train", limit=16)  # 320 samples for 16 * 9 columns: an overdetermined refit
+    x, _ = small_shapes10.tensors(
+        "train", limit=16
+    )  # 320 samples for 16 * 9 columns: an overdetermined refit
     stats = consumer_stats(model, model, topo, "layer1.0.conv1", x, positions_per_image=20)
     channels = topo.group("layer1.0.conv1").channels
     full = reconstruction_fitness(stats, np.ones(channels))
@@ -65,7 +83,9 @@ def test_fitness_is_zero_with_every_channel_and_worse_with_fewer(resnet20, small
     assert reconstruction_fitness(stats, half) < full - 1e-3
 
 
-def test_every_candidate_has_the_same_amounts_on_budget_and_the_ga_never_loses_fitness(resnet20, small_shapes10):
+def test_every_candidate_has_the_same_amounts_on_budget_and_the_ga_never_loses_fitness(
+    resnet20, small_shapes10
+):
     result = run_method("ga", _ctx(resnet20, small_shapes10, score_fn=_score_fn()), **FAST)
     keeps = {tuple(sorted(c.plan.keep.items())) for c in result.candidates}
     assert len(keeps) == 1  # the GA changes which channels, never how many
@@ -95,7 +115,9 @@ def test_crash_then_resume_equals_an_uninterrupted_run(resnet20, small_shapes10)
     assert len(store.episodes(crash_id)) == 3
     state = torch.load(state_dir_for(crash_id) / STATE_FILE, weights_only=True)
     assert state["method_state"]["population"]  # the population is part of the saved state
-    resumed = run_method("ga", _ctx(resnet20, small_shapes10, store, crash_id, _score_fn(), resume=True), **FAST)
+    resumed = run_method(
+        "ga", _ctx(resnet20, small_shapes10, store, crash_id, _score_fn(), resume=True), **FAST
+    )
     assert [c.val_acc for c in resumed.candidates] == [c.val_acc for c in full.candidates]
     assert [c.plan.indices for c in resumed.candidates] == [c.plan.indices for c in full.candidates]
     assert resumed.plan.indices == full.plan.indices

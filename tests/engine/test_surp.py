@@ -17,8 +17,9 @@ FAST_SCORING = ScoringConfig(val_size=32, bn_batches=1, bn_batch_size=32)
 
 def _ctx(resnet20, data, budget=0.2, metric="params"):
     model, topo = resnet20
-    return MethodContext(model=model, topology=topo, data=data, budget=budget, budget_metric=metric,
-                         scoring=FAST_SCORING)
+    return MethodContext(
+        model=model, topology=topo, data=data, budget=budget, budget_metric=metric, scoring=FAST_SCORING
+    )
 
 
 def test_refinement_lands_on_the_target_density_and_only_shrinks():
@@ -71,8 +72,9 @@ def test_surp_plan_carries_masks_that_mask_and_apply_alike(resnet20, small_shape
 def test_surp_values_shrink_and_the_ablation_keeps_the_original_weights(resnet20, small_shapes10):
     model, topo = resnet20
     surp = apply_plan(model, topo, run_method("surp", _ctx(resnet20, small_shapes10), sparsity=0.9).plan)
-    orig = apply_plan(model, topo, run_method("surp", _ctx(resnet20, small_shapes10), sparsity=0.9,
-                                              values="original").plan)
+    orig = apply_plan(
+        model, topo, run_method("surp", _ctx(resnet20, small_shapes10), sparsity=0.9, values="original").plan
+    )
     for name, w in prunable_weights(model).items():
         s, o = prunable_weights(surp)[name], prunable_weights(orig)[name]
         assert torch.equal(s != 0, o != 0)  # same mask (same seed)
@@ -82,12 +84,15 @@ def test_surp_values_shrink_and_the_ablation_keeps_the_original_weights(resnet20
 
 def test_iterative_surp_retrains_under_the_mask(resnet20, small_shapes10):
     model, topo = resnet20
-    result = run_method("surp", _ctx(resnet20, small_shapes10), sparsity=0.8, iterative=True, schedule="0.5",
-                        retrain_steps=2)
+    result = run_method(
+        "surp", _ctx(resnet20, small_shapes10), sparsity=0.8, iterative=True, schedule="0.5", retrain_steps=2
+    )
     assert [r["sparsity"] for r in result.meta["surp"]["rounds"]] == [0.5, 0.8]
     pruned = apply_plan(model, topo, result.plan)
     assert result.meta["surp"]["sparsity"] == pytest.approx(0.8, abs=1e-4)
-    changed = [not torch.equal(p, prunable_weights(model)[k] * (p != 0)) for k, p in prunable_weights(pruned).items()]
+    changed = [
+        not torch.equal(p, prunable_weights(model)[k] * (p != 0)) for k, p in prunable_weights(pruned).items()
+    ]
     assert any(changed)  # retraining moved the kept weights
 
 

@@ -6,12 +6,16 @@ from gui.plots import surp as sp
 
 POINTS = [
     {"method": m, "sparsity": s, "bits_per_weight": b, "val_acc": a, "logit_mse": d, "nnz_macs_ratio": 1 - s}
-    for m, rows in {"surp": [(0.9, 0.8, 60.0, 0.5), (0.8, 1.5, 80.0, 0.1)],
-                    "magnitude": [(0.8, 7.1, 78.0, 0.2), (0.9, 3.7, 55.0, 0.9)]}.items()
+    for m, rows in {
+        "surp": [(0.9, 0.8, 60.0, 0.5), (0.8, 1.5, 80.0, 0.1)],
+        "magnitude": [(0.8, 7.1, 78.0, 0.2), (0.9, 3.7, 55.0, 0.9)],
+    }.items()
     for s, b, a, d in rows
 ]
-LOG = [{"group": "conv1", "k": 2, "chosen": [0, 2], "best": [-0.3, -0.2], "mean": [-0.5, -0.4]},
-       {"group": "layer1.0.conv1", "k": 1, "chosen": [1], "best": [], "mean": []}]
+LOG = [
+    {"group": "conv1", "k": 2, "chosen": [0, 2], "best": [-0.3, -0.2], "mean": [-0.5, -0.4]},
+    {"group": "layer1.0.conv1", "k": 1, "chosen": [1], "best": [], "mean": []},
+]
 
 
 def test_rate_distortion_has_both_methods_in_both_panels_sorted_by_sparsity():
