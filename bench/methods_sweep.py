@@ -96,7 +96,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                   "best": max(methods, key=lambda n: methods[n][metric][0]) if methods else None,
                                   "ties_with_best": []}
             best = separation[metric]["best"]
-            if best is not None:
+            if methods and min(r["seeds"] for r in methods.values()) < 2:  # no standard error: cannot judge
+                separation[metric].update(apart=None, ties_with_best=None)
+            elif best is not None:
                 separation[metric]["ties_with_best"] = [
                     n for n in methods if n != best and abs(methods[best][metric][0] - methods[n][metric][0])
                     <= 2 * math.hypot(methods[best][metric][1], methods[n][metric][1])]
@@ -137,8 +139,12 @@ def to_markdown(doc: dict[str, Any]) -> str:
                   "spread of means | median SE |", "|---|---|---|---:|---:|---:|"]
         for k in METRICS:
             sep = block["separation"][k]
-            lines.append(f"| {LABELS[k]} | {sep['best']} | {', '.join(sep['ties_with_best']) or 'none'} | "
-                         f"{sep['apart']}/{sep['pairs']} | {sep['spread']:.2f} | {sep['median_se']:.2f} |")
+            if sep["apart"] is None:
+                ties, apart = "n/a (needs 2+ seeds per method)", "n/a"
+            else:
+                ties, apart = ", ".join(sep["ties_with_best"]) or "none", f"{sep['apart']}/{sep['pairs']}"
+            lines.append(f"| {LABELS[k]} | {sep['best']} | {ties} | {apart} | {sep['spread']:.2f} | "
+                         f"{sep['median_se']:.2f} |")
     lines += ["", "## Every run", "", "| budget | seed | method | MACs kept | search val | " +
               " | ".join(LABELS[k] for k in METRICS) + " | search s | measure s |",
               "|---:|---:|---|---:|---:|" + "---:|" * len(METRICS) + "---:|---:|"]
@@ -215,3 +221,18 @@ def run_sweep(args: Any, names: list[str], model: torch.nn.Module, dataset: str,
     save()
     print(to_markdown(doc))
     return doc
+
+
+def render(path: str | Path) -> None:
+    """Rewrite a sweep's markdown (and summary) from its JSON: `python bench/methods_sweep.py FILE.json`."""
+    path = Path(path)
+    doc = json.loads(path.read_text())
+    doc["summary"] = summarise(doc["rows"])
+    path.write_text(json.dumps(doc, indent=1))
+    path.with_suffix(".md").write_text(to_markdown(doc))
+
+
+if __name__ == "__main__":
+    import sys
+
+    render(sys.argv[1])
