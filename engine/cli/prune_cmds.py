@@ -92,6 +92,7 @@ def cmd_sensitivity(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
         raise TopoPruneError(f"--keep-ratios {a.keep_ratios!r}: each must be in (0, 1] (fraction of channels kept)")
     groups = [g.strip() for g in a.groups.split(",") if g.strip()] if a.groups else None
+    ctx.store()  # the table is recorded at the end: a store that cannot open fails now, not after the work
     data = ctx.data()
     loaded = ctx.load_model(a.model, need_data=True)
     topology = build_topology_for(ctx, loaded)
