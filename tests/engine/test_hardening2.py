@@ -98,6 +98,18 @@ def test_export_refuses_to_overwrite_without_force_and_a_folder_always(home, cap
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
+def test_export_on_a_full_disk_is_one_line_and_keeps_the_old_file(home, capsys, tmp_path, monkeypatch):
+    plan = _plan_file(tmp_path / "plan.json")
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"keep me")
+    weights = _save_tiny(tmp_path / "w.pt")
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: _full_disk(Path(f)))
+    code, _, err = run_cli(["export", "--plan", str(plan), *TINY, "--checkpoint", str(weights), "--out", str(out),
+                            "--force"], capsys)
+    assert_one_line_error(code, err, r"cannot write .*m\.pt: no space left on the device; free some space")
+    assert out.read_bytes() == b"keep me" and not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
 def test_train_checks_its_output_before_any_training(home, capsys, tmp_path, monkeypatch):
     import engine.services
 
@@ -180,6 +192,7 @@ def test_weights_with_nan_or_inf_are_refused_unless_allowed(home, capsys, tmp_pa
     assert code == 0 and json.loads(out)["params"] > 0
     assert err.strip().splitlines() == [err.strip()] and err.startswith("topoprune: warning: ")
     assert "NaN or Inf values in 2 tensors" in err
+    assert not (home / "runs.sqlite").exists()  # info only reads: it never creates (or opens) the store
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.uint8])
