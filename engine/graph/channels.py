@@ -458,9 +458,12 @@ def class_members(classes: ChannelClasses) -> dict[int, dict[tuple[str, str], li
     tie_parent: dict[int, int] = {}
 
     def find(a: int) -> int:
-        while tie_parent.get(a, a) != a:
-            a = tie_parent[a]
-        return a
+        root = a
+        while tie_parent.get(root, root) != root:
+            root = tie_parent[root]
+        while a != root:  # path compression: long tie chains made this quadratic on ResNet-50
+            tie_parent[a], a = root, tie_parent[a]
+        return root
 
     for tie in classes.ties:
         roots = [find(classes.find(s)) for s in tie]
@@ -477,6 +480,15 @@ def class_members(classes: ChannelClasses) -> dict[int, dict[tuple[str, str], li
         if owner is not None:
             members[tie][(owner[0], owner[1])].append(owner[2])
     classes.tie_frozen = frozen
-    result = {k: {key: sorted(v) for key, v in d.items()} for k, d in members.items()}
+    # slots of one (module, dim) are contiguous ids in channel order, so every list is already sorted
+    result = {k: dict(d) for k, d in members.items()}
     classes._members = (len(classes.parent), result)
+    classes._slot_roots = np.fromiter((find(classes.find(i)) for i in range(len(classes.parent))),
+                                      dtype=np.int64, count=len(classes.parent))
     return result
+
+
+def slot_roots(classes: ChannelClasses) -> np.ndarray:
+    """Tie-class root of every slot id (the keys of class_members), as one array."""
+    class_members(classes)
+    return classes._slot_roots

@@ -261,12 +261,15 @@ def _norm_dim(module: nn.Module, dim: str) -> str:
     return "out" if dim == "in" and _is_depthwise(module) else dim
 
 
-def label_groups(classes, modules: dict[str, nn.Module]) -> list[RawGroup]:
+def label_groups(classes, modules: dict[str, nn.Module], *, exclude: set[int] | None = None) -> list[RawGroup]:
     """Groups read off channel label propagation (channels.py): tie-classes with the same members form one
-    group, ordered by their first producer's channel; classes that only reach the model output are left out."""
+    group, ordered by their first producer's channel; classes that only reach the model output are left out.
+    `exclude`: tie-class roots already covered by another group (skipped: most of a ResNet's classes)."""
     from engine.graph.channels import class_members
 
     members = class_members(classes)
+    if exclude:
+        members = {k: v for k, v in members.items() if k not in exclude}
     order = classes.order
     by_signature: dict[tuple, list[int]] = defaultdict(list)
     for root, slots in members.items():
@@ -306,20 +309,6 @@ def label_groups(classes, modules: dict[str, nn.Module]) -> list[RawGroup]:
     return groups
 
 
-def _slot_sets(group: RawGroup, modules: dict[str, nn.Module]) -> list[frozenset] | None:
-    """Per group channel, the (module, dim, channel) slots its maps name; None if a map is malformed."""
-    sets = []
-    for j in range(group.channels):
-        slots = set()
-        for m in group.maps:
-            chunk = m.channels[j * m.mult:(j + 1) * m.mult]
-            if len(chunk) != m.mult:
-                return None
-            slots.update((m.module, _norm_dim(modules[m.module], m.dim), c) for c in chunk)
-        sets.append(frozenset(slots))
-    return sets
-
-
 def _map_problem(group: RawGroup, modules: dict[str, nn.Module], sizes: dict[tuple[str, str], int]) -> str | None:
     """Why a Torch-Pruning index map cannot be applied as it stands (out of range, duplicates, partial)."""
     for m in group.maps:
@@ -335,36 +324,54 @@ def _map_problem(group: RawGroup, modules: dict[str, nn.Module], sizes: dict[tup
     return None
 
 
+def _group_roots(group: RawGroup, modules: dict[str, nn.Module], classes, roots: np.ndarray) -> np.ndarray | None:
+    """(group channels, slots per channel) array of the tie-class roots a group's maps name; None if a map
+    names a (module, dim) the tracer never saw or has a malformed length."""
+    cols = []
+    for m in group.maps:
+        base = classes.slots.get((m.module, _norm_dim(modules[m.module], m.dim)))
+        if base is None or len(m.channels) != group.channels * m.mult:
+            return None
+        ids = base + np.asarray(m.channels, dtype=np.int64).reshape(group.channels, m.mult)
+        cols.append(roots[ids])
+    return np.concatenate(cols, axis=1) if cols else None
+
+
 def merge_groups(dep: list[RawGroup], classes, modules: dict[str, nn.Module]) -> tuple[list[RawGroup], list[str]]:
     """Torch-Pruning's groups where their maps match the label classes exactly, label groups everywhere else.
 
+    A Torch-Pruning group matches when every group channel names the slots of exactly one tie-class, all of
+    them (vectorised over slot ids: per-channel Python sets made ResNet-50's build ten times slower).
     Returns the groups (ordered by first producer) and notes on every Torch-Pruning group that was replaced.
     """
-    from engine.graph.channels import class_members
+    from engine.graph.channels import class_members, slot_roots
 
-    members = class_members(classes)
-    truth = {frozenset((k[0], k[1], c) for k, chs in slots.items() for c in chs) for slots in members.values()}
-    frozen_sets = {frozenset((k[0], k[1], c) for k, chs in members[r].items() for c in chs)
-                   for r in classes.tie_frozen if r in members}
+    class_members(classes)
+    roots = slot_roots(classes)
+    owned = np.fromiter((o is not None for o in classes.owner), dtype=bool, count=len(classes.owner))
+    class_size = np.bincount(roots[owned], minlength=len(roots))
+    frozen_roots = set(classes.tie_frozen)
     kept, notes = [], []
-    covered: set[tuple[str, str, int]] = set()
+    covered: set[int] = set()
     for group in dep:
         problem = _map_problem(group, modules, classes.sizes)
-        sets = _slot_sets(group, modules) if problem is None else None
-        if problem is None and (sets is None or len(set(sets)) != len(sets) or not all(s in truth for s in sets)):
-            problem = "Torch-Pruning's index map does not match how the channels flow (reshape or reordering)"
-        if problem is None and group.reason is None and any(s in frozen_sets for s in sets):
-            problem = "the channels meet an op the pruner does not follow"
+        r = _group_roots(group, modules, classes, roots) if problem is None else None
+        if problem is None:
+            first = None if r is None else r[:, 0]
+            if (r is None or not (r == first[:, None]).all() or len(np.unique(first)) != len(first)
+                    or not (class_size[first] == r.shape[1]).all()):
+                problem = "Torch-Pruning's index map does not match how the channels flow (reshape or reordering)"
+            elif group.reason is None and frozen_roots.intersection(first.tolist()):
+                problem = "the channels meet an op the pruner does not follow"
         if problem is None and group.reason is None:
             kept.append(group)
-            for s in sets:
-                covered |= s
+            covered.update(r[:, 0].tolist())
         elif group.reason is None:
             notes.append(f"group {group.name}: {problem}; rebuilt from channel tracing")
     extra = []
     for group in label_groups(classes, modules):
-        sets = _slot_sets(group, modules) or []
-        if not any(s & covered for s in sets):
+        r = _group_roots(group, modules, classes, roots)
+        if r is None or not covered.intersection(np.unique(r).tolist()):
             extra.append(group)
     order = classes.order
     names = {g.name for g in kept}

@@ -130,6 +130,23 @@ def _infer_name(model: nn.Module) -> str:
 
 def build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
                    model_name: str | None = None) -> Topology:
+    """See _build_topology. The cyclic garbage collector is paused while the per-channel bookkeeping allocates
+    hundreds of thousands of small objects (ResNet-50: 4.1 s -> 2.3-3.3 s); nothing here creates cycles that
+    must be freed before it returns."""
+    import gc
+
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        return _build_topology(model, example_inputs, model_name=model_name)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
+                    model_name: str | None = None) -> Topology:
     """Trace `model` into a Topology: op graph, coupled channel groups, hierarchy and cost table.
 
     Args:
