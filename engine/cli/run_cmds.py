@@ -128,10 +128,11 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     ctx.store()  # a store that cannot open fails before the data and model load
     data = ctx.data()
     n_val = data.size("val")
-    for flag, size in (("--val-size", a.val_size), ("--rescore-val-size", a.rescore_val_size)):
-        if size is not None and size > n_val:
-            raise TopoPruneError(f"{flag} {size} is larger than the val split of {data.name} ({n_val} images); "
-                                 f"use at most {n_val}")
+    # --val-size is a cap (the first N val images, all of them when the split is smaller), as for `prune`; a
+    # re-score subset larger than the split would re-score on the same images: refused
+    if a.rescore_val_size is not None and a.rescore_val_size > n_val:
+        raise TopoPruneError(f"--rescore-val-size {a.rescore_val_size} is larger than the val split of {data.name} "
+                             f"({n_val} images); use at most {n_val}")
     loaded = ctx.load_model(a.model, need_data=True)
     config = {
         "model": a.model, "method": a.method, "budget": budget, "budget_metric": metric, "options": options,
