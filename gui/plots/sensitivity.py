@@ -27,6 +27,7 @@ def sensitivity_heatmap_figure(table: Mapping[str, Any]) -> go.Figure:
         y=[g["name"] for g in groups], colorscale="Reds", colorbar={"title": {"text": "drop %"}}))
     fig.update_layout(title="Accuracy drop when only this group is pruned", height=max(300, 16 * len(groups) + 90),
                       margin=_MARGIN, xaxis_title="keep ratio", yaxis={"autorange": "reversed", "tickfont": {"size": 9}})
+    fig.update_xaxes(type="category")  # one cell per ratio of the grid, labelled by it (not a numeric axis)
     return fig
 
 
