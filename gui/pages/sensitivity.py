@@ -65,36 +65,51 @@ def table_from_dict(d: dict) -> SensitivityTable:
     return SensitivityTable.from_dict({k: v for k, v in d.items() if k in names})
 
 
-def duration(seconds: float | None) -> str:
+def duration(seconds: float) -> str:
     """95 -> '1 min 35 s'."""
-    if seconds is None:
-        return "estimating..."
     seconds = int(round(seconds))
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+SETTING_DEFAULTS = {
+    "sens_ratios": list(QUICK_KEEP_RATIOS),
+    "sens_val": QUICK_SCORING.val_size,
+    "sens_bn": QUICK_SCORING.bn_batches,
+    "sens_groups": [],
+}
+
+
+def restore_settings() -> None:
+    """Give the cost controls their values from the last visit, or the defaults (Streamlit drops a widget's state
+    when its page is left); the widgets then take their value from session state only."""
+    saved = st.session_state.get("_sens_settings", {})
+    for key, default in SETTING_DEFAULTS.items():
+        if key not in st.session_state:
+            st.session_state[key] = saved.get(key, default)
+
+
 def cost_controls(prunable: list[str]) -> dict[str, Any]:
     """The analysis' settings: keep ratios, val images, BN batches, which groups."""
+    restore_settings()
+    if any(g not in prunable for g in st.session_state.get("sens_groups", [])):  # saved for another model
+        st.session_state["sens_groups"] = [g for g in st.session_state["sens_groups"] if g in prunable]
     c1, c2, c3 = st.columns([2, 1, 1])
     ratios = c1.multiselect(
         "Keep ratios",
         RATIO_CHOICES,
-        default=list(QUICK_KEEP_RATIOS),
         key="sens_ratios",
         help="Fraction of a group's channels kept. Each ratio costs one scored plan per group.",
     )
     val_size = c2.selectbox(
         "Val images",
         VAL_CHOICES,
-        index=VAL_CHOICES.index(QUICK_SCORING.val_size),
         key="sens_val",
         help="Val images scored per plan: fewer is faster, coarser (1 image of 256 = 0.39 points).",
     )
     bn_batches = c3.number_input(
         "BN batches",
-        0,
-        16,
-        QUICK_SCORING.bn_batches,
+        min_value=0,
+        max_value=16,
         key="sens_bn",
         help=f"Train batches of {BN_BATCH_SIZE} images used to re-estimate BatchNorm "
         "statistics after pruning (0 = no recalibration).",
@@ -106,6 +121,7 @@ def cost_controls(prunable: list[str]) -> dict[str, Any]:
         help="Analyse only these coupled channel groups.",
     )
     groups = [g for g in prunable if g in picked] or None
+    st.session_state["_sens_settings"] = {k: st.session_state[k] for k in SETTING_DEFAULTS}
     scoring = ScoringConfig(
         val_size=int(val_size),
         recalibrate_bn=bn_batches > 0,
@@ -202,9 +218,10 @@ with components.engine_errors("sensitivity"):
         components.job_status(snap, idle_text="")
         partial = snap.info.get("partial")
         if snap.active:
+            eta = snap.info.get("eta_s")
             st.caption(
-                f"About {duration(snap.info.get('eta_s'))} left ({snap.done}/{snap.total} plans, "
-                f"{snap.elapsed_s:.0f} s so far)."
+                (f"About {duration(eta)} left" if eta is not None else "Estimating the time left")
+                + f" ({snap.done}/{snap.total} plans, {snap.elapsed_s:.0f} s so far)."
             )
             if partial and partial.get("groups"):
                 st.plotly_chart(sp.sensitivity_heatmap_figure(partial), key="sens_partial_heatmap")

@@ -114,3 +114,16 @@ def test_stop_keeps_finished_groups_and_continue_scores_the_rest(monkeypatch):
     assert not done["partial"] and [g["name"] for g in done["groups"]] == names
     assert done["groups"][:2] == table["groups"]
     assert not any("Partial table" in w.value for w in fresh.warning)
+
+
+def test_cost_controls_survive_a_visit_to_another_page():
+    at = open_page()
+    names = prunable(at)[:2]
+    small_settings(at, names)
+    at.switch_page("gui/pages/topology.py").run()
+    at.switch_page("gui/pages/sensitivity.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect(key="sens_ratios").value == [0.5]
+    assert at.selectbox(key="sens_val").value == 128 and at.number_input(key="sens_bn").value == 1
+    assert at.multiselect(key="sens_groups").value == names
+    assert not at.warning  # no "default value also set via Session State" warning
