@@ -327,7 +327,6 @@ METHOD_MODULES: tuple[str, ...] = (
     "engine.methods.amc",
     "engine.methods.surp",
     "engine.methods.ga",
-    "engine.methods.ga",
     "engine.methods.ajpq",
     "engine.rl.method",
 )
