@@ -10,15 +10,14 @@ ops with no generator argument at all (rrelu, alpha dropout, gumbel-softmax), wh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["private_rng"]
+__all__ = ["PrivateRNG", "private_rng"]
 
 _TENSOR_METHODS = {
     torch.Tensor.uniform_, torch.Tensor.normal_, torch.Tensor.bernoulli_, torch.Tensor.bernoulli,
@@ -31,7 +30,7 @@ _LIKE = {torch.rand_like, torch.randn_like, torch.randint_like, torch.normal, to
 _DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d}
 
 
-class _GeneratorMode(TorchFunctionMode):
+class PrivateRNG(TorchFunctionMode):
     """Adds ``generator=`` (one per device, all from one seed) to random ops that have none."""
 
     def __init__(self, seed: int) -> None:
@@ -60,7 +59,7 @@ class _GeneratorMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _dropout(func: Callable, mode: _GeneratorMode, input: torch.Tensor, p: float = 0.5, training: bool = True,
+def _dropout(func: Callable, mode: PrivateRNG, input: torch.Tensor, p: float = 0.5, training: bool = True,
              inplace: bool = False) -> torch.Tensor:
     """torch's dropout (elementwise, or whole channels for dropout1d/2d/3d) drawing its mask from `mode`."""
     if not training or p == 0.0:
@@ -79,15 +78,14 @@ def _dropout(func: Callable, mode: _GeneratorMode, input: torch.Tensor, p: float
     return input.mul_(scale) if inplace else input * scale
 
 
-@contextmanager
-def private_rng(seed: int) -> Iterator[None]:
-    """Within the block, this thread's torch random ops that name no generator draw from `seed`'s own stream.
+def private_rng(seed: int) -> PrivateRNG:
+    """A context manager under which this thread's torch random ops that name no generator draw from `seed`.
 
     The CPU stream is the one ``torch.manual_seed(seed)`` would give the global RNG, so seeded code draws the
-    same numbers as before; the global RNG is neither read nor advanced.
+    same numbers as before; the global RNG is neither read nor advanced. The object may be entered again
+    (``with rng: ...`` once per training step): the stream continues where it stopped.
 
     Args:
         seed: seeds the private generators (one per device, created on first use).
     """
-    with _GeneratorMode(int(seed)):
-        yield
+    return PrivateRNG(int(seed))
