@@ -85,7 +85,7 @@ def test_every_page_and_a_gnnrl_search(page, app_url, artifacts):
     expect(page.get_by_text("Search finished")).to_be_visible(timeout=SEARCH_MS)
     wait_idle(page)
     no_exception(page)
-    expect(page.get_by_text("Reward per episode").first).to_be_visible()
+    expect(page.get_by_text("of every episode, for every method").first).to_be_visible()
     page.screenshot(path=str(artifacts / "04-agent-search.png"), full_page=True)
 
     page.get_by_role("button", name="Step").click()
@@ -136,7 +136,17 @@ def test_upload_weights_checked_and_used(page, app_url, artifacts, tmp_path):
     assert "vgg-weights.pt does not fit this architecture" in page.locator(
         '[data-testid="stAlertContentError"]').first.inner_text()
     page.screenshot(path=str(artifacts / "09-upload-refused.png"), full_page=True)
+    assert "/uploads/" not in page.locator('[data-testid="stAlertContentError"]').first.inner_text()  # no server path
 
+    # the refused file never reached the other pages: Topology draws the shipped baseline, with no error
+    open_page(page, "Topology")
+    expect(page.locator('[data-testid="stPlotlyChart"]').first).to_be_visible(timeout=LOAD_MS)
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    no_exception(page)
+    open_page(page, "Model & data")
+    assert page.get_by_text("vgg-weights").count() == 0  # no stale error back on Model & data
+    page.get_by_text("Upload weights", exact=True).click()
+    wait_idle(page)
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(good))
     expect(page.get_by_text(re.compile(r"Baseline: weights from resnet20-weights\.pt"))).to_be_visible(timeout=LOAD_MS)
     wait_idle(page)
