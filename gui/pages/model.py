@@ -164,7 +164,8 @@ with components.engine_errors("model summary"):
     measured = st.session_state.get(f"_measured_{ref.key}", False)
     if not measured and st.button("Measure test accuracy and CPU latency", key="measure",
                                   help="Evaluates the test split and times batch-1 inference on this machine."):
-        st.session_state[f"_measured_{ref.key}"] = measured = True
+        st.session_state[f"_measured_{ref.key}"] = True
+        st.rerun()  # redraw without the button, which has done its job
     acc = lat = None
     if measured:
         with components.engine_errors("test accuracy"):
