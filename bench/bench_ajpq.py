@@ -106,22 +106,45 @@ def main() -> None:
                 opts = dict(options)
                 if method == "ajpq":
                     opts.update(episodes=args.episodes, warmup=args.warmup)
-                ctx = MethodContext(model=model, topology=topology, data=data, budget=budget, seed=seed,
-                                    scorer=scorer, budget_metric="size")
+                ctx = MethodContext(
+                    model=model,
+                    topology=topology,
+                    data=data,
+                    budget=budget,
+                    seed=seed,
+                    scorer=scorer,
+                    budget_metric="size",
+                )
                 t0 = time.perf_counter()
                 try:
                     result = run_method(method, ctx, **opts)
                 except Exception as exc:  # a baseline that cannot reach the budget is a result, not a crash
-                    rows.append({"budget": budget, "seed": seed, "arm": arm, "error": f"{type(exc).__name__}: {exc}"})
+                    rows.append(
+                        {"budget": budget, "seed": seed, "arm": arm, "error": f"{type(exc).__name__}: {exc}"}
+                    )
                     print(f"{budget} {seed} {arm}: {exc}", flush=True)
                     continue
                 cost = plan_quant_cost(topology, result.plan)
-                rows.append({"budget": budget, "seed": seed, "arm": arm, "val_acc": result.val_acc,
-                             "size_ratio": cost.size_bits / 8 / base_size, "size_kb": cost.size_kb,
-                             "bitops": cost.bitops, "macs_ratio": result.macs_ratio, "n_scored": result.n_scored,
-                             "seconds": time.perf_counter() - t0, "plan": result.plan.to_dict()})
-                print(f"{budget} {seed} {arm}: val {result.val_acc:.2f} size {rows[-1]['size_ratio']:.4f} "
-                      f"macs {result.macs_ratio:.3f} {rows[-1]['seconds']:.1f}s", flush=True)
+                rows.append(
+                    {
+                        "budget": budget,
+                        "seed": seed,
+                        "arm": arm,
+                        "val_acc": result.val_acc,
+                        "size_ratio": cost.size_bits / 8 / base_size,
+                        "size_kb": cost.size_kb,
+                        "bitops": cost.bitops,
+                        "macs_ratio": result.macs_ratio,
+                        "n_scored": result.n_scored,
+                        "seconds": time.perf_counter() - t0,
+                        "plan": result.plan.to_dict(),
+                    }
+                )
+                print(
+                    f"{budget} {seed} {arm}: val {result.val_acc:.2f} size {rows[-1]['size_ratio']:.4f} "
+                    f"macs {result.macs_ratio:.3f} {rows[-1]['seconds']:.1f}s",
+                    flush=True,
+                )
     # int8 ONNX vs fp32 latency: the fixed 8-bit AJPQ plan of the first budget and seed
     from engine.export_quant import export_fp32_onnx, export_quantized_onnx, onnx_logits
     from engine.pruning import PruningPlan, apply_plan
@@ -141,46 +164,106 @@ def main() -> None:
             with torch.no_grad():
                 torch_top1 = float((qmodel(x).argmax(1) == y).float().mean() * 100)
             onnx_top1 = float((torch.as_tensor(onnx_logits(q.path, x)).argmax(1) == y).float().mean() * 100)
-            latency = {"int8_onnx_ms": _latency_ms(q.path, x, 200),
-                       "fp32_pruned_onnx_ms": _latency_ms(str(f_pruned), x, 200),
-                       "fp32_full_onnx_ms": _latency_ms(str(f_full), x, 200),
-                       "int8_file_bytes": q.file_bytes, "packed_weight_bytes": q.packed_weight_bytes,
-                       "fp32_pruned_file_bytes": os.path.getsize(f_pruned),
-                       "torch_fakequant_val_top1": torch_top1, "onnx_int8_val_top1": onnx_top1,
-                       "plan_budget": fixed["budget"], "batch": 1, "threads": 1}
+            latency = {
+                "int8_onnx_ms": _latency_ms(q.path, x, 200),
+                "fp32_pruned_onnx_ms": _latency_ms(str(f_pruned), x, 200),
+                "fp32_full_onnx_ms": _latency_ms(str(f_full), x, 200),
+                "int8_file_bytes": q.file_bytes,
+                "packed_weight_bytes": q.packed_weight_bytes,
+                "fp32_pruned_file_bytes": os.path.getsize(f_pruned),
+                "torch_fakequant_val_top1": torch_top1,
+                "onnx_int8_val_top1": onnx_top1,
+                "plan_budget": fixed["budget"],
+                "batch": 1,
+                "threads": 1,
+            }
     summary = {}
     for budget in sorted({r["budget"] for r in rows}, reverse=True):
         for arm in ARMS:
-            vals = [r["val_acc"] for r in rows if r["budget"] == budget and r["arm"] == arm and "val_acc" in r]
-            sizes = [r["size_ratio"] for r in rows if r["budget"] == budget and r["arm"] == arm and "val_acc" in r]
+            vals = [
+                r["val_acc"] for r in rows if r["budget"] == budget and r["arm"] == arm and "val_acc" in r
+            ]
+            sizes = [
+                r["size_ratio"] for r in rows if r["budget"] == budget and r["arm"] == arm and "val_acc" in r
+            ]
             if vals:
                 m, se = _mean_se(vals)
-                summary[f"{budget}|{arm}"] = {"budget": budget, "arm": arm, "val_mean": m, "val_se": se,
-                                              "size_ratio_mean": float(np.mean(sizes)), "n": len(vals),
-                                              "seconds_mean": float(np.mean([r["seconds"] for r in rows if
-                                                                             r["budget"] == budget and
-                                                                             r["arm"] == arm and "seconds" in r]))}
+                summary[f"{budget}|{arm}"] = {
+                    "budget": budget,
+                    "arm": arm,
+                    "val_mean": m,
+                    "val_se": se,
+                    "size_ratio_mean": float(np.mean(sizes)),
+                    "n": len(vals),
+                    "seconds_mean": float(
+                        np.mean(
+                            [
+                                r["seconds"]
+                                for r in rows
+                                if r["budget"] == budget and r["arm"] == arm and "seconds" in r
+                            ]
+                        )
+                    ),
+                }
     paired = {}
-    for other in ("prune-then-quantize 8-bit", "prune-then-quantize 4-bit", "ajpq fixed 8-bit", "quantization only"):
+    for other in (
+        "prune-then-quantize 8-bit",
+        "prune-then-quantize 4-bit",
+        "ajpq fixed 8-bit",
+        "quantization only",
+    ):
         a, b = [], []
         for budget in {r["budget"] for r in rows}:
             for seed in range(args.seeds):
-                ra = next((r for r in rows if r["budget"] == budget and r["seed"] == seed
-                           and r["arm"] == "ajpq (joint)" and "val_acc" in r), None)
-                rb = next((r for r in rows if r["budget"] == budget and r["seed"] == seed
-                           and r["arm"] == other and "val_acc" in r), None)
+                ra = next(
+                    (
+                        r
+                        for r in rows
+                        if r["budget"] == budget
+                        and r["seed"] == seed
+                        and r["arm"] == "ajpq (joint)"
+                        and "val_acc" in r
+                    ),
+                    None,
+                )
+                rb = next(
+                    (
+                        r
+                        for r in rows
+                        if r["budget"] == budget
+                        and r["seed"] == seed
+                        and r["arm"] == other
+                        and "val_acc" in r
+                    ),
+                    None,
+                )
                 if ra and rb:
                     a.append(ra["val_acc"])
                     b.append(rb["val_acc"])
         if a:
             paired[f"ajpq (joint) - {other}"] = _paired_t(a, b)
-    out = {"command": "OMP_NUM_THREADS=1 " + shlex.join([sys.executable.split("/")[-1], *sys.argv]),
-           "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                       "cpus": os.cpu_count(), "torch": torch.__version__, "threads": 1},
-           "date": dt.datetime.now().isoformat(timespec="seconds"), "model": args.model, "dataset": "shapes10",
-           "fp32_val_acc": fp32_val, "fp32_size_kb": base_size / 1024, "episodes": args.episodes,
-           "scoring": scoring.to_dict(), "rows": rows, "summary": summary, "paired": paired, "latency": latency,
-           "seconds": time.perf_counter() - start}
+    out = {
+        "command": "OMP_NUM_THREADS=1 " + shlex.join([sys.executable.split("/")[-1], *sys.argv]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": 1,
+        },
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "model": args.model,
+        "dataset": "shapes10",
+        "fp32_val_acc": fp32_val,
+        "fp32_size_kb": base_size / 1024,
+        "episodes": args.episodes,
+        "scoring": scoring.to_dict(),
+        "rows": rows,
+        "summary": summary,
+        "paired": paired,
+        "latency": latency,
+        "seconds": time.perf_counter() - start,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
     Path(args.out + ".md").write_text(_markdown(out))
@@ -188,32 +271,48 @@ def main() -> None:
 
 
 def _markdown(out: dict) -> str:
-    lines = [f"# AJPQ vs two-step at equal size ({out['model']} on {out['dataset']})", "",
-             f"Command: `{out['command']}`  ", f"Machine: {out['machine']}  ", f"Date: {out['date']}, "
-             f"total {out['seconds'] / 60:.1f} min on one torch thread.", "",
-             f"fp32 baseline: val {out['fp32_val_acc']:.2f}%, {out['fp32_size_kb']:.1f} KB of weights. "
-             f"Val top-1 of the fake-quantized candidate (BN recalibrated, no fine-tune), {out['episodes']} "
-             "episodes per search arm, mean +- standard error over seeds.", "",
-             "| size budget | arm | val top-1 % | size / fp32 | s per run | n |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# AJPQ vs two-step at equal size ({out['model']} on {out['dataset']})",
+        "",
+        f"Command: `{out['command']}`  ",
+        f"Machine: {out['machine']}  ",
+        f"Date: {out['date']}, total {out['seconds'] / 60:.1f} min on one torch thread.",
+        "",
+        f"fp32 baseline: val {out['fp32_val_acc']:.2f}%, {out['fp32_size_kb']:.1f} KB of weights. "
+        f"Val top-1 of the fake-quantized candidate (BN recalibrated, no fine-tune), {out['episodes']} "
+        "episodes per search arm, mean +- standard error over seeds.",
+        "",
+        "| size budget | arm | val top-1 % | size / fp32 | s per run | n |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in out["summary"].values():
-        lines.append(f"| {s['budget']:.0%} | {s['arm']} | {s['val_mean']:.2f} +- {s['val_se']:.2f} | "
-                     f"{s['size_ratio_mean']:.4f} | {s['seconds_mean']:.0f} | {s['n']} |")
+        lines.append(
+            f"| {s['budget']:.0%} | {s['arm']} | {s['val_mean']:.2f} +- {s['val_se']:.2f} | "
+            f"{s['size_ratio_mean']:.4f} | {s['seconds_mean']:.0f} | {s['n']} |"
+        )
     errors = [r for r in out["rows"] if "error" in r]
     if errors:
-        lines += ["", "Runs that could not land:"] + [f"- {r['budget']:.0%} {r['arm']} seed {r['seed']}: {r['error']}"
-                                                      for r in errors]
+        lines += ["", "Runs that could not land:"] + [
+            f"- {r['budget']:.0%} {r['arm']} seed {r['seed']}: {r['error']}" for r in errors
+        ]
     lines += ["", "Paired t-tests over (budget, seed):", ""]
     for k, v in out["paired"].items():
-        lines.append(f"- {k}: mean diff {v['mean_diff']:+.2f} pt, t = {v['t']:.2f}, p = {v['p']:.3f}, n = {v['n']}")
+        lines.append(
+            f"- {k}: mean diff {v['mean_diff']:+.2f} pt, t = {v['t']:.2f}, p = {v['p']:.3f}, n = {v['n']}"
+        )
     lat = out["latency"]
     if lat:
-        lines += ["", "int8 ONNX (QDQ) vs fp32 on onnxruntime CPU, batch 1, one thread (median of 200):", "",
-                  f"- int8 pruned {lat['int8_onnx_ms']:.3f} ms, fp32 pruned {lat['fp32_pruned_onnx_ms']:.3f} ms, "
-                  f"fp32 unpruned {lat['fp32_full_onnx_ms']:.3f} ms",
-                  f"- val top-1: torch fake-quant {lat['torch_fakequant_val_top1']:.2f}%, onnxruntime int8 "
-                  f"{lat['onnx_int8_val_top1']:.2f}%",
-                  f"- file {lat['int8_file_bytes']} B int8 vs {lat['fp32_pruned_file_bytes']} B fp32; packed weights "
-                  f"{lat['packed_weight_bytes']:.0f} B"]
+        lines += [
+            "",
+            "int8 ONNX (QDQ) vs fp32 on onnxruntime CPU, batch 1, one thread (median of 200):",
+            "",
+            f"- int8 pruned {lat['int8_onnx_ms']:.3f} ms, fp32 pruned {lat['fp32_pruned_onnx_ms']:.3f} ms, "
+            f"fp32 unpruned {lat['fp32_full_onnx_ms']:.3f} ms",
+            f"- val top-1: torch fake-quant {lat['torch_fakequant_val_top1']:.2f}%, onnxruntime int8 "
+            f"{lat['onnx_int8_val_top1']:.2f}%",
+            f"- file {lat['int8_file_bytes']} B int8 vs {lat['fp32_pruned_file_bytes']} B fp32; packed weights "
+            f"{lat['packed_weight_bytes']:.0f} B",
+        ]
     lines += ["", "## Reading", "", "(see the closing note of issue 11 for the interpretation)", ""]
     return "\n".join(lines)
 

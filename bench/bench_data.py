@@ -47,9 +47,16 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "data.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        "# shapes10 generation", "", f"Command: `{result['command']}`  ", f"Machine: {result['machine']}  ",
-        f"Date: {result['date']}", "", "| images | seconds | images/s |", "|---|---|---|",
-        *[f"| {r['images']} | {r['seconds']} | {r['images_per_s']} |" for r in rows], "",
+        "# shapes10 generation",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']}  ",
+        f"Date: {result['date']}",
+        "",
+        "| images | seconds | images/s |",
+        "|---|---|---|",
+        *[f"| {r['images']} | {r['seconds']} | {r['images_per_s']} |" for r in rows],
+        "",
         f"load_data('shapes10'): first call {first:.2f} s (generate + cache), cached {cached:.2f} s. Target >= 5,000 images/s.",
     ]
     (RESULTS / "data.md").write_text("\n".join(lines) + "\n")

@@ -51,10 +51,16 @@ def bench_figure(name: str, repeats: int) -> dict:
     start = time.perf_counter()
     topo = build_topology(model, x)
     trace_s = time.perf_counter() - start
-    row = {"model": name, "ops": topo.graph.number_of_nodes(), "op_edges": topo.graph.number_of_edges(),
-           "groups": len(topo.groups), "trace_s": round(trace_s, 3)}
+    row = {
+        "model": name,
+        "ops": topo.graph.number_of_nodes(),
+        "op_edges": topo.graph.number_of_edges(),
+        "groups": len(topo.groups),
+        "trace_s": round(trace_s, 3),
+    }
     mg = gv.module_groups(topo.groups)
     for level in ("blocks", "layers"):
+
         def layout(level=level):
             view = gv.collapse_graph(topo.graph, level=level)
             return view, gv.layout_positions(view)
@@ -67,9 +73,13 @@ def bench_figure(name: str, repeats: int) -> dict:
             return tp.topology_figure(view, pos, values=values, metric="MACs")
 
         figure_s = _median_s(figure, repeats)
-        row[level] = {"nodes": view.number_of_nodes(), "edges": view.number_of_edges(),
-                      "layout_s": round(layout_s, 3), "figure_s": round(figure_s, 3),
-                      "first_render_s": round(layout_s + figure_s, 3)}
+        row[level] = {
+            "nodes": view.number_of_nodes(),
+            "edges": view.number_of_edges(),
+            "layout_s": round(layout_s, 3),
+            "figure_s": round(figure_s, 3),
+            "first_render_s": round(layout_s + figure_s, 3),
+        }
     return row
 
 
@@ -91,31 +101,45 @@ def bench_pages(name: str) -> dict:
     start = time.perf_counter()
     at.run()
     cached_s = time.perf_counter() - start
-    return {"page_first_visit_s": round(first_s, 3), "page_switch_back_cached_s": round(cached_s, 3),
-            "page_errors": errors}
+    return {
+        "page_first_visit_s": round(first_s, 3),
+        "page_switch_back_cached_s": round(cached_s, 3),
+        "page_errors": errors,
+    }
 
 
 def machine() -> dict:
     import torch
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "load_average_1_5_15": [round(v, 2) for v in load] if load else None}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15": [round(v, 2) for v in load] if load else None,
+    }
 
 
 def to_markdown(result: dict) -> str:
-    lines = ["# GUI benchmark: Topology page (server side)", "",
-             f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
-             f"Machine: {result['machine']}", "",
-             "Times in seconds (median of repeats for layout/figure). `figure built` = trace + layout + figure at "
-             "the page's default level (blocks): the server-side work of a first Topology render for an already "
-             "loaded model (judged against the target). `page first visit` = the whole Topology page script run "
-             "by Streamlit (AppTest), which also constructs the model (random init) on this first visit; `switch "
-             "back` = the same page after visiting another one (model, topology and layout all cached).", "",
-             "| model | ops | trace | blocks: nodes / layout / figure | layers: nodes / layout / figure "
-             "| **figure built** | page first visit | switch back (cached) | target | met |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# GUI benchmark: Topology page (server side)",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Date: {result['date']}  ",
+        f"Machine: {result['machine']}",
+        "",
+        "Times in seconds (median of repeats for layout/figure). `figure built` = trace + layout + figure at "
+        "the page's default level (blocks): the server-side work of a first Topology render for an already "
+        "loaded model (judged against the target). `page first visit` = the whole Topology page script run "
+        "by Streamlit (AppTest), which also constructs the model (random init) on this first visit; `switch "
+        "back` = the same page after visiting another one (model, topology and layout all cached).",
+        "",
+        "| model | ops | trace | blocks: nodes / layout / figure | layers: nodes / layout / figure "
+        "| **figure built** | page first visit | switch back (cached) | target | met |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["models"]:
         b, l_ = r["blocks"], r["layers"]
         built = r["trace_s"] + b["first_render_s"]
@@ -124,9 +148,13 @@ def to_markdown(result: dict) -> str:
             f"| {r['model']} | {r['ops']} | {r['trace_s']:.2f} | {b['nodes']} / {b['layout_s']:.3f} / "
             f"{b['figure_s']:.3f} | {l_['nodes']} / {l_['layout_s']:.3f} / {l_['figure_s']:.3f} | **{built:.2f}** | "
             f"{r.get('page_first_visit_s', float('nan')):.2f} | {r.get('page_switch_back_cached_s', float('nan')):.3f} "
-            f"| {r['target_s']} | {'yes' if met else 'no'} |")
-    lines += ["", "Switching pages recomputes nothing: the model (st.cache_resource), topology (st.cache_resource) "
-              "and layout (st.cache_data, keyed by model and level) are reused, so only the figure is rebuilt."]
+            f"| {r['target_s']} | {'yes' if met else 'no'} |"
+        )
+    lines += [
+        "",
+        "Switching pages recomputes nothing: the model (st.cache_resource), topology (st.cache_resource) "
+        "and layout (st.cache_data, keyed by model and level) are reused, so only the figure is rebuilt.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -147,8 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     exe = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else sys.executable
-    result = {"command": " ".join([exe, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": machine(), "models": rows}
+    result = {
+        "command": " ".join([exe, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "models": rows,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gui.json").write_text(json.dumps(result, indent=2) + "\n")

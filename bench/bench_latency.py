@@ -87,28 +87,44 @@ def prepare(model: nn.Module, setup: str, size: int) -> nn.Module:
 def to_markdown(report: dict) -> str:
     """The results as markdown tables, one per model."""
     m = report["machine"]
-    lines = ["# CPU latency of pruned models", "", f"Command: `{report['command']}`  ", f"Date: {report['date']}  ",
-             f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average'][0]:.1f} at start (shared "
-             f"with other agents' jobs: figures are noisy), torch {m['torch']}, {report['threads']} thread(s)", "",
-             "Each variant is timed in --rounds interleaved rounds (torch.utils.benchmark median per round); "
-             "best = fastest round (least disturbed by other jobs). Latency ratio = pruned best / unpruned best "
-             "of the same set-up (ideal = MACs ratio); median ratio = ratio of the round medians. CPU ms = median "
-             "thread CPU time of a forward (excludes waiting for a core; the steadier figure on a shared "
-             "machine), best of the rounds; CPU ratio = pruned / unpruned CPU ms.", ""]
+    lines = [
+        "# CPU latency of pruned models",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Date: {report['date']}  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average'][0]:.1f} at start (shared "
+        f"with other agents' jobs: figures are noisy), torch {m['torch']}, {report['threads']} thread(s)",
+        "",
+        "Each variant is timed in --rounds interleaved rounds (torch.utils.benchmark median per round); "
+        "best = fastest round (least disturbed by other jobs). Latency ratio = pruned best / unpruned best "
+        "of the same set-up (ideal = MACs ratio); median ratio = ratio of the round medians. CPU ms = median "
+        "thread CPU time of a forward (excludes waiting for a core; the steadier figure on a shared "
+        "machine), best of the rounds; CPU ratio = pruned / unpruned CPU ms.",
+        "",
+    ]
     for model in report["models"]:
-        lines += [f"## {model}", "", "| setup | batch | budget | MACs ratio | best ms | median ms | latency ratio "
-                  "| median ratio | CPU ms | CPU ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {model}",
+            "",
+            "| setup | batch | budget | MACs ratio | best ms | median ms | latency ratio "
+            "| median ratio | CPU ms | CPU ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for row in [r for r in report["rows"] if r["model"] == model]:
-            lines.append(f"| {row['setup']} | {row['batch']} | {row['budget']} | {row['macs_ratio']:.3f} | "
-                         f"{row['best_ms']:.2f} | {row['median_ms']:.2f} | {row['latency_ratio']:.3f} | "
-                         f"{row['median_ratio']:.3f} | {row['cpu_ms']:.2f} | {row['cpu_ratio']:.3f} |")
+            lines.append(
+                f"| {row['setup']} | {row['batch']} | {row['budget']} | {row['macs_ratio']:.3f} | "
+                f"{row['best_ms']:.2f} | {row['median_ms']:.2f} | {row['latency_ratio']:.3f} | "
+                f"{row['median_ratio']:.3f} | {row['cpu_ms']:.2f} | {row['cpu_ratio']:.3f} |"
+            )
         lines.append("")
     lines += ["## Target: latency ratio <= 0.6 at a 50% budget, batch 64", ""]
     for row in report["rows"]:
         if row["budget"] == 0.5 and row["batch"] == 64:
             verdict = "met" if row["cpu_ratio"] <= 0.6 else "missed"
-            lines.append(f"- {row['model']} ({row['setup']}): CPU-time ratio {row['cpu_ratio']:.3f} - {verdict} "
-                         f"(wall: best-of-rounds {row['latency_ratio']:.3f}, median {row['median_ratio']:.3f})")
+            lines.append(
+                f"- {row['model']} ({row['setup']}): CPU-time ratio {row['cpu_ratio']:.3f} - {verdict} "
+                f"(wall: best-of-rounds {row['latency_ratio']:.3f}, median {row['median_ratio']:.3f})"
+            )
     lines += ["", *report.get("notes", [])]
     return "\n".join(lines) + "\n"
 
@@ -131,9 +147,14 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"command": "python bench/bench_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-              "threads": args.threads, "models": args.models, "rows": []}
+    report = {
+        "command": "python bench/bench_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "threads": args.threads,
+        "models": args.models,
+        "rows": [],
+    }
     for name in args.models:
         torch.manual_seed(0)
         model = build_model(name).eval()
@@ -145,28 +166,53 @@ def main(argv: list[str] | None = None) -> None:
             variants = [(1.0, model, 1.0)]
             for budget in BUDGETS:
                 plan = plan_for_budget(topology, budget, round_to=round_to, scores=scores, method=setup)
-                variants.append((budget, apply_plan(model, topology, plan), plan_macs(topology, plan) / topology.macs))
+                variants.append(
+                    (budget, apply_plan(model, topology, plan), plan_macs(topology, plan) / topology.macs)
+                )
             for batch in args.batches:
                 timed = [prepare(variant, setup, size) for _, variant, _ in variants]
                 samples: list[list[float]] = [[] for _ in variants]
                 cpu: list[list[float]] = [[] for _ in variants]
                 for _ in range(args.rounds):  # interleaved rounds: drift and bursts of load hit every variant
                     for index, model_variant in enumerate(timed):
-                        latency = measure_latency(model_variant, size, batch=batch, threads=args.threads,
-                                                  min_run_time_s=args.min_run_time,
-                                                  channels_last=setup != "plain")
+                        latency = measure_latency(
+                            model_variant,
+                            size,
+                            batch=batch,
+                            threads=args.threads,
+                            min_run_time_s=args.min_run_time,
+                            channels_last=setup != "plain",
+                        )
                         samples[index].append(latency.median_ms)
-                        cpu[index].append(cpu_time_ms(model_variant, size, batch=batch, runs=3 if batch > 8 else 30,
-                                                      channels_last=setup != "plain"))
+                        cpu[index].append(
+                            cpu_time_ms(
+                                model_variant,
+                                size,
+                                batch=batch,
+                                runs=3 if batch > 8 else 30,
+                                channels_last=setup != "plain",
+                            )
+                        )
                 best = [min(s) for s in samples]
                 cpu_best = [min(c) for c in cpu]
                 for (budget, _, macs_ratio), runs, fastest, cpu_runs, cpu_fastest in zip(
-                        variants, samples, best, cpu, cpu_best, strict=True):
-                    row = {"model": name, "setup": setup, "batch": batch, "budget": budget, "macs_ratio": macs_ratio,
-                           "best_ms": fastest, "median_ms": statistics.median(runs), "rounds_ms": runs,
-                           "latency_ratio": fastest / best[0],
-                           "median_ratio": statistics.median(runs) / statistics.median(samples[0]),
-                           "cpu_ms": cpu_fastest, "cpu_rounds_ms": cpu_runs, "cpu_ratio": cpu_fastest / cpu_best[0]}
+                    variants, samples, best, cpu, cpu_best, strict=True
+                ):
+                    row = {
+                        "model": name,
+                        "setup": setup,
+                        "batch": batch,
+                        "budget": budget,
+                        "macs_ratio": macs_ratio,
+                        "best_ms": fastest,
+                        "median_ms": statistics.median(runs),
+                        "rounds_ms": runs,
+                        "latency_ratio": fastest / best[0],
+                        "median_ratio": statistics.median(runs) / statistics.median(samples[0]),
+                        "cpu_ms": cpu_fastest,
+                        "cpu_rounds_ms": cpu_runs,
+                        "cpu_ratio": cpu_fastest / cpu_best[0],
+                    }
                     report["rows"].append(row)
                     print(json.dumps(row), flush=True)
                 (out / "latency.json").write_text(json.dumps(report, indent=1))

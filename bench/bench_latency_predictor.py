@@ -64,8 +64,10 @@ def to_markdown(report: dict) -> str:
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for i, row in enumerate(report["plans"]):
-        lines.append(f"| {i} | {row['macs_ratio']:.3f} | {row['predicted_ratio']:.3f} | "
-                     f"{row['measured_ratio']:.3f} | {row['measured_se']:.3f} | {100 * row['error']:+.1f}% |")
+        lines.append(
+            f"| {i} | {row['macs_ratio']:.3f} | {row['predicted_ratio']:.3f} | "
+            f"{row['measured_ratio']:.3f} | {row['measured_se']:.3f} | {100 * row['error']:+.1f}% |"
+        )
     lines += [
         "",
         f"Ratio error (predicted ratio / measured ratio - 1) over {len(report['plans'])} random plans: "
@@ -82,16 +84,25 @@ def to_markdown(report: dict) -> str:
     ]
     for land in report["landings"]:
         if "unreachable" in land:
-            lines.append(f"| {land['fraction']} | unreachable: {land['unreachable']} (measured: every group near "
-                         f"min_keep_ratio, MACs ratio {land['floor_macs_ratio']:.3f}, runs at "
-                         f"{land['floor_measured_ratio']:.3f} of the baseline) | | | | | **False** |")
+            lines.append(
+                f"| {land['fraction']} | unreachable: {land['unreachable']} (measured: every group near "
+                f"min_keep_ratio, MACs ratio {land['floor_macs_ratio']:.3f}, runs at "
+                f"{land['floor_measured_ratio']:.3f} of the baseline) | | | | | **False** |"
+            )
             continue
-        tries = "; ".join(f"{t['predictor_fraction']:.3f} -> {t['measured_ratio']:.3f}" for t in land["tries"])
-        lines.append(f"| {land['fraction']} | {land['predicted_only_macs_ratio']:.3f} | {tries} | "
-                     f"{land['measured_ratio']:.3f} | {land['remeasured_ratio']:.3f} | {land['macs_ratio']:.3f} | "
-                     f"**{land['within_5pct']}** |")
-    lines += ["", "The re-measured ratio is an independent timing of the chosen plan (the chosen one is the best "
-              "of up to three noisy timings, so it is biased towards the budget)."]
+        tries = "; ".join(
+            f"{t['predictor_fraction']:.3f} -> {t['measured_ratio']:.3f}" for t in land["tries"]
+        )
+        lines.append(
+            f"| {land['fraction']} | {land['predicted_only_macs_ratio']:.3f} | {tries} | "
+            f"{land['measured_ratio']:.3f} | {land['remeasured_ratio']:.3f} | {land['macs_ratio']:.3f} | "
+            f"**{land['within_5pct']}** |"
+        )
+    lines += [
+        "",
+        "The re-measured ratio is an independent timing of the chosen plan (the chosen one is the best "
+        "of up to three noisy timings, so it is biased towards the budget).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -120,33 +131,57 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"command": "python bench/bench_latency_predictor.py " + " ".join(argv if argv is not None
-                                                                                    else sys.argv[1:]),
-                    "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-                    "model": args.model, "threads": args.threads, "min_run_time_s": args.min_run_time}
+    report: dict = {
+        "command": "python bench/bench_latency_predictor.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "model": args.model,
+        "threads": args.threads,
+        "min_run_time_s": args.min_run_time,
+    }
     torch.manual_seed(args.seed)
     model = build_model(args.model).eval()
     topology = build_topology(model, torch.zeros(1, 3, 32, 32), model_name=args.model)
     start = time.perf_counter()
-    table = measure_latency_table(model, topology, min_run_time_s=args.min_run_time,
-                                  callback=lambda d, t, m: print(f"table {d}/{t} {m}", flush=True))
-    report["table"] = {"groups": len(table.groups), "keep_ratios": table.keep_ratios, "clock": table.clock,
-                       "baseline_ms": table.baseline_ms, "measure_s": time.perf_counter() - start,
-                       "fitted_rate_per_mac": table.fitted_rate_per_mac, "raw_rate_per_mac": table.raw_rate_per_mac,
-                       "pooled_rate_per_mac": table.pooled_rate_per_mac,
-                       "raw_rates_nonpositive": sum(r <= 0 for r in table.raw_rate_per_mac)}
+    table = measure_latency_table(
+        model,
+        topology,
+        min_run_time_s=args.min_run_time,
+        callback=lambda d, t, m: print(f"table {d}/{t} {m}", flush=True),
+    )
+    report["table"] = {
+        "groups": len(table.groups),
+        "keep_ratios": table.keep_ratios,
+        "clock": table.clock,
+        "baseline_ms": table.baseline_ms,
+        "measure_s": time.perf_counter() - start,
+        "fitted_rate_per_mac": table.fitted_rate_per_mac,
+        "raw_rate_per_mac": table.raw_rate_per_mac,
+        "pooled_rate_per_mac": table.pooled_rate_per_mac,
+        "raw_rates_nonpositive": sum(r <= 0 for r in table.raw_rate_per_mac),
+    }
     check_s = max(1.0, 4 * args.min_run_time)
     self_ratios = [paired(model, copy.deepcopy(model), min_run_time_s=check_s).ratio for _ in range(3)]
     rng = np.random.default_rng(args.seed)
     rows = []
     for _ in range(args.plans):
-        keep = {g.name: max(1, int(round(rng.uniform(0.25, 1.0) * g.channels))) for g in topology.prunable_groups}
-        plan = PruningPlan(model=args.model, keep={k: v for k, v in keep.items() if v < topology.group(k).channels})
+        keep = {
+            g.name: max(1, int(round(rng.uniform(0.25, 1.0) * g.channels))) for g in topology.prunable_groups
+        }
+        plan = PruningPlan(
+            model=args.model, keep={k: v for k, v in keep.items() if v < topology.group(k).channels}
+        )
         timing = paired(model, apply_plan(model, topology, plan), min_run_time_s=check_s)
         predicted = table.predict_ms(plan) / table.baseline_ms
-        row = {"macs_ratio": Budget("macs").ratio(topology, plan), "predicted_ratio": predicted,
-               "measured_ratio": timing.ratio, "measured_se": timing.ratio_se, "pairs": timing.pairs,
-               "error": predicted / timing.ratio - 1.0}
+        row = {
+            "macs_ratio": Budget("macs").ratio(topology, plan),
+            "predicted_ratio": predicted,
+            "measured_ratio": timing.ratio,
+            "measured_se": timing.ratio_se,
+            "pairs": timing.pairs,
+            "error": predicted / timing.ratio - 1.0,
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     report["plans"] = rows
@@ -157,27 +192,46 @@ def main(argv: list[str] | None = None) -> None:
             predicted_only = plan_for_budget(topology, budget, measure=False)
             plan = plan_for_budget(topology, budget)
         except BudgetError as exc:  # e.g. per-op overhead the pruning cannot remove: say so, do not hide it
-            floor = PruningPlan(model=args.model, keep={g.name: max(1, int(np.ceil(0.05 * g.channels)))
-                                                        for g in topology.prunable_groups})
+            floor = PruningPlan(
+                model=args.model,
+                keep={g.name: max(1, int(np.ceil(0.05 * g.channels))) for g in topology.prunable_groups},
+            )
             ratio = paired(model, apply_plan(model, topology, floor), min_run_time_s=check_s).ratio
-            landings.append({"fraction": fraction, "unreachable": str(exc), "floor_macs_ratio":
-                             Budget("macs").ratio(topology, floor), "floor_measured_ratio": ratio})
+            landings.append(
+                {
+                    "fraction": fraction,
+                    "unreachable": str(exc),
+                    "floor_macs_ratio": Budget("macs").ratio(topology, floor),
+                    "floor_measured_ratio": ratio,
+                }
+            )
             print(json.dumps(landings[-1]), flush=True)
             continue
         again = paired(model, apply_plan(model, topology, plan), min_run_time_s=check_s)
-        land = {"fraction": fraction, "predicted_only_macs_ratio": Budget("macs").ratio(topology, predicted_only),
-                "tries": plan.meta["latency_landing"], "measured_ratio": plan.meta["latency_measured_ratio"],
-                "predictor_fraction": plan.meta["latency_predictor_fraction"],
-                "predicted_ratio": plan.meta["latency_predicted_ratio"], "remeasured_ratio": again.ratio,
-                "remeasured_se": again.ratio_se, "macs_ratio": Budget("macs").ratio(topology, plan),
-                "within_5pct": bool(abs(again.ratio / fraction - 1.0) <= 0.05), "plan": plan.to_dict()}
+        land = {
+            "fraction": fraction,
+            "predicted_only_macs_ratio": Budget("macs").ratio(topology, predicted_only),
+            "tries": plan.meta["latency_landing"],
+            "measured_ratio": plan.meta["latency_measured_ratio"],
+            "predictor_fraction": plan.meta["latency_predictor_fraction"],
+            "predicted_ratio": plan.meta["latency_predicted_ratio"],
+            "remeasured_ratio": again.ratio,
+            "remeasured_se": again.ratio_se,
+            "macs_ratio": Budget("macs").ratio(topology, plan),
+            "within_5pct": bool(abs(again.ratio / fraction - 1.0) <= 0.05),
+            "plan": plan.to_dict(),
+        }
         landings.append(land)
         print(json.dumps({k: v for k, v in land.items() if k != "plan"}), flush=True)
     report["landings"] = landings
     errors = [abs(r["error"]) for r in rows]
-    report["summary"] = {"mean_abs_error": statistics.mean(errors), "median_abs_error": statistics.median(errors),
-                         "max_abs_error": max(errors), "self_ratios": self_ratios,
-                         "self_spread": statistics.median(abs(r - 1.0) for r in self_ratios)}
+    report["summary"] = {
+        "mean_abs_error": statistics.mean(errors),
+        "median_abs_error": statistics.median(errors),
+        "max_abs_error": max(errors),
+        "self_ratios": self_ratios,
+        "self_spread": statistics.median(abs(r - 1.0) for r in self_ratios),
+    }
     report["load_average_end"] = os.getloadavg()
     (out / "latency_predictor.json").write_text(json.dumps(report, indent=1))
     (out / "latency_predictor.md").write_text(to_markdown(report))

@@ -59,9 +59,14 @@ def arm_options(arm: str, plans: int) -> tuple[str, dict[str, Any]]:
 
 
 def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "load_avg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "load_avg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
 
 
 def t_test_p(diffs: list[float]) -> float | None:
@@ -76,8 +81,15 @@ def t_test_p(diffs: list[float]) -> float | None:
     c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
     steps = 2000
     h = t / steps
-    area = sum((1 if i in (0, steps) else 4 if i % 2 else 2) * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2)
-               for i in range(steps + 1)) * h / 3 * c
+    area = (
+        sum(
+            (1 if i in (0, steps) else 4 if i % 2 else 2) * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2)
+            for i in range(steps + 1)
+        )
+        * h
+        / 3
+        * c
+    )
     return max(0.0, min(1.0, 2 * (0.5 - area)))
 
 
@@ -110,8 +122,11 @@ def summarise(runs: list[dict[str, Any]], checkpoints: tuple[int, ...]) -> dict[
                 d_mean = statistics.fmean(paired)
                 d_se = statistics.stdev(paired) / math.sqrt(len(paired))
                 p = t_test_p(paired)
-                verdict = "tie" if (p is None or p >= 0.05 or abs(d_mean) <= d_se) else (
-                    "gnnrl better" if d_mean > 0 else "gnnrl worse")
+                verdict = (
+                    "tie"
+                    if (p is None or p >= 0.05 or abs(d_mean) <= d_se)
+                    else ("gnnrl better" if d_mean > 0 else "gnnrl worse")
+                )
                 entry.update(gnnrl_minus_arm=d_mean, diff_se=d_se, p=p, verdict=verdict, pairs=len(paired))
             row[k] = entry
         table[arm] = row
@@ -120,17 +135,23 @@ def summarise(runs: list[dict[str, Any]], checkpoints: tuple[int, ...]) -> dict[
 
 def to_markdown(doc: dict[str, Any]) -> str:
     cps = [str(c) for c in doc["checkpoints"]]
-    lines = [f"# Does GNN-RL learn? {doc['model']} on {doc['dataset']}, {doc['budget']:.0%} MACs", "",
-             f"`{doc['command']}`", "",
-             f"Machine: {doc['machine']['platform']}, {doc['machine']['cpu_count']} cores, torch "
-             f"{doc['machine']['torch']}, {doc['machine']['torch_threads']} thread(s), load average at start "
-             f"{doc['machine']['load_avg_start']}. Weights: {doc['weights']}. Search val: first {doc['val_size']} "
-             "val images (carved from train); test not read.", "",
-             "Best val top-1 (%) seen after N scored plans: mean +- standard error over seeds; in brackets "
-             "gnnrl minus the arm (paired over seeds), its p-value (paired t-test) and the verdict "
-             "(tie when p >= 0.05 or the difference is within its standard error).", "",
-             "| arm | seeds | " + " | ".join(f"@{c}" for c in cps) + " | s per plan |",
-             "|---|---:|" + "---:|" * len(cps) + "---:|"]
+    lines = [
+        f"# Does GNN-RL learn? {doc['model']} on {doc['dataset']}, {doc['budget']:.0%} MACs",
+        "",
+        f"`{doc['command']}`",
+        "",
+        f"Machine: {doc['machine']['platform']}, {doc['machine']['cpu_count']} cores, torch "
+        f"{doc['machine']['torch']}, {doc['machine']['torch_threads']} thread(s), load average at start "
+        f"{doc['machine']['load_avg_start']}. Weights: {doc['weights']}. Search val: first {doc['val_size']} "
+        "val images (carved from train); test not read.",
+        "",
+        "Best val top-1 (%) seen after N scored plans: mean +- standard error over seeds; in brackets "
+        "gnnrl minus the arm (paired over seeds), its p-value (paired t-test) and the verdict "
+        "(tie when p >= 0.05 or the difference is within its standard error).",
+        "",
+        "| arm | seeds | " + " | ".join(f"@{c}" for c in cps) + " | s per plan |",
+        "|---|---:|" + "---:|" * len(cps) + "---:|",
+    ]
     for arm, row in doc["summary"].items():
         cells = []
         for c in cps:
@@ -145,9 +166,15 @@ def to_markdown(doc: dict[str, Any]) -> str:
         secs = [r["seconds"] / max(1, r["plans"]) for r in doc["runs"] if r["arm"] == arm]
         n = max((e["n"] for e in row.values()), default=0)
         lines.append(f"| {arm} | {n} | " + " | ".join(cells) + f" | {statistics.fmean(secs):.2f} |")
-    lines += ["", "Episodes per minute (scoring included): " + ", ".join(
-        f"{arm} {60 / statistics.fmean([r['seconds'] / max(1, r['plans']) for r in doc['runs'] if r['arm'] == arm]):.0f}"
-        for arm in doc["summary"]), ""]
+    lines += [
+        "",
+        "Episodes per minute (scoring included): "
+        + ", ".join(
+            f"{arm} {60 / statistics.fmean([r['seconds'] / max(1, r['plans']) for r in doc['runs'] if r['arm'] == arm]):.0f}"
+            for arm in doc["summary"]
+        ),
+        "",
+    ]
     if doc.get("notes"):
         lines += ["## Reading", "", *doc["notes"], ""]
     return "\n".join(lines)
@@ -188,11 +215,17 @@ def main(argv: list[str] | None = None) -> None:
     done = {(r["arm"], r["seed"]) for r in runs}
     checkpoints = tuple(c for c in CHECKPOINTS if c <= args.plans)
     doc: dict[str, Any] = {
-        "model": args.model, "dataset": args.dataset, "budget": args.budget, "plans": args.plans,
-        "val_size": args.val_size, "weights": getattr(loaded, "meta", {}).get("sha256", "shipped"),
-        "checkpoints": list(checkpoints), "machine": machine(),
+        "model": args.model,
+        "dataset": args.dataset,
+        "budget": args.budget,
+        "plans": args.plans,
+        "val_size": args.val_size,
+        "weights": getattr(loaded, "meta", {}).get("sha256", "shipped"),
+        "checkpoints": list(checkpoints),
+        "machine": machine(),
         "command": "python bench/bench_learning.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "runs": runs,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "runs": runs,
     }
 
     def write() -> None:
@@ -209,16 +242,36 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             method, options = arm_options(arm, args.plans)
             scorer = Scorer(model, topology, data, scoring)
-            ctx = MethodContext(model=model, topology=topology, data=data, budget=args.budget, seed=seed,
-                                scoring=scoring, scorer=scorer)
+            ctx = MethodContext(
+                model=model,
+                topology=topology,
+                data=data,
+                budget=args.budget,
+                seed=seed,
+                scoring=scoring,
+                scorer=scorer,
+            )
             start = time.perf_counter()
             result = run_method(method, ctx, **options)
             seconds = time.perf_counter() - start
             vals = [c.val_acc for c in result.candidates]
-            runs.append({"arm": arm, "method": method, "options": options, "seed": seed, "plans": len(vals),
-                         "seconds": seconds, "best_at": curve(vals, checkpoints), "vals": vals,
-                         "best_plan": result.plan.to_dict()})
-            print(f"{arm} seed {seed}: best {max(vals):.2f} after {len(vals)} plans in {seconds:.0f} s", flush=True)
+            runs.append(
+                {
+                    "arm": arm,
+                    "method": method,
+                    "options": options,
+                    "seed": seed,
+                    "plans": len(vals),
+                    "seconds": seconds,
+                    "best_at": curve(vals, checkpoints),
+                    "vals": vals,
+                    "best_plan": result.plan.to_dict(),
+                }
+            )
+            print(
+                f"{arm} seed {seed}: best {max(vals):.2f} after {len(vals)} plans in {seconds:.0f} s",
+                flush=True,
+            )
             write()
     write()
 

@@ -93,8 +93,10 @@ def load_baseline(args: argparse.Namespace) -> tuple[torch.nn.Module, str, str]:
 
         dataset = args.dataset or DEFAULT_DATASET
         if args.model not in shipped_models(dataset):
-            sys.exit(f"no shipped {args.model} for {dataset} in assets/manifest.json yet; pass --checkpoint FILE "
-                     "or --untrained")
+            sys.exit(
+                f"no shipped {args.model} for {dataset} in assets/manifest.json yet; pass --checkpoint FILE "
+                "or --untrained"
+            )
         loaded = load_shipped(args.model, dataset=dataset)
         weights = f"shipped (sha256 {loaded.meta['manifest']['sha256'][:16]}...)"
     return loaded.model.eval(), args.dataset or loaded.meta.get("dataset", "shapes10"), weights
@@ -123,12 +125,16 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "| latency ms (before -> after) | search s | report s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
+
     def num(value: Any, fmt: str = ".2f") -> str:
         return "n/a" if value is None else format(value, fmt)
 
     for r in doc["rows"]:
-        lat = (f"{r['latency_ms_before']:.2f} -> {r['latency_ms_after']:.2f}"
-               if r.get("latency_ms_after") is not None else "n/a")
+        lat = (
+            f"{r['latency_ms_before']:.2f} -> {r['latency_ms_after']:.2f}"
+            if r.get("latency_ms_after") is not None
+            else "n/a"
+        )
         params = r["params_after"] / r["params_before"] if r.get("params_after") else None
         lines.append(
             f"| {r['method']} | {r['kind']} | {r['n_scored']} | {r['macs_ratio']:.3f} | {num(params, '.3f')} | "
@@ -141,8 +147,11 @@ def to_markdown(doc: dict[str, Any]) -> str:
     pending = [r["method"] for r in doc["rows"] if "test_acc" not in r]
     if pending:
         lines += ["", f"Fine-tune/test report not finished for: {', '.join(pending)} (n/a above)."]
-    lines += ["", f"Wall time so far: {doc.get('seconds', 0.0):.0f} s; load average at last write: "
-              f"{doc.get('load_average_last')}."]
+    lines += [
+        "",
+        f"Wall time so far: {doc.get('seconds', 0.0):.0f} s; load average at last write: "
+        f"{doc.get('load_average_last')}.",
+    ]
     lines += [
         "",
         "val acc: the search score (val subset, BN recalibrated, no fine-tuning). test acc (FT): after the fine-tune.",
@@ -163,22 +172,37 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bn-batch-size", type=int, default=128)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--finetune-batches", type=int, default=None, help="cap batches per fine-tune epoch")
-    p.add_argument("--test-before-ft", action="store_true", help="also measure test accuracy before fine-tuning")
+    p.add_argument(
+        "--test-before-ft", action="store_true", help="also measure test accuracy before fine-tuning"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
     p.add_argument("--checkpoint", default=None, help="weights file (default: the shipped baseline)")
     p.add_argument("--untrained", action="store_true", help="random weights (smoke runs only)")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     p.add_argument("--out", default=str(RESULTS / "methods"), help="output path without extension")
-    p.add_argument("--append", action="store_true",
-                   help="keep the other models' runs already in the output files (one run per model)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (1 is several times faster than 2 on a loaded 2-core machine)")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the other models' runs already in the output files (one run per model)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1 is several times faster than 2 on a loaded 2-core machine)",
+    )
     p.add_argument("--budgets", default=None, help="sweep mode: comma-separated MACs budgets, e.g. 0.5,0.3")
     p.add_argument("--seeds", default=None, help="sweep mode: comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--test-size", type=int, default=None, help="sweep mode: first N test images (default all)")
-    p.add_argument("--report-val-size", type=int, default=None,
-                   help="sweep mode: val images measured before/after fine-tune (default all)")
+    p.add_argument(
+        "--test-size", type=int, default=None, help="sweep mode: first N test images (default all)"
+    )
+    p.add_argument(
+        "--report-val-size",
+        type=int,
+        default=None,
+        help="sweep mode: val images measured before/after fine-tune (default all)",
+    )
     p.add_argument("--finetune-lr", type=float, default=0.01)
     args = p.parse_args(argv)
     if args.threads:
@@ -194,30 +218,60 @@ def main(argv: list[str] | None = None) -> None:
     if args.budgets or args.seeds:
         from methods_sweep import run_sweep  # the sibling module (bench/ is on sys.path for a script)
 
-        command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-        run_sweep(args, names, model, dataset, weights, command=command, machine=machine(), log=log,
-                  method_options=method_options)
+        command = "python " + " ".join(
+            shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
+        )
+        run_sweep(
+            args,
+            names,
+            model,
+            dataset,
+            weights,
+            command=command,
+            machine=machine(),
+            log=log,
+            method_options=method_options,
+        )
         return
     data = load_data(dataset, seed=args.seed)
-    topology = build_topology(model, torch.zeros(1, 3, data.input_size, data.input_size), model_name=args.model)
-    scoring = ScoringConfig(val_size=args.val_size, bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size,
-                            physical=True)
+    topology = build_topology(
+        model, torch.zeros(1, 3, data.input_size, data.input_size), model_name=args.model
+    )
+    scoring = ScoringConfig(
+        val_size=args.val_size, bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size, physical=True
+    )
     base_scorer = Scorer(model, topology, data, scoring)
     full = plan_from_ratios(topology, {g.name: 1.0 for g in topology.prunable_groups})
     from engine.cost import count_costs
     from engine.train import evaluate
 
     costs = count_costs(model, torch.zeros(1, 3, data.input_size, data.input_size))
-    baseline = {"val_acc": base_scorer.score(full), "test_acc": evaluate(model, data, "test").top1,
-                "macs": costs.macs, "params": costs.params}
+    baseline = {
+        "val_acc": base_scorer.score(full),
+        "test_acc": evaluate(model, data, "test").top1,
+        "macs": costs.macs,
+        "params": costs.params,
+    }
     doc: dict[str, Any] = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": "python "
+        + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "settings": {"model": args.model, "budget": args.budget, "methods": names, "episodes": args.episodes,
-                     "val_size": args.val_size, "bn_batches": args.bn_batches, "bn_batch_size": args.bn_batch_size,
-                     "finetune_epochs": args.finetune_epochs, "finetune_batches": args.finetune_batches,
-                     "seed": args.seed, "dataset": dataset, "weights": weights, "scoring": scoring.to_dict()},
+        "settings": {
+            "model": args.model,
+            "budget": args.budget,
+            "methods": names,
+            "episodes": args.episodes,
+            "val_size": args.val_size,
+            "bn_batches": args.bn_batches,
+            "bn_batch_size": args.bn_batch_size,
+            "finetune_epochs": args.finetune_epochs,
+            "finetune_batches": args.finetune_batches,
+            "seed": args.seed,
+            "dataset": dataset,
+            "weights": weights,
+            "scoring": scoring.to_dict(),
+        },
         "baseline": baseline,
         "rows": [],
     }
@@ -233,7 +287,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def save() -> None:
         doc["seconds"] = time.perf_counter() - start
-        doc["load_average_last"] = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+        doc["load_average_last"] = (
+            [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+        )
         runs = [*earlier, doc]
         out.with_suffix(".json").write_text(json.dumps({"runs": runs}, indent=1))
         out.with_suffix(".md").write_text("\n".join(to_markdown(r) for r in runs))
@@ -243,26 +299,44 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         spec = get_method(name)
         scorer = Scorer(model, topology, data, scoring)
-        ctx = MethodContext(model=model, topology=topology, data=data, budget=args.budget, seed=args.seed,
-                            scorer=scorer)
+        ctx = MethodContext(
+            model=model, topology=topology, data=data, budget=args.budget, seed=args.seed, scorer=scorer
+        )
         opts = method_options(name, args.episodes, args.quick)
         log(f"{name} {opts}")
         result = run_method(name, ctx, **opts)
         plans[name] = result.plan
-        doc["rows"].append({
-            "method": name, "kind": spec.kind, "options": result.options, "n_scored": result.n_scored,
-            "search_seconds": result.seconds, "val_acc": result.val_acc, "macs_ratio": result.macs_ratio,
-            "candidates_val_acc": [c.val_acc for c in result.candidates], "plan": result.plan.to_dict(),
-        })
+        doc["rows"].append(
+            {
+                "method": name,
+                "kind": spec.kind,
+                "options": result.options,
+                "n_scored": result.n_scored,
+                "search_seconds": result.seconds,
+                "val_acc": result.val_acc,
+                "macs_ratio": result.macs_ratio,
+                "candidates_val_acc": [c.val_acc for c in result.candidates],
+                "plan": result.plan.to_dict(),
+            }
+        )
         save()
         log(f"  val {result.val_acc:.2f}  MACs {result.macs_ratio:.3f}  {result.seconds:.0f}s")
     # phase 2: physical pruning, fine-tune, test accuracy, costs and latency
     for row in doc["rows"]:
         log(f"report {row['method']}")
-        report = report_candidate(model, topology, plans[row["method"]], data, finetune_epochs=args.finetune_epochs,
-                                  finetune_max_batches=args.finetune_batches, scoring=scoring, seed=args.seed,
-                                  baseline_test_acc=baseline["test_acc"], test_before_finetune=args.test_before_ft,
-                                  latency_min_run_time_s=0.3)
+        report = report_candidate(
+            model,
+            topology,
+            plans[row["method"]],
+            data,
+            finetune_epochs=args.finetune_epochs,
+            finetune_max_batches=args.finetune_batches,
+            scoring=scoring,
+            seed=args.seed,
+            baseline_test_acc=baseline["test_acc"],
+            test_before_finetune=args.test_before_ft,
+            latency_min_run_time_s=0.3,
+        )
         found = report.to_dict()
         row.update({k: v for k, v in found.items() if k not in ("plan", "val_acc", "seconds")})
         row["report_val_acc"] = found["val_acc"]

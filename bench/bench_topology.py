@@ -38,8 +38,15 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__,
-            "torch_pruning": tp.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "torch": torch.__version__,
+        "torch_pruning": tp.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def time_ours(model, x) -> tuple[float, dict]:
@@ -48,8 +55,12 @@ def time_ours(model, x) -> tuple[float, dict]:
     start = time.perf_counter()
     topology = build_topology(model, x)
     seconds = time.perf_counter() - start
-    return seconds, {"macs": topology.macs, "params": topology.params, "groups": len(topology.groups),
-                     "nodes": topology.graph.number_of_nodes()}
+    return seconds, {
+        "macs": topology.macs,
+        "params": topology.params,
+        "groups": len(topology.groups),
+        "nodes": topology.graph.number_of_nodes(),
+    }
 
 
 def time_tp(model, x) -> tuple[float, dict]:
@@ -85,20 +96,29 @@ def to_markdown(report: dict) -> str:
         lines.append(
             f"| {row['model']} | {row['ours_s']:.3f} | {row['tp_s']:.3f} | {row['ours_s'] / row['tp_s']:.2f} | "
             f"{row['ours']['macs'] / 1e9:.3f} | {row['tp']['macs'] / 1e9:.3f} | {row['ours']['groups']} | "
-            f"{row['tp']['groups']} | {row['ours']['nodes']} |")
+            f"{row['tp']['groups']} | {row['ours']['nodes']} |"
+        )
     rows = {r["model"]: r for r in report["rows"]}
     lines.append("")
     if "resnet50" in rows:
-        lines.append(f"- Target ResNet-50 <= 2 s: {rows['resnet50']['ours_s']:.3f} s "
-                     f"({'met' if rows['resnet50']['ours_s'] <= 2 else 'missed'}); ours <= 0.5x TP: "
-                     f"{rows['resnet50']['ours_s'] / rows['resnet50']['tp_s']:.2f}x.")
+        lines.append(
+            f"- Target ResNet-50 <= 2 s: {rows['resnet50']['ours_s']:.3f} s "
+            f"({'met' if rows['resnet50']['ours_s'] <= 2 else 'missed'}); ours <= 0.5x TP: "
+            f"{rows['resnet50']['ours_s'] / rows['resnet50']['tp_s']:.2f}x."
+        )
     if "resnet50" in rows and "resnet152" in rows:
         ratio = rows["resnet152"]["ours_s"] / rows["resnet50"]["ours_s"]
-        lines.append(f"- Linear growth with depth: ResNet-152 / ResNet-50 = {ratio:.2f} (target <= 3; "
-                     "ResNet-152 has 3x the blocks).")
-    lines.append("- TP's MACs include BN (its convention); ours count conv + linear only (the papers' 4.09 G).")
-    lines.append(f"- Cold first build in a fresh process: {report['cold_s']:.2f} s (one-off: importing torch._dynamo, "
-                 "which torchvision and meta-tensor decompositions pull in, and first-call kernel set-up).")
+        lines.append(
+            f"- Linear growth with depth: ResNet-152 / ResNet-50 = {ratio:.2f} (target <= 3; "
+            "ResNet-152 has 3x the blocks)."
+        )
+    lines.append(
+        "- TP's MACs include BN (its convention); ours count conv + linear only (the papers' 4.09 G)."
+    )
+    lines.append(
+        f"- Cold first build in a fresh process: {report['cold_s']:.2f} s (one-off: importing torch._dynamo, "
+        "which torchvision and meta-tensor decompositions pull in, and first-call kernel set-up)."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -116,9 +136,14 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     x = torch.randn(1, 3, args.size, args.size)
-    report = {"command": "python bench/bench_topology.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-              "threads": args.threads, "input": [1, 3, args.size, args.size], "rows": []}
+    report = {
+        "command": "python bench/bench_topology.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "threads": args.threads,
+        "input": [1, 3, args.size, args.size],
+        "rows": [],
+    }
     cold_start = time.perf_counter()
     time_ours(build_model("resnet18", num_classes=1000), x)
     report["cold_s"] = time.perf_counter() - cold_start
@@ -132,11 +157,22 @@ def main(argv: list[str] | None = None) -> None:
             ours.append(seconds)
             seconds, tp_info = time_tp(model, x)
             theirs.append(seconds)
-        report["rows"].append({"model": name, "ours_s": statistics.median(ours), "tp_s": statistics.median(theirs),
-                               "ours_runs_s": ours, "tp_runs_s": theirs, "ours": ours_info, "tp": tp_info})
+        report["rows"].append(
+            {
+                "model": name,
+                "ours_s": statistics.median(ours),
+                "tp_s": statistics.median(theirs),
+                "ours_runs_s": ours,
+                "tp_runs_s": theirs,
+                "ours": ours_info,
+                "tp": tp_info,
+            }
+        )
         (out / "topology.json").write_text(json.dumps(report, indent=1))
         (out / "topology.md").write_text(to_markdown(report))
-        print(f"{name}: ours {statistics.median(ours):.3f} s, TP {statistics.median(theirs):.3f} s", flush=True)
+        print(
+            f"{name}: ours {statistics.median(ours):.3f} s, TP {statistics.median(theirs):.3f} s", flush=True
+        )
 
 
 if __name__ == "__main__":

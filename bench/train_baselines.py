@@ -44,10 +44,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("arch", choices=sorted(RECIPES[DEFAULT_DATASET]))
     parser.add_argument("--dataset", choices=sorted(RECIPES), default=DEFAULT_DATASET)
-    parser.add_argument("--data-dir", default=None, help="dataset folder (fashion-mnist: default the Debian one)")
+    parser.add_argument(
+        "--data-dir", default=None, help="dataset folder (fashion-mnist: default the Debian one)"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    parser.add_argument("--max-batches", type=int, default=None, help="override the recipe's batches per epoch")
+    parser.add_argument(
+        "--max-batches", type=int, default=None, help="override the recipe's batches per epoch"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,15 +62,23 @@ def main() -> None:
         recipe["max_batches"] = args.max_batches
     data = load_data(args.dataset, data_dir=args.data_dir, seed=0)
     model = build_model(args.arch, num_classes=data.num_classes, width=recipe["width"])
-    config = TrainConfig(epochs=recipe["epochs"], lr=0.1, batch_size=128, seed=0,
-                         warmup_epochs=recipe.get("warmup_epochs", 1.0),
-                         max_batches_per_epoch=recipe.get("max_batches"))
+    config = TrainConfig(
+        epochs=recipe["epochs"],
+        lr=0.1,
+        batch_size=128,
+        seed=0,
+        warmup_epochs=recipe.get("warmup_epochs", 1.0),
+        max_batches_per_epoch=recipe.get("max_batches"),
+    )
     started = time.time()
 
     def report(progress):
         if progress.val is not None:
-            print(f"{args.arch} epoch {progress.epoch}/{progress.epochs} loss {progress.loss:.3f} "
-                  f"val {progress.val.top1:.2f}% ({time.time() - started:.0f}s)", flush=True)
+            print(
+                f"{args.arch} epoch {progress.epoch}/{progress.epochs} loss {progress.loss:.3f} "
+                f"val {progress.val.top1:.2f}% ({time.time() - started:.0f}s)",
+                flush=True,
+            )
 
     train_model(model, data, config, callback=report)
     seconds = time.time() - started
@@ -76,9 +88,16 @@ def main() -> None:
     file = f"{args.arch}.pt" if args.dataset == DEFAULT_DATASET else f"{args.dataset}/{args.arch}.pt"
     path = assets_dir() / file
     command = "python bench/train_baselines.py " + " ".join(sys.argv[1:])
-    save_checkpoint(path, model, arch=args.arch, dataset=args.dataset, num_classes=data.num_classes,
-                    width=recipe["width"], metrics={"val_acc": val.top1, "test_acc": test.top1, "test_top5": test.top5},
-                    recipe={**config.to_dict(), "width": recipe["width"], "data_seed": 0})
+    save_checkpoint(
+        path,
+        model,
+        arch=args.arch,
+        dataset=args.dataset,
+        num_classes=data.num_classes,
+        width=recipe["width"],
+        metrics={"val_acc": val.top1, "test_acc": test.top1, "test_top5": test.top5},
+        recipe={**config.to_dict(), "width": recipe["width"], "data_seed": 0},
+    )
     entry = {
         "file": file,
         "sha256": sha256_file(path),

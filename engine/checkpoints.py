@@ -42,9 +42,18 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, *, arch: str, dataset: str, num_classes: int,
-                    width: float = 1.0, metrics: dict | None = None, recipe: dict | None = None,
-                    extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    arch: str,
+    dataset: str,
+    num_classes: int,
+    width: float = 1.0,
+    metrics: dict | None = None,
+    recipe: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Save `model`'s state_dict with metadata, atomically (a crash never leaves a half-written file).
 
     The file loads with ``torch.load(path, weights_only=True)``: metadata holds only str/int/float/list/dict.
@@ -86,7 +95,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         try:
             return _strip_prefix(load_file(str(path))), {}
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path} is not a valid .safetensors file ({exc}); re-export the weights") from exc
+            raise CheckpointError(
+                f"{path} is not a valid .safetensors file ({exc}); re-export the weights"
+            ) from exc
     check_archive_sizes(path)  # before torch.load: a compressed archive must not inflate in memory
     try:
         obj = _torch_load(path)
@@ -101,7 +112,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             f"({str(exc).splitlines()[0][:160]}); save only the weights, e.g. torch.save(model.state_dict(), path), "
             "or convert it to .safetensors"
         ) from exc
-    except Exception as exc:  # torch.load raises many types on garbage (RuntimeError, EOFError, IndexError, ...)
+    except (
+        Exception
+    ) as exc:  # torch.load raises many types on garbage (RuntimeError, EOFError, IndexError, ...)
         message = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         kind = "truncated or corrupt" if path.stat().st_size > 0 else "empty"
         if "TorchScript" in message:
@@ -128,7 +141,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return _strip_prefix(obj), meta
 
 
-ARCHIVE_SLACK_BYTES = 1 << 20  # zip headers and the pickle; tensors saved by torch.save are stored, never deflated
+ARCHIVE_SLACK_BYTES = (
+    1 << 20
+)  # zip headers and the pickle; tensors saved by torch.save are stored, never deflated
 
 
 def check_archive_sizes(path: str | Path) -> None:
@@ -173,12 +188,17 @@ def _torch_load(path: Path) -> object:
 
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "checkpoint",
-                 allow_nonfinite: bool = False) -> None:
+def load_weights(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str = "checkpoint",
+    allow_nonfinite: bool = False,
+) -> None:
     """Load `state` into `model` strictly; on any mismatch raise before touching a single weight.
 
     Args:
@@ -193,7 +213,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: st
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
     ]
     if missing or unexpected or mismatched:
         parts = []
@@ -215,8 +236,9 @@ class NonFiniteWeightsWarning(UserWarning):
     """Weights holding NaN or Inf were loaded because the caller allowed it."""
 
 
-def _check_values(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], *, source: str,
-                  allow_nonfinite: bool) -> None:
+def _check_values(
+    expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], *, source: str, allow_nonfinite: bool
+) -> None:
     """Refuse tensors whose dtype cannot hold the model's floats, and (unless allowed) NaN or Inf values."""
     import warnings
 
@@ -237,12 +259,21 @@ def _check_values(expected: dict[str, torch.Tensor], state: dict[str, torch.Tens
             f"{source} holds NaN or Inf values in {len(bad)} tensors ({listed}); it is probably from a diverged "
             "training run: use an earlier checkpoint, or pass --allow-nonfinite to load it anyway"
         )
-    warnings.warn(f"{source} holds NaN or Inf values in {len(bad)} tensors ({listed}); its accuracy is "
-                  "meaningless", NonFiniteWeightsWarning, stacklevel=3)
+    warnings.warn(
+        f"{source} holds NaN or Inf values in {len(bad)} tensors ({listed}); its accuracy is meaningless",
+        NonFiniteWeightsWarning,
+        stacklevel=3,
+    )
 
 
-def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
-                    width: float | None = None, allow_nonfinite: bool = False) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    width: float | None = None,
+    allow_nonfinite: bool = False,
+) -> LoadedCheckpoint:
     """Build the architecture and load weights from `path`.
 
     Architecture, class count and width come from the arguments, else from the checkpoint's metadata.
@@ -339,10 +370,14 @@ def load_shipped(arch: str, *, dataset: str = DEFAULT_DATASET, verify: bool = Tr
     entry = shipped_entry(arch, dataset)
     path = assets_dir() / entry["file"]
     if not path.is_file():
-        raise CheckpointError(f"shipped checkpoint {path} is missing; restore it with `git checkout -- assets/`")
+        raise CheckpointError(
+            f"shipped checkpoint {path} is missing; restore it with `git checkout -- assets/`"
+        )
     if verify and sha256_file(path) != entry["sha256"]:
-        raise CheckpointError(f"shipped checkpoint {path} does not match its sha256 in the manifest; "
-                              "restore it with `git checkout -- assets/`")
+        raise CheckpointError(
+            f"shipped checkpoint {path} does not match its sha256 in the manifest; "
+            "restore it with `git checkout -- assets/`"
+        )
     loaded = load_checkpoint(path, arch=arch)
     loaded.meta.update({"shipped": True, "manifest": entry})
     return loaded

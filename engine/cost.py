@@ -39,8 +39,13 @@ class CostReport:
 
     def to_dict(self) -> dict:
         """JSON-ready totals (per-layer rows included)."""
-        return {"macs": self.macs, "flops": self.flops, "params": self.params, "memory_bytes": self.memory_bytes,
-                "per_layer": {k: vars(v) for k, v in self.per_layer.items()}}
+        return {
+            "macs": self.macs,
+            "flops": self.flops,
+            "params": self.params,
+            "memory_bytes": self.memory_bytes,
+            "per_layer": {k: vars(v) for k, v in self.per_layer.items()},
+        }
 
 
 def _keep_of(keep) -> Mapping[str, int]:
@@ -65,9 +70,13 @@ def plan_costs(topology: Topology, keep) -> CostReport:
     table = topology.table
     result = table.evaluate(topology.keep_vector(_keep_of(keep)))
     per_layer = {
-        spec.name: LayerCost(int(round(result.layer_macs[i])), int(round(result.layer_params[i])),
-                             int(round(result.layer_memory_bytes[i])))
-        for i, spec in enumerate(table.specs) if spec.kind in ("conv", "linear")
+        spec.name: LayerCost(
+            int(round(result.layer_macs[i])),
+            int(round(result.layer_params[i])),
+            int(round(result.layer_memory_bytes[i])),
+        )
+        for i, spec in enumerate(table.specs)
+        if spec.kind in ("conv", "linear")
     }
     return CostReport(result.macs, 2 * result.macs, result.params, result.memory_bytes, per_layer)
 
@@ -88,9 +97,11 @@ def count_costs(model: nn.Module, example_inputs: torch.Tensor | tuple) -> CostR
     handles = []
     for name, module in meta_model.named_modules():
         if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+
             def hook(mod, args, out, name=name):
                 row = per_layer.setdefault(name, LayerCost(0, sum(p.numel() for p in mod.parameters()), 0))
                 row.memory_bytes += out.numel() * out.element_size()
+
             handles.append(module.register_forward_hook(hook))
     counter = FlopCounterMode(display=False)
     try:
@@ -126,9 +137,16 @@ class Latency:
         return dict(vars(self))
 
 
-def measure_latency(model: nn.Module, input_size: int | tuple[int, ...], *, batch: int = 1,
-                    threads: int | None = None, min_run_time_s: float = 1.0, channels_last: bool = False,
-                    device: str = "cpu") -> Latency:
+def measure_latency(
+    model: nn.Module,
+    input_size: int | tuple[int, ...],
+    *,
+    batch: int = 1,
+    threads: int | None = None,
+    min_run_time_s: float = 1.0,
+    channels_last: bool = False,
+    device: str = "cpu",
+) -> Latency:
     """Median forward latency of `model` in eval/inference mode (warm-up included, model not modified).
 
     Args:
@@ -165,11 +183,21 @@ def measure_latency(model: nn.Module, input_size: int | tuple[int, ...], *, batc
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         timed(x)  # warm-up outside the timer (first-call allocations)
-    timer = benchmark.Timer(stmt="with torch.inference_mode(): model(x)", globals={"model": timed, "x": x, "torch": torch},
-                            num_threads=threads)
+    timer = benchmark.Timer(
+        stmt="with torch.inference_mode(): model(x)",
+        globals={"model": timed, "x": x, "torch": torch},
+        num_threads=threads,
+    )
     m = timer.blocked_autorange(min_run_time=min_run_time_s)
-    return Latency(median_ms=m.median * 1e3, iqr_ms=m.iqr * 1e3, mean_ms=m.mean * 1e3, batch=batch, threads=threads,
-                   runs=len(m.times), noisy=bool(m.has_warnings))
+    return Latency(
+        median_ms=m.median * 1e3,
+        iqr_ms=m.iqr * 1e3,
+        mean_ms=m.mean * 1e3,
+        batch=batch,
+        threads=threads,
+        runs=len(m.times),
+        noisy=bool(m.has_warnings),
+    )
 
 
 @dataclass
@@ -204,9 +232,16 @@ class LatencyStats:
         return {**vars(self), "iqr_ms": self.iqr_ms, "noisy": self.noisy}
 
 
-def measure_latency_stats(models: Mapping[str, nn.Module], input_size: int | tuple[int, ...], *, repeats: int = 5,
-                          batch: int = 1, threads: int | None = None, min_run_time_s: float = 0.5,
-                          device: str = "cpu") -> dict[str, LatencyStats]:
+def measure_latency_stats(
+    models: Mapping[str, nn.Module],
+    input_size: int | tuple[int, ...],
+    *,
+    repeats: int = 5,
+    batch: int = 1,
+    threads: int | None = None,
+    min_run_time_s: float = 0.5,
+    device: str = "cpu",
+) -> dict[str, LatencyStats]:
     """Latency statistics of several models measured in interleaved rounds (models not modified).
 
     Each of `repeats` rounds times every model once (blocked_autorange, `min_run_time_s / repeats` each), in an
@@ -253,8 +288,11 @@ def measure_latency_stats(models: Mapping[str, nn.Module], input_size: int | tup
         timed = copy.deepcopy(model).eval().to(device)
         with torch.inference_mode():
             timed(x)  # warm-up outside the timer
-        timers[name] = benchmark.Timer(stmt="with torch.inference_mode(): model(x)",
-                                       globals={"model": timed, "x": x, "torch": torch}, num_threads=threads)
+        timers[name] = benchmark.Timer(
+            stmt="with torch.inference_mode(): model(x)",
+            globals={"model": timed, "x": x, "torch": torch},
+            num_threads=threads,
+        )
     samples: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)
     for round_index in range(repeats):
@@ -263,7 +301,17 @@ def measure_latency_stats(models: Mapping[str, nn.Module], input_size: int | tup
             samples[name].append(m.median * 1e3)
     out = {}
     for name, times in samples.items():
-        q = torch.tensor(times, dtype=torch.float64).quantile(torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
-        out[name] = LatencyStats(median_ms=float(q[1]), p25_ms=float(q[0]), p75_ms=float(q[2]), min_ms=min(times),
-                                 max_ms=max(times), repeats=repeats, batch=batch, threads=threads)
+        q = torch.tensor(times, dtype=torch.float64).quantile(
+            torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+        )
+        out[name] = LatencyStats(
+            median_ms=float(q[1]),
+            p25_ms=float(q[0]),
+            p75_ms=float(q[2]),
+            min_ms=min(times),
+            max_ms=max(times),
+            repeats=repeats,
+            batch=batch,
+            threads=threads,
+        )
     return out

@@ -29,7 +29,16 @@ from engine.paths import cache_dir
 DATASETS: tuple[str, ...] = ("shapes10", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SHAPES10_CLASSES: tuple[str, ...] = (
-    "disk", "square", "triangle", "plus", "ring", "bars", "corner", "star", "half_disk", "ellipse",
+    "disk",
+    "square",
+    "triangle",
+    "plus",
+    "ring",
+    "bars",
+    "corner",
+    "star",
+    "half_disk",
+    "ellipse",
 )
 SHAPES10_VERSION = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -74,8 +83,15 @@ class DataSplits:
             self._float_cache[key] = self.normalise(self.images[split][:limit])
         return self._float_cache[key], self.labels[split][:limit]
 
-    def loader(self, split: str, *, batch_size: int = 128, shuffle: bool = False, limit: int | None = None,
-               seed: int = 0) -> DataLoader:
+    def loader(
+        self,
+        split: str,
+        *,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        limit: int | None = None,
+        seed: int = 0,
+    ) -> DataLoader:
         """A DataLoader over normalised tensors of a split; shuffling is seeded."""
         x, y = self.tensors(split, limit=limit)
         generator = torch.Generator().manual_seed(seed) if shuffle else None
@@ -89,7 +105,9 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, padding: int =
     x = torch.where(flips.view(-1, 1, 1, 1), x.flip(3), x)
     padded = torch.nn.functional.pad(x, (padding,) * 4)
     offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)
-    return torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets.tolist())])
+    return torch.stack(
+        [padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets.tolist())]
+    )
 
 
 # --- shapes10: procedural shapes in clutter -----------------------------------------------------------------
@@ -118,8 +136,9 @@ def _shape_masks(label: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return masks
 
 
-def generate_shapes10(n: int, *, seed: int, size: int = 32, hidden_fraction: float = 0.08,
-                      chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def generate_shapes10(
+    n: int, *, seed: int, size: int = 32, hidden_fraction: float = 0.08, chunk: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """Generate `n` class-balanced shapes10 images, deterministically from `seed`.
 
     Each image: a random-colour background with a smooth gradient, clutter blobs and strokes, one shape of
@@ -141,7 +160,9 @@ def generate_shapes10(n: int, *, seed: int, size: int = 32, hidden_fraction: flo
     return images, labels.astype(np.int64)
 
 
-def _render_shapes(labels: np.ndarray, rng: np.random.Generator, size: int, hidden_fraction: float) -> np.ndarray:
+def _render_shapes(
+    labels: np.ndarray, rng: np.random.Generator, size: int, hidden_fraction: float
+) -> np.ndarray:
     n = labels.shape[0]
 
     def uniform(low: float, high, shape) -> np.ndarray:
@@ -238,7 +259,10 @@ def _load_cifar(name: str, data_dir: Path) -> tuple[np.ndarray, ...]:
                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); put the extracted '{folder}' "
                     "folder there, or run once while online"
                 ) from exc
-        arrays += [np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2)), np.asarray(dataset.targets, np.int64)]
+        arrays += [
+            np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2)),
+            np.asarray(dataset.targets, np.int64),
+        ]
     return tuple(arrays)
 
 
@@ -250,21 +274,31 @@ def _read_image_folder(root: Path, input_size: int, classes: list[str]) -> tuple
     images, labels = [], []
     for label, cls in enumerate(classes):
         folder = root / cls
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        files = (
+            sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if folder.is_dir()
+            else []
+        )
         for file in files:
             try:
                 with warnings.catch_warnings():
-                    warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not warned about
-                    with Image.open(file) as image:  # the header only: mode and size are known before decoding
+                    warnings.simplefilter(
+                        "error", Image.DecompressionBombWarning
+                    )  # refused, not warned about
+                    with Image.open(
+                        file
+                    ) as image:  # the header only: mode and size are known before decoding
                         mode, size = image.mode, image.size
                         array = None
                         if mode == "RGB" and size == (input_size, input_size):
                             image.load()
                             array = np.asarray(image)
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise DataError(f"{file} was refused: it declares more pixels than PIL's limit of "
-                                f"{Image.MAX_IMAGE_PIXELS:,} ({exc}); remove it or resize it to "
-                                f"{input_size}x{input_size}") from None
+                raise DataError(
+                    f"{file} was refused: it declares more pixels than PIL's limit of "
+                    f"{Image.MAX_IMAGE_PIXELS:,} ({exc}); remove it or resize it to "
+                    f"{input_size}x{input_size}"
+                ) from None
             except OSError as exc:
                 raise DataError(f"{file} is not a readable image ({exc}); remove or replace it") from exc
             if mode != "RGB":
@@ -310,9 +344,16 @@ def _stratified_val(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return val
 
 
-def load_data(name: str = "shapes10", *, data_dir: str | Path | None = None, seed: int = 0,
-              val_fraction: float = 0.1, input_size: int | None = None, train_size: int = 10_000,
-              test_size: int = 2_000) -> DataSplits:
+def load_data(
+    name: str = "shapes10",
+    *,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    input_size: int | None = None,
+    train_size: int = 10_000,
+    test_size: int = 2_000,
+) -> DataSplits:
     """Load a dataset with train / val (carved from train) / test splits.
 
     Args:
@@ -333,12 +374,16 @@ def load_data(name: str = "shapes10", *, data_dir: str | Path | None = None, see
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if name == "shapes10":
-        train_x, train_y, test_x, test_y = _load_shapes10(seed=seed, train_size=train_size, test_size=test_size)
+        train_x, train_y, test_x, test_y = _load_shapes10(
+            seed=seed, train_size=train_size, test_size=test_size
+        )
         classes, mean, std = list(SHAPES10_CLASSES), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     elif name == "fashion-mnist":
         if input_size not in (None, idx.PADDED_SIZE):
-            raise DataError(f"fashion-mnist is served at {idx.PADDED_SIZE}x{idx.PADDED_SIZE} (28x28 zero-padded), "
-                            f"not {input_size}; drop --input-size or pass {idx.PADDED_SIZE}")
+            raise DataError(
+                f"fashion-mnist is served at {idx.PADDED_SIZE}x{idx.PADDED_SIZE} (28x28 zero-padded), "
+                f"not {input_size}; drop --input-size or pass {idx.PADDED_SIZE}"
+            )
         train_x, train_y, test_x, test_y = idx.load_fashion_mnist(data_dir)
         classes, mean, std = list(idx.CLASSES), (idx.MEAN,) * 3, (idx.STD,) * 3
     else:

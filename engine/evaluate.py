@@ -181,11 +181,18 @@ class Scorer:
         """
         from engine.pruning import apply_plan, mask_model
 
-        if getattr(plan, "bits", None):  # a quantized candidate: 0-bit channels removed, the rest fake-quantized
+        if getattr(
+            plan, "bits", None
+        ):  # a quantized candidate: 0-bit channels removed, the rest fake-quantized
             from engine.quant import quantize_model
 
-            model = quantize_model(self.model, self.topology, plan, physical=self.config.physical,
-                                   calibration=self.calibration_inputs)
+            model = quantize_model(
+                self.model,
+                self.topology,
+                plan,
+                physical=self.config.physical,
+                calibration=self.calibration_inputs,
+            )
             return self.score_model(model, copy_model=False)
         build = apply_plan if self.config.physical else mask_model
         return self.score_model(build(self.model, self.topology, plan), copy_model=False)
@@ -233,7 +240,9 @@ class CandidateReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (without the model, which is never copied), with `macs_ratio`."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "pruned_model"}
-        out["plan"] = copy.deepcopy(self.plan)  # the caller may edit its dict; the report's plan stays as measured
+        out["plan"] = copy.deepcopy(
+            self.plan
+        )  # the caller may edit its dict; the report's plan stays as measured
         out["macs_ratio"] = self.macs_ratio
         return out
 
@@ -320,14 +329,31 @@ def report_candidate(
     if finetune_epochs > 0 and kd is not None:
         from engine.kd import finetune_kd
 
-        finetune_kd(pruned, copy.deepcopy(model).eval(), data, kd=kd, epochs=finetune_epochs, lr=finetune_lr,
-                    seed=seed, max_batches_per_epoch=finetune_max_batches, callback=callback)
+        finetune_kd(
+            pruned,
+            copy.deepcopy(model).eval(),
+            data,
+            kd=kd,
+            epochs=finetune_epochs,
+            lr=finetune_lr,
+            seed=seed,
+            max_batches_per_epoch=finetune_max_batches,
+            callback=callback,
+        )
         pruned.eval()
         test_acc = evaluate(pruned, data, "test").top1
     elif finetune_epochs > 0:
         teacher = copy.deepcopy(model).eval() if distill else None
-        finetune(pruned, data, epochs=finetune_epochs, lr=finetune_lr, teacher=teacher, callback=callback, seed=seed,
-                 max_batches_per_epoch=finetune_max_batches)
+        finetune(
+            pruned,
+            data,
+            epochs=finetune_epochs,
+            lr=finetune_lr,
+            teacher=teacher,
+            callback=callback,
+            seed=seed,
+            max_batches_per_epoch=finetune_max_batches,
+        )
         pruned.eval()
         test_acc = evaluate(pruned, data, "test").top1
 
@@ -337,7 +363,9 @@ def report_candidate(
         lat_before = measure_latency(
             copy.deepcopy(model).cpu().eval(), data.input_size, min_run_time_s=latency_min_run_time_s
         ).median_ms
-        lat_after = measure_latency(pruned_cpu, data.input_size, min_run_time_s=latency_min_run_time_s).median_ms
+        lat_after = measure_latency(
+            pruned_cpu, data.input_size, min_run_time_s=latency_min_run_time_s
+        ).median_ms
 
     plan_dict = plan.to_dict() if hasattr(plan, "to_dict") else dict(plan)
     return CandidateReport(

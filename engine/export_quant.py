@@ -49,8 +49,9 @@ class QuantExport:
         return asdict(self)
 
 
-def export_quantized_onnx(qmodel: nn.Module, path: str | Path, example_inputs: torch.Tensor, *,
-                          allow_int8_container: bool = False) -> QuantExport:
+def export_quantized_onnx(
+    qmodel: nn.Module, path: str | Path, example_inputs: torch.Tensor, *, allow_int8_container: bool = False
+) -> QuantExport:
     """Write a fake-quantized, physically pruned model (engine.quant.quantize_model) as a QDQ ONNX file.
 
     Args:
@@ -66,14 +67,18 @@ def export_quantized_onnx(qmodel: nn.Module, path: str | Path, example_inputs: t
 
     pairs = quantizers(qmodel)
     if not pairs:
-        raise QuantError("this model has no fake-quantized layer; build it with engine.quant.quantize_model "
-                         "from a plan with bits")
+        raise QuantError(
+            "this model has no fake-quantized layer; build it with engine.quant.quantize_model "
+            "from a plan with bits"
+        )
     widths = torch.cat([wq.bits[wq.bits > 0] for wq, _ in pairs.values()])
     low, high = int(widths.min()), int(widths.max())
     if low < 8 and not allow_int8_container:
-        raise QuantError(f"ONNX has no {low}-bit integer type, so this plan (widths {low}..{high}) cannot be "
-                         "exported exactly; quantize at 8 bits, or export with allow_int8_container=True "
-                         "(values kept, stored in int8, labelled)")
+        raise QuantError(
+            f"ONNX has no {low}-bit integer type, so this plan (widths {low}..{high}) cannot be "
+            "exported exactly; quantize at 8 bits, or export with allow_int8_container=True "
+            "(values kept, stored in int8, labelled)"
+        )
     frozen = copy.deepcopy(qmodel).eval()
     for name, (wq, aq) in quantizers(frozen).items():
         module = dict(frozen.named_modules())[name]
@@ -84,12 +89,21 @@ def export_quantized_onnx(qmodel: nn.Module, path: str | Path, example_inputs: t
     args = (example_inputs[:1],)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(frozen, args, str(path), dynamo=False, opset_version=OPSET, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            frozen,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     container = "int8" if low >= 8 else "int8 container (sub-8-bit values)"
     packed = count_quant_cost(qmodel, example_inputs[:1]).weight_bits / 8.0
-    _store_int8_weights(path, {"container": container, "packed_weight_bytes": packed, "min_bits": low,
-                               "max_bits": high})
+    _store_int8_weights(
+        path, {"container": container, "packed_weight_bytes": packed, "min_bits": low, "max_bits": high}
+    )
     return QuantExport(str(path), path.stat().st_size, packed, low, high, container)
 
 
@@ -126,7 +140,9 @@ def _store_int8_weights(path: Path, label: dict) -> None:
         shape = [1] * weight.ndim
         if scale.ndim:
             shape[axis] = -1
-        q = np.clip(np.rint(weight / scale.reshape(shape)) + zero.reshape(shape).astype(np.float64), -128, 127)
+        q = np.clip(
+            np.rint(weight / scale.reshape(shape)) + zero.reshape(shape).astype(np.float64), -128, 127
+        )
         name = node.output[0] + "_int8"
         graph.initializer.append(numpy_helper.from_array(q.astype(np.int8), name))
         for user in consumers.get(node.output[0], []):
@@ -151,9 +167,16 @@ def export_fp32_onnx(model: nn.Module, path: str | Path, example_inputs: torch.T
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(copy.deepcopy(model).eval(), (example_inputs[:1],), str(path), dynamo=False,
-                          opset_version=OPSET, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            copy.deepcopy(model).eval(),
+            (example_inputs[:1],),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     return path
 
 
@@ -171,5 +194,9 @@ def onnx_logits(path: str | Path, x: torch.Tensor, *, batch_size: int = 64) -> n
     """Run an exported file on images `x` (N, C, H, W); returns the logits (N, classes)."""
     session = onnx_session(path)
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i:i + batch_size].numpy()})[0]
-                           for i in range(0, x.shape[0], batch_size)])
+    return np.concatenate(
+        [
+            session.run(None, {name: x[i : i + batch_size].numpy()})[0]
+            for i in range(0, x.shape[0], batch_size)
+        ]
+    )

@@ -21,7 +21,16 @@ FILES: dict[str, tuple[str, str]] = {  # split -> (images, labels) file stems
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 CLASSES: tuple[str, ...] = (
-    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
 )
 IMAGE_SIZE = 28
 PADDED_SIZE = 32
@@ -65,8 +74,11 @@ def find_files(data_dir: str | Path | None = None) -> dict[str, tuple[Path, Path
             paths.append(path)
         found[split] = (paths[0], paths[1])
     if missing:
-        hint = f"reinstall it (`apt-get install --reinstall {DEBIAN_PACKAGE}`)" if data_dir is None else \
-            "put the four Fashion-MNIST files there (gzipped or not)"
+        hint = (
+            f"reinstall it (`apt-get install --reinstall {DEBIAN_PACKAGE}`)"
+            if data_dir is None
+            else "put the four Fashion-MNIST files there (gzipped or not)"
+        )
         raise DataError(f"{root} lacks {', '.join(missing)}; {hint}")
     return found
 
@@ -95,7 +107,9 @@ def read_idx(path: str | Path, *, ndim: int) -> np.ndarray:
         else:
             raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path} is not a readable gzip file ({exc}); it is truncated or corrupt: {_FIX}") from exc
+        raise DataError(
+            f"{path} is not a readable gzip file ({exc}); it is truncated or corrupt: {_FIX}"
+        ) from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path} is not an idx file (bad magic number {raw[:4].hex() or 'empty'}); {_FIX}")
     dtype_code, dims = raw[2], raw[3]
@@ -103,17 +117,17 @@ def read_idx(path: str | Path, *, ndim: int) -> np.ndarray:
         name = _DTYPE_NAMES.get(dtype_code, f"unknown code 0x{dtype_code:02x}")
         raise DataError(f"{path} holds {name} values, expected unsigned bytes (0x08); {_FIX}")
     if dims != ndim:
-        raise DataError(f"{path} has {dims} dimensions, expected {ndim}; check that the file names are not swapped")
+        raise DataError(
+            f"{path} has {dims} dimensions, expected {ndim}; check that the file names are not swapped"
+        )
     header = 4 + 4 * dims
     if len(raw) < header:
         raise DataError(f"{path} is truncated inside its header ({len(raw)} bytes); {_FIX}")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
         state = "truncated" if len(raw) < expected else "longer than its header says"
-        raise DataError(
-            f"{path} is {state}: {len(raw)} bytes for shape {shape}, expected {expected}; {_FIX}"
-        )
+        raise DataError(f"{path} is {state}: {len(raw)} bytes for shape {shape}, expected {expected}; {_FIX}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -131,7 +145,9 @@ def _read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nd
             f"the two files come from different sets: {_FIX}"
         )
     if labels.size and int(labels.max()) >= len(CLASSES):
-        raise DataError(f"{labels_path} holds label {int(labels.max())}, expected 0-{len(CLASSES) - 1}; {_FIX}")
+        raise DataError(
+            f"{labels_path} holds label {int(labels.max())}, expected 0-{len(CLASSES) - 1}; {_FIX}"
+        )
     if images.shape[0] == 0:
         raise DataError(f"{images_path} holds no images; {_FIX}")
     return images, labels.astype(np.int64)
@@ -141,11 +157,13 @@ def to_rgb32(images: np.ndarray) -> np.ndarray:
     """(N, 28, 28) uint8 -> (N, 3, 32, 32) uint8: a 2-px zero border, the grey channel replicated three times."""
     border = (PADDED_SIZE - IMAGE_SIZE) // 2
     padded = np.zeros((images.shape[0], 3, PADDED_SIZE, PADDED_SIZE), dtype=np.uint8)
-    padded[:, :, border:border + IMAGE_SIZE, border:border + IMAGE_SIZE] = images[:, None]
+    padded[:, :, border : border + IMAGE_SIZE, border : border + IMAGE_SIZE] = images[:, None]
     return padded
 
 
-def load_fashion_mnist(data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_fashion_mnist(
+    data_dir: str | Path | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Train and test images (N, 3, 32, 32) uint8 and labels (N,) int64 of Fashion-MNIST.
 
     Decoded arrays are memoised in-process, keyed by the files' paths, sizes and modification times, so a
@@ -155,7 +173,9 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> tuple[np.ndarray, 
         DataError: missing package or files, or a corrupt, truncated or mismatched idx file.
     """
     files = find_files(data_dir)
-    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for pair in files.values() for p in pair)
+    key = tuple(
+        (str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for pair in files.values() for p in pair
+    )
     if key not in _memo:
         train_x, train_y = _read_split(*files["train"])
         test_x, test_y = _read_split(*files["test"])

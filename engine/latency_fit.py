@@ -11,7 +11,9 @@ import numpy as np
 
 RATE_FLOOR = 0.25  # x pooled rate: the least a group's removed MACs save
 RATE_CEILING = 4.0  # x pooled rate: the most
-MIN_SAVING_SE = 0.005  # a saving's standard error is never taken below this (a fit never trusts one timing fully)
+MIN_SAVING_SE = (
+    0.005  # a saving's standard error is never taken below this (a fit never trusts one timing fully)
+)
 
 
 @dataclass(frozen=True)
@@ -23,8 +25,15 @@ class FittedRates:
     pooled: float  # one rate over every group's measurements
 
 
-def fit_rates(saved: np.ndarray, removed_macs: np.ndarray, saving_se: np.ndarray, *, total_macs: float,
-              uniform_saved: np.ndarray | None = None, uniform_macs: np.ndarray | None = None) -> FittedRates:
+def fit_rates(
+    saved: np.ndarray,
+    removed_macs: np.ndarray,
+    saving_se: np.ndarray,
+    *,
+    total_macs: float,
+    uniform_saved: np.ndarray | None = None,
+    uniform_macs: np.ndarray | None = None,
+) -> FittedRates:
     """Per-group rates from measured savings, shrunk towards the pooled rate by their noise, then bounded.
 
     Args:

@@ -66,8 +66,10 @@ LANDING_RUN_TIME_S = 1.0  # least timing budget of one measured check of a lande
 def architecture_hash(topology: Topology) -> str:
     """A hash of the layers, shapes and channel groups (weights-independent): same hash, same latencies."""
     table = topology.table
-    layers = [(s.name, s.kind, s.in_channels, s.out_channels, s.groups, s.kernel_numel, s.bias, s.coef, s.spatial)
-              for s in table.specs]
+    layers = [
+        (s.name, s.kind, s.in_channels, s.out_channels, s.groups, s.kernel_numel, s.bias, s.coef, s.spatial)
+        for s in table.specs
+    ]
     groups = [(g.name, g.channels, g.prunable) for g in topology.groups]
     text = json.dumps([list(topology.input_shape), layers, groups], default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -132,14 +134,18 @@ class LatencyTable:
     def __post_init__(self) -> None:
         rates = np.asarray(self.fitted_rate_per_mac, dtype=np.float64)
         if not np.all(np.isfinite(rates)) or np.any(rates <= 0):
-            raise ValueError("a latency table's fitted rates must be positive finite numbers (a removed channel "
-                             f"never saves nothing), got min {rates.min() if rates.size else None}; fit them "
-                             "with engine.latency_table.fit_rates")
+            raise ValueError(
+                "a latency table's fitted rates must be positive finite numbers (a removed channel "
+                f"never saves nothing), got min {rates.min() if rates.size else None}; fit them "
+                "with engine.latency_table.fit_rates"
+            )
 
     @property
     def key(self) -> str:
         """Cache key: model, architecture, input, batch, device and threads."""
-        return cache_key(self.model_name, self.arch_hash, self.input_shape, self.batch, self.device, self.threads)
+        return cache_key(
+            self.model_name, self.arch_hash, self.input_shape, self.batch, self.device, self.threads
+        )
 
     @property
     def can_measure(self) -> bool:
@@ -158,8 +164,10 @@ class LatencyTable:
             BudgetError: the table was measured for another architecture.
         """
         if architecture_hash(topology) != self.arch_hash:
-            raise BudgetError(f"this latency table was measured for another architecture than "
-                              f"{topology.model_name}; measure one for it with ensure_latency_table")
+            raise BudgetError(
+                f"this latency table was measured for another architecture than "
+                f"{topology.model_name}; measure one for it with ensure_latency_table"
+            )
         self._topology = topology
         if model is not None:
             self._model = model
@@ -172,15 +180,21 @@ class LatencyTable:
         """Predicted latency (ms) for per-group keep counts in topology order (Topology.keep_vector)."""
         topology = self._topology
         if topology is None:
-            raise BudgetError("this latency table is not bound to a topology; call table.bind(topology) first")
+            raise BudgetError(
+                "this latency table is not bound to a topology; call table.bind(topology) first"
+            )
         savings = attributed_macs(topology, vector)  # (groups,) MACs removed per group
-        saved = float(np.dot(np.asarray(self.fitted_rate_per_mac), savings[self._rows]))  # fraction of baseline
+        saved = float(
+            np.dot(np.asarray(self.fitted_rate_per_mac), savings[self._rows])
+        )  # fraction of baseline
         return self.baseline_ms * (1.0 - saved)
 
     def predict_ms(self, plan_or_keep: PruningPlan | dict[str, int]) -> float:
         """Predicted latency (ms) of the bound model pruned to a plan or a {group: channels kept} map."""
         if self._topology is None:
-            raise BudgetError("this latency table is not bound to a topology; call table.bind(topology) first")
+            raise BudgetError(
+                "this latency table is not bound to a topology; call table.bind(topology) first"
+            )
         return self.predict_vector(self._topology.keep_vector(plan_or_keep))
 
     def measure_ratio(self, plan: PruningPlan, *, min_run_time_s: float | None = None) -> PairedTiming:
@@ -194,13 +208,22 @@ class LatencyTable:
             BudgetError: the table is not bound with its model (ensure_latency_table binds it).
         """
         if not self.can_measure:
-            raise BudgetError("this latency table has no model to time plans on; bind it with "
-                              "table.bind(topology, model) or get it from ensure_latency_table")
-        budget_s = min_run_time_s if min_run_time_s is not None else max(LANDING_RUN_TIME_S,
-                                                                          4 * self.min_run_time_s)
+            raise BudgetError(
+                "this latency table has no model to time plans on; bind it with "
+                "table.bind(topology, model) or get it from ensure_latency_table"
+            )
+        budget_s = (
+            min_run_time_s if min_run_time_s is not None else max(LANDING_RUN_TIME_S, 4 * self.min_run_time_s)
+        )
         pruned = apply_plan(self._model, self._topology, plan)
-        return measure_paired(self._model, pruned, self.input_shape, batch=self.batch, device=self.device,
-                              min_run_time_s=budget_s)
+        return measure_paired(
+            self._model,
+            pruned,
+            self.input_shape,
+            batch=self.batch,
+            device=self.device,
+            min_run_time_s=budget_s,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (the bound topology and model are not stored)."""
@@ -224,8 +247,9 @@ class LatencyTable:
         return cls(**fields)
 
 
-def cache_key(model_name: str, arch_hash: str, input_shape: Sequence[int], batch: int, device: str,
-              threads: int) -> str:
+def cache_key(
+    model_name: str, arch_hash: str, input_shape: Sequence[int], batch: int, device: str, threads: int
+) -> str:
     """File-name-safe key of one table."""
     shape = "x".join(str(int(s)) for s in input_shape)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
@@ -242,7 +266,9 @@ def attributed_macs(topology: Topology, vector: np.ndarray) -> np.ndarray:
     removed = t.channels - np.asarray(vector, dtype=np.float64)
     c_out, c_in = t.out0 - t.r_out @ removed, t.in0 - t.r_in @ removed
     k = t.coef / t.groups
-    a_out = np.where(t.depthwise, t.coef, k * (t.in0 + c_in) / 2.0) * t.weighted  # MACs per out-channel removed
+    a_out = (
+        np.where(t.depthwise, t.coef, k * (t.in0 + c_in) / 2.0) * t.weighted
+    )  # MACs per out-channel removed
     a_in = np.where(t.depthwise, 0.0, k * (t.out0 + c_out) / 2.0) * t.weighted  # MACs per in-channel removed
     return removed * (t.r_out.T @ a_out + t.r_in.T @ a_in)
 
@@ -253,12 +279,14 @@ def _cache_path(key: str):
     return folder / f"{key}.json"
 
 
-def load_latency_table(topology: Topology, *, batch: int = 1, device: str = "cpu",
-                       threads: int | None = None) -> LatencyTable | None:
+def load_latency_table(
+    topology: Topology, *, batch: int = 1, device: str = "cpu", threads: int | None = None
+) -> LatencyTable | None:
     """The cached table for this architecture and machine settings, bound to `topology`, or None."""
     threads = threads or torch.get_num_threads()
-    key = cache_key(topology.model_name, architecture_hash(topology), topology.input_shape[1:], batch, device,
-                    threads)
+    key = cache_key(
+        topology.model_name, architecture_hash(topology), topology.input_shape[1:], batch, device, threads
+    )
     path = _cache_path(key)
     if not path.exists():
         return None
@@ -273,16 +301,26 @@ def load_latency_table(topology: Topology, *, batch: int = 1, device: str = "cpu
 def _check_threads(threads: int | None) -> int:
     current = torch.get_num_threads()
     if threads is not None and threads != current:
-        raise ValueError(f"a latency table is timed at the calling thread's torch setting ({current} threads), "
-                         f"not threads={threads}; call torch.set_num_threads({threads}) in your program first "
-                         "or leave threads unset")
+        raise ValueError(
+            f"a latency table is timed at the calling thread's torch setting ({current} threads), "
+            f"not threads={threads}; call torch.set_num_threads({threads}) in your program first "
+            "or leave threads unset"
+        )
     return current
 
 
-def measure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 1, device: str = "cpu",
-                          threads: int | None = None, min_run_time_s: float = 0.2,
-                          keep_ratios: Sequence[float] = KEEP_RATIOS, repeats: int = 1,
-                          callback: Callable[[int, int, str], None] | None = None) -> LatencyTable:
+def measure_latency_table(
+    model: nn.Module,
+    topology: Topology,
+    *,
+    batch: int = 1,
+    device: str = "cpu",
+    threads: int | None = None,
+    min_run_time_s: float = 0.2,
+    keep_ratios: Sequence[float] = KEEP_RATIOS,
+    repeats: int = 1,
+    callback: Callable[[int, int, str], None] | None = None,
+) -> LatencyTable:
     """Time every prunable group alone at `keep_ratios` against the baseline; the table is bound, not cached.
 
     Args:
@@ -319,9 +357,17 @@ def measure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 
     for i, group in enumerate(groups):
         for j, r in enumerate(grid):
             keep = max(1, int(round(r * group.channels)))
-            plan = PruningPlan(model=topology.model_name, keep={group.name: keep} if keep < group.channels else {})
-            timing = measure_paired(model, apply_plan(model, topology, plan), size, batch=batch, device=device,
-                                    min_run_time_s=min_run_time_s * repeats)
+            plan = PruningPlan(
+                model=topology.model_name, keep={group.name: keep} if keep < group.channels else {}
+            )
+            timing = measure_paired(
+                model,
+                apply_plan(model, topology, plan),
+                size,
+                batch=batch,
+                device=device,
+                min_run_time_s=min_run_time_s * repeats,
+            )
             saved[i, j], se[i, j] = 1.0 - timing.ratio, timing.ratio_se
             base_ms.append(timing.a_ms)
             vector = full.copy()
@@ -333,29 +379,55 @@ def measure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 
     uniform_saved, uniform_macs = [], []
     for r in grid:  # every group cut together: a large saving that pins the pooled rate
         keep = {g.name: max(1, int(round(r * g.channels))) for g in groups}
-        plan = PruningPlan(model=topology.model_name, keep={k: v for k, v in keep.items()
-                                                             if v < topology.group(k).channels})
-        timing = measure_paired(model, apply_plan(model, topology, plan), size, batch=batch, device=device,
-                                min_run_time_s=min_run_time_s * repeats)
+        plan = PruningPlan(
+            model=topology.model_name, keep={k: v for k, v in keep.items() if v < topology.group(k).channels}
+        )
+        timing = measure_paired(
+            model,
+            apply_plan(model, topology, plan),
+            size,
+            batch=batch,
+            device=device,
+            min_run_time_s=min_run_time_s * repeats,
+        )
         uniform_saved.append(1.0 - timing.ratio)
         uniform_macs.append(float(topology.table.full.macs - topology.table.macs(topology.keep_vector(plan))))
         base_ms.append(timing.a_ms)
         done += 1
         if callback is not None:
             callback(done, total, f"every group at {r:.2f}")
-    fit = fit_rates(saved, removed, se, total_macs=float(topology.table.full.macs),
-                    uniform_saved=np.asarray(uniform_saved), uniform_macs=np.asarray(uniform_macs))
+    fit = fit_rates(
+        saved,
+        removed,
+        se,
+        total_macs=float(topology.table.full.macs),
+        uniform_saved=np.asarray(uniform_saved),
+        uniform_macs=np.asarray(uniform_macs),
+    )
     baseline_ms = float(np.median(base_ms)) if base_ms else 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
         raw_rates = np.where(removed > 0, saved / np.where(removed > 0, removed, 1.0), 0.0)
     table = LatencyTable(
-        model_name=topology.model_name, arch_hash=architecture_hash(topology), input_shape=size, batch=batch,
-        device=device, threads=threads, min_run_time_s=float(min_run_time_s * repeats), baseline_ms=baseline_ms,
-        keep_ratios=grid, groups=[g.name for g in groups],
-        measured_ms=(baseline_ms * (1.0 - saved)).tolist(), rate_per_mac=raw_rates.tolist(),
-        fitted_rate_per_mac=fit.rates.tolist(), clock=clock_for(threads), saving_se=se.tolist(),
-        raw_rate_per_mac=fit.raw.tolist(), pooled_rate_per_mac=fit.pooled, uniform_saving=uniform_saved,
-        measure_s=time.perf_counter() - start)
+        model_name=topology.model_name,
+        arch_hash=architecture_hash(topology),
+        input_shape=size,
+        batch=batch,
+        device=device,
+        threads=threads,
+        min_run_time_s=float(min_run_time_s * repeats),
+        baseline_ms=baseline_ms,
+        keep_ratios=grid,
+        groups=[g.name for g in groups],
+        measured_ms=(baseline_ms * (1.0 - saved)).tolist(),
+        rate_per_mac=raw_rates.tolist(),
+        fitted_rate_per_mac=fit.rates.tolist(),
+        clock=clock_for(threads),
+        saving_se=se.tolist(),
+        raw_rate_per_mac=fit.raw.tolist(),
+        pooled_rate_per_mac=fit.pooled,
+        uniform_saving=uniform_saved,
+        measure_s=time.perf_counter() - start,
+    )
     return table.bind(topology, model)
 
 
@@ -367,10 +439,19 @@ def save_latency_table(table: LatencyTable) -> None:
     os.replace(tmp, path)
 
 
-def ensure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 1, device: str = "cpu",
-                         threads: int | None = None, min_run_time_s: float = 0.2,
-                         keep_ratios: Sequence[float] = KEEP_RATIOS, repeats: int = 1, use_cache: bool = True,
-                         callback: Callable[[int, int, str], None] | None = None) -> LatencyTable:
+def ensure_latency_table(
+    model: nn.Module,
+    topology: Topology,
+    *,
+    batch: int = 1,
+    device: str = "cpu",
+    threads: int | None = None,
+    min_run_time_s: float = 0.2,
+    keep_ratios: Sequence[float] = KEEP_RATIOS,
+    repeats: int = 1,
+    use_cache: bool = True,
+    callback: Callable[[int, int, str], None] | None = None,
+) -> LatencyTable:
     """The latency table of `topology` on this machine: already bound, cached on disk, or measured now.
 
     A cached table counts only when it was timed at least `min_run_time_s` per measurement on the same
@@ -386,9 +467,15 @@ def ensure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 1
     grid = sorted(float(r) for r in keep_ratios)
 
     def good(table: LatencyTable | None) -> bool:
-        return (table is not None and table.batch == batch and table.device == device
-                and table.threads == threads and table.min_run_time_s >= min_run_time_s
-                and table.keep_ratios == grid and table.arch_hash == architecture_hash(topology))
+        return (
+            table is not None
+            and table.batch == batch
+            and table.device == device
+            and table.threads == threads
+            and table.min_run_time_s >= min_run_time_s
+            and table.keep_ratios == grid
+            and table.arch_hash == architecture_hash(topology)
+        )
 
     bound = getattr(topology, LATENCY_ATTR, None)
     if use_cache and good(bound):
@@ -397,8 +484,16 @@ def ensure_latency_table(model: nn.Module, topology: Topology, *, batch: int = 1
         cached = load_latency_table(topology, batch=batch, device=device, threads=threads)
         if good(cached):
             return cached.bind(topology, model)
-    table = measure_latency_table(model, topology, batch=batch, device=device, threads=threads,
-                                  min_run_time_s=min_run_time_s, keep_ratios=grid, repeats=repeats,
-                                  callback=callback)
+    table = measure_latency_table(
+        model,
+        topology,
+        batch=batch,
+        device=device,
+        threads=threads,
+        min_run_time_s=min_run_time_s,
+        keep_ratios=grid,
+        repeats=repeats,
+        callback=callback,
+    )
     save_latency_table(table)
     return table

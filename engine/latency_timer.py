@@ -78,9 +78,18 @@ def _forward_ns(model: nn.Module, x: torch.Tensor, clock: str, device: str) -> i
     return time.perf_counter_ns() - start
 
 
-def measure_paired(a: nn.Module, b: nn.Module, input_shape: tuple[int, ...], *, batch: int = 1,
-                   device: str = "cpu", min_run_time_s: float = 0.2, min_pairs: int = 7, max_pairs: int = 400,
-                   warmup: int = 2) -> PairedTiming:
+def measure_paired(
+    a: nn.Module,
+    b: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    batch: int = 1,
+    device: str = "cpu",
+    min_run_time_s: float = 0.2,
+    min_pairs: int = 7,
+    max_pairs: int = 400,
+    warmup: int = 2,
+) -> PairedTiming:
     """Time `a` and `b` interleaved and return the median ratio of b's forward time to a's.
 
     Args:
@@ -121,5 +130,12 @@ def measure_paired(a: nn.Module, b: nn.Module, input_shape: tuple[int, ...], *, 
     ratio = statistics.median(ratios)
     mad = statistics.median(abs(r - ratio) for r in ratios) * 1.4826
     se = 1.2533 * mad / len(ratios) ** 0.5
-    return PairedTiming(ratio=float(ratio), ratio_se=float(se), a_ms=statistics.median(times[0]) / 1e6,
-                        b_ms=statistics.median(times[1]) / 1e6, pairs=len(ratios), threads=threads, clock=clock)
+    return PairedTiming(
+        ratio=float(ratio),
+        ratio_se=float(se),
+        a_ms=statistics.median(times[0]) / 1e6,
+        b_ms=statistics.median(times[1]) / 1e6,
+        pairs=len(ratios),
+        threads=threads,
+        clock=clock,
+    )

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from engine.errors import TopoPruneError
 
-__all__ = ["OutputError", "check_output", "check_output_dir", "check_outputs", "write_atomic", "write_text_atomic"]
+__all__ = [
+    "OutputError",
+    "check_output",
+    "check_output_dir",
+    "check_outputs",
+    "write_atomic",
+    "write_text_atomic",
+]
 
 
 class OutputError(TopoPruneError):
@@ -40,14 +47,17 @@ def check_output(path: str | os.PathLike[str], *, force: bool = False, flag: str
     return path
 
 
-def check_outputs(paths: Iterable[str | os.PathLike[str]], *, force: bool = False, flag: str = "--out") -> None:
+def check_outputs(
+    paths: Iterable[str | os.PathLike[str]], *, force: bool = False, flag: str = "--out"
+) -> None:
     """``check_output`` for each of several files (a command that writes a file and its sidecars)."""
     for path in paths:
         check_output(path, force=force, flag=flag)
 
 
-def check_output_dir(path: str | os.PathLike[str], names: Iterable[str], *, force: bool = False,
-                     flag: str = "--out") -> Path:
+def check_output_dir(
+    path: str | os.PathLike[str], names: Iterable[str], *, force: bool = False, flag: str = "--out"
+) -> Path:
     """Refuse an output folder (created later if missing) whose files ``names`` cannot be written.
 
     Raises:
@@ -55,7 +65,9 @@ def check_output_dir(path: str | os.PathLike[str], names: Iterable[str], *, forc
     """
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise OutputError(f"{flag} {path} is a file, not a folder; choose a folder path (it is created if missing)")
+        raise OutputError(
+            f"{flag} {path} is a file, not a folder; choose a folder path (it is created if missing)"
+        )
     if path.is_dir():
         for name in names:
             check_output(path / name, force=force, flag=flag)
@@ -64,7 +76,9 @@ def check_output_dir(path: str | os.PathLike[str], names: Iterable[str], *, forc
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputError(f"{flag} {path} cannot be created: {ancestor} is not a writable folder; choose another path")
+        raise OutputError(
+            f"{flag} {path} cannot be created: {ancestor} is not a writable folder; choose another path"
+        )
     return path
 
 

@@ -38,8 +38,10 @@ def check_bits(bits: Sequence[int] | torch.Tensor, *, what: str = "bits") -> lis
     values = [int(b) for b in (bits.tolist() if hasattr(bits, "tolist") else bits)]
     bad = [b for b in values if b != 0 and not MIN_BITS <= b <= MAX_BITS]
     if bad:
-        raise QuantError(f"{what}: bit-width {bad[0]} is not supported; use 0 (pruned) or {MIN_BITS}..{MAX_BITS} "
-                         "(leave a group's bits unset to keep it at full precision)")
+        raise QuantError(
+            f"{what}: bit-width {bad[0]} is not supported; use 0 (pruned) or {MIN_BITS}..{MAX_BITS} "
+            "(leave a group's bits unset to keep it at full precision)"
+        )
     return values
 
 
@@ -57,7 +59,9 @@ def weight_scales(weight: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     return torch.where((levels > 0) & (peak > 0), scale, torch.ones_like(scale))
 
 
-def fake_quantize_weight(weight: torch.Tensor, bits: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+def fake_quantize_weight(
+    weight: torch.Tensor, bits: torch.Tensor, scale: torch.Tensor | None = None
+) -> torch.Tensor:
     """Symmetric per-output-channel fake quantization with a straight-through gradient.
 
     Args:
@@ -89,7 +93,9 @@ class WeightFakeQuant(nn.Module):
         super().__init__()
         self.register_buffer("bits", torch.as_tensor(check_bits(bits), dtype=torch.int32))
         if self.bits.numel() != weight.shape[0]:
-            raise QuantError(f"{self.bits.numel()} bit-widths for a weight with {weight.shape[0]} output channels")
+            raise QuantError(
+                f"{self.bits.numel()} bit-widths for a weight with {weight.shape[0]} output channels"
+            )
         self.register_buffer("scale", weight_scales(weight, self.bits))
         self.export = False
 
@@ -173,15 +179,21 @@ def effective_plan(model: nn.Module, topology: Topology, plan: PruningPlan) -> P
         kept = indices.get(name, list(range(group.channels)))
         survive = [(i, b) for i, b in zip(kept, widths, strict=True) if b > 0]
         if not survive:
-            raise QuantError(f"group {name!r} has every channel at 0 bits; a group keeps at least one channel "
-                             "(give one channel 2..8 bits)")
-        groups[name] = GroupPlan(len(survive), group.channels, [i for i, _ in survive], [b for _, b in survive])
+            raise QuantError(
+                f"group {name!r} has every channel at 0 bits; a group keeps at least one channel "
+                "(give one channel 2..8 bits)"
+            )
+        groups[name] = GroupPlan(
+            len(survive), group.channels, [i for i, _ in survive], [b for _, b in survive]
+        )
     out = resolved.with_indices({})
     out.groups = groups
     return out
 
 
-def module_bits(topology: Topology, plan: PruningPlan, modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+def module_bits(
+    topology: Topology, plan: PruningPlan, modules: Mapping[str, nn.Module]
+) -> dict[str, torch.Tensor]:
     """Per conv/linear module of the *unpruned* model: the width of each output channel (0 = removed).
 
     Layers whose output group has no bits stay at full precision (absent), and so do layers no group owns
@@ -202,12 +214,13 @@ def module_bits(topology: Topology, plan: PruningPlan, modules: Mapping[str, nn.
                 continue
             row = out.setdefault(m.module, torch.zeros(module.weight.shape[0], dtype=torch.int32))
             for j, b in zip(kept, entry.bits, strict=True):
-                row[list(m.channels[j * m.mult:(j + 1) * m.mult])] = int(b)
+                row[list(m.channels[j * m.mult : (j + 1) * m.mult])] = int(b)
     return out
 
 
-def _physical_bits(topology: Topology, plan: PruningPlan, full: dict[str, torch.Tensor],
-                   modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+def _physical_bits(
+    topology: Topology, plan: PruningPlan, full: dict[str, torch.Tensor], modules: Mapping[str, nn.Module]
+) -> dict[str, torch.Tensor]:
     """`full` (per unpruned output channel) restricted to the channels apply_plan keeps."""
     from engine.pruning.apply import removed_channels
 
@@ -216,8 +229,14 @@ def _physical_bits(topology: Topology, plan: PruningPlan, full: dict[str, torch.
     for name, widths in full.items():
         module = modules[name]
         drop = set(removed.get((name, "out"), []))
-        if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and module.groups == module.in_channels:
-            drop |= set(removed.get((name, "in"), []))  # depthwise: a channel lives only if both sides keep it
+        if (
+            isinstance(module, nn.modules.conv._ConvNd)
+            and module.groups > 1
+            and module.groups == module.in_channels
+        ):
+            drop |= set(
+                removed.get((name, "in"), [])
+            )  # depthwise: a channel lives only if both sides keep it
         out[name] = widths[[c for c in range(widths.numel()) if c not in drop]]
     return out
 
@@ -262,9 +281,15 @@ def calibrate_activations(model: nn.Module, inputs: torch.Tensor, *, batch_size:
     return model
 
 
-def quantize_model(model: nn.Module, topology: Topology, plan: PruningPlan, *,
-                   calibration: torch.Tensor | None = None, physical: bool = True,
-                   calibration_size: int = 128) -> nn.Module:
+def quantize_model(
+    model: nn.Module,
+    topology: Topology,
+    plan: PruningPlan,
+    *,
+    calibration: torch.Tensor | None = None,
+    physical: bool = True,
+    calibration_size: int = 128,
+) -> nn.Module:
     """A fake-quantized copy of `model` pruned by `plan` (0-bit channels removed); `model` is not touched.
 
     Args:
@@ -314,5 +339,8 @@ def plan_bits_summary(plan: PruningPlan) -> dict[str, Any]:
         hist: dict[int, int] = {}
         for b in widths:
             hist[int(b)] = hist.get(int(b), 0) + 1
-        out[name] = {"kept": sum(v for k, v in hist.items() if k > 0), "histogram": dict(sorted(hist.items()))}
+        out[name] = {
+            "kept": sum(v for k, v in hist.items() if k > 0),
+            "histogram": dict(sorted(hist.items())),
+        }
     return out

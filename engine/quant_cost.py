@@ -52,7 +52,9 @@ class QuantCost:
         return {**asdict(self), "size_bytes": self.size_bytes, "size_kb": self.size_kb}
 
 
-def _group_widths(topology, bits: Mapping[str, int | Sequence[int]], vector: np.ndarray) -> tuple[np.ndarray, ...]:
+def _group_widths(
+    topology, bits: Mapping[str, int | Sequence[int]], vector: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """Per group: kept channels, the sum of their widths, and whether the group is quantized."""
     kept = np.asarray(vector, dtype=np.float64).copy()
     total = kept * FP_BITS
@@ -65,14 +67,18 @@ def _group_widths(topology, bits: Mapping[str, int | Sequence[int]], vector: np.
         if np.ndim(width) == 0:  # one width for every kept channel of the group
             (w,) = _widths([width], name)
             if w == 0:
-                raise ValueError(f"bit-widths of group {name!r} must be positive for a whole group "
-                                 "(0 = pruned is per channel: give one width per kept channel)")
+                raise ValueError(
+                    f"bit-widths of group {name!r} must be positive for a whole group "
+                    "(0 = pruned is per channel: give one width per kept channel)"
+                )
             total[g] = kept[g] * w
         else:
             widths = _widths(list(width), name)
             kept[g] = sum(1 for w in widths if w > 0)
             if kept[g] == 0:
-                raise ValueError(f"group {name!r} has every channel at 0 bits; a group keeps at least one channel")
+                raise ValueError(
+                    f"group {name!r} has every channel at 0 bits; a group keeps at least one channel"
+                )
             total[g] = float(sum(widths))
         quantized[g] = True
     return kept, total, quantized
@@ -83,12 +89,16 @@ def _widths(values: list, name: str) -> list[int]:
 
     out = [int(v) for v in values]
     if any(not 0 <= v <= MAX_BITS or v != float(w) for v, w in zip(out, values, strict=True)):
-        raise ValueError(f"bit-widths of group {name!r} must be whole numbers in 0..{MAX_BITS} (0 = pruned), "
-                         f"got {values[:8]!r}")
+        raise ValueError(
+            f"bit-widths of group {name!r} must be whole numbers in 0..{MAX_BITS} (0 = pruned), "
+            f"got {values[:8]!r}"
+        )
     return out
 
 
-def table_quant_cost(topology, vector: np.ndarray, bits: Mapping[str, int | Sequence[int]] | None) -> QuantCost:
+def table_quant_cost(
+    topology, vector: np.ndarray, bits: Mapping[str, int | Sequence[int]] | None
+) -> QuantCost:
     """Analytic QuantCost of per-group keep counts `vector` (topology order) with `bits` (group -> widths,
     one per kept channel, 0 = pruned; or one width for the whole group). Costs are defined for any width in
     0..32 (an fp16 kernel costs 16 bits); the quantizer itself takes 0 and 2..8. A layer with bits counts
@@ -129,8 +139,10 @@ def group_quant_cost(topology, kept: np.ndarray, width_sum: np.ndarray, quantize
     quant = owned & np.asarray(quantized, dtype=bool)[safe] & table.weighted
     sum_w = np.where(quant, np.asarray(width_sum, dtype=np.float64)[safe], c_out * FP_BITS) * table.weighted
     act = np.where(quant, ACT_BITS, FP_BITS)
-    other = FP_BITS * (np.sum(table.bias * c_out * table.weighted + table.affine * 2 * c_out * table.is_bn
-                              + table.fixed) + table.extra_params)
+    other = FP_BITS * (
+        np.sum(table.bias * c_out * table.weighted + table.affine * 2 * c_out * table.is_bn + table.fixed)
+        + table.extra_params
+    )
     weight = int(round(float(np.dot(sum_w, per_kernel))))
     bitops = int(round(float(np.sum(sum_w * macs_per_out * act))))
     scale = int(round(float(np.sum(FP_BITS * c_out * quant))))
@@ -168,8 +180,11 @@ def count_quant_cost(model: nn.Module, example_inputs: torch.Tensor) -> QuantCos
     for name, module in model.named_modules():
         if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
             continue
-        w = module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight") \
+        w = (
+            module.parametrizations.weight.original
+            if parametrize.is_parametrized(module, "weight")
             else module.weight
+        )
         if name in quant:
             widths, act = quant[name][0].bits.to(torch.int64), quant[name][1].bits
             scale += FP_BITS * widths.numel()

@@ -20,13 +20,27 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["PrivateRNG", "private_rng"]
 
 _TENSOR_METHODS = {
-    torch.Tensor.uniform_, torch.Tensor.normal_, torch.Tensor.bernoulli_, torch.Tensor.bernoulli,
-    torch.Tensor.random_, torch.Tensor.exponential_, torch.Tensor.geometric_, torch.Tensor.log_normal_,
-    torch.Tensor.cauchy_, torch.Tensor.multinomial,
+    torch.Tensor.uniform_,
+    torch.Tensor.normal_,
+    torch.Tensor.bernoulli_,
+    torch.Tensor.bernoulli,
+    torch.Tensor.random_,
+    torch.Tensor.exponential_,
+    torch.Tensor.geometric_,
+    torch.Tensor.log_normal_,
+    torch.Tensor.cauchy_,
+    torch.Tensor.multinomial,
 }
 _FACTORIES = {torch.rand, torch.randn, torch.randint, torch.randperm}
-_LIKE = {torch.rand_like, torch.randn_like, torch.randint_like, torch.normal, torch.bernoulli,
-         torch.multinomial, torch.poisson}
+_LIKE = {
+    torch.rand_like,
+    torch.randn_like,
+    torch.randint_like,
+    torch.normal,
+    torch.bernoulli,
+    torch.multinomial,
+    torch.poisson,
+}
 _DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d}
 
 
@@ -46,7 +60,9 @@ class PrivateRNG(TorchFunctionMode):
             self.generators[device] = torch.Generator(device=device).manual_seed(self.seed)
         return self.generators[device]
 
-    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+    def __torch_function__(
+        self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
         kwargs = dict(kwargs or {})
         if func in _DROPOUTS:
             return _dropout(func, self, *args, **kwargs)
@@ -59,8 +75,14 @@ class PrivateRNG(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _dropout(func: Callable, mode: PrivateRNG, input: torch.Tensor, p: float = 0.5, training: bool = True,
-             inplace: bool = False) -> torch.Tensor:
+def _dropout(
+    func: Callable,
+    mode: PrivateRNG,
+    input: torch.Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+) -> torch.Tensor:
     """torch's dropout (elementwise, or whole channels for dropout1d/2d/3d) drawing its mask from `mode`."""
     if not training or p == 0.0:
         return input

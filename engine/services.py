@@ -18,9 +18,20 @@ from torch import nn
 from engine.errors import CheckpointError, TopoPruneError
 
 __all__ = [
-    "EXPORT_SUFFIX", "LoadedModel", "ModelProvenance", "ModelRequest", "SavedBaseline", "TrainRequest",
-    "WeightsSource", "baseline_path", "dataset_names", "export_formats", "load_model", "load_shipped_baseline",
-    "save_baseline", "train_baseline",
+    "EXPORT_SUFFIX",
+    "LoadedModel",
+    "ModelProvenance",
+    "ModelRequest",
+    "SavedBaseline",
+    "TrainRequest",
+    "WeightsSource",
+    "baseline_path",
+    "dataset_names",
+    "export_formats",
+    "load_model",
+    "load_shipped_baseline",
+    "save_baseline",
+    "train_baseline",
 ]
 
 WeightsSource = Literal["shipped", "file", "random", "trained"]
@@ -204,14 +215,24 @@ def load_model(request: ModelRequest) -> LoadedModel:
             from engine.checkpoints import sha256_file
 
             sha = sha256_file(meta.get("path") or weights)
-        provenance = ModelProvenance(r.name, source, weights, sha, meta.get("dataset") or dataset, input_size,
-                                     num_classes, float(meta.get("width") or r.width), meta)
+        provenance = ModelProvenance(
+            r.name,
+            source,
+            weights,
+            sha,
+            meta.get("dataset") or dataset,
+            input_size,
+            num_classes,
+            float(meta.get("width") or r.width),
+            meta,
+        )
         return LoadedModel(loaded.model.eval(), provenance)
     # Without a checkpoint a model gets the class count it is known by (ImageNet's 1000 for torchvision).
     num_classes = int(r.num_classes or (10 if r.name in CIFAR_MODELS else 1000))
     model = build_model(r.name, num_classes=num_classes, width=r.width, seed=r.seed).eval()
-    provenance = ModelProvenance(r.name, "random", "random", None, dataset, input_size, num_classes, r.width,
-                                 {}, note)
+    provenance = ModelProvenance(
+        r.name, "random", "random", None, dataset, input_size, num_classes, r.width, {}, note
+    )
     return LoadedModel(model, provenance)
 
 
@@ -305,8 +326,9 @@ def baseline_path(home: Path, name: str, dataset: str) -> Path:
     return Path(home) / "baselines" / f"{name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
 
 
-def save_baseline(model: nn.Module, data: Any, request: TrainRequest, *, trained: Any = None,
-                  seconds: float | None = None) -> SavedBaseline:
+def save_baseline(
+    model: nn.Module, data: Any, request: TrainRequest, *, trained: Any = None, seconds: float | None = None
+) -> SavedBaseline:
     """Evaluate a trained `model` on test and val, then save it with its metrics and recipe (atomically).
 
     Args:
@@ -329,20 +351,48 @@ def save_baseline(model: nn.Module, data: Any, request: TrainRequest, *, trained
     val = evaluate(model, data, "val", limit=request.eval_limit)
     seconds = float(seconds if seconds is not None else getattr(trained, "seconds", 0.0))
     c = request.config
-    recipe = {"epochs": c.epochs, "lr": c.lr, "batch_size": c.batch_size, "seed": c.seed,
-              "max_batches_per_epoch": c.max_batches_per_epoch, "augment": c.augment,
-              "dataset": request.dataset, "seconds": seconds, "command": request.command}
+    recipe = {
+        "epochs": c.epochs,
+        "lr": c.lr,
+        "batch_size": c.batch_size,
+        "seed": c.seed,
+        "max_batches_per_epoch": c.max_batches_per_epoch,
+        "augment": c.augment,
+        "dataset": request.dataset,
+        "seconds": seconds,
+        "command": request.command,
+    }
     metrics = {"test_acc": test.top1, "test_top5": test.top5, "val_acc": val.top1}
     num_classes = int(data.num_classes)
-    path = save_checkpoint(out, model.cpu(), arch=request.name, dataset=request.dataset, num_classes=num_classes,
-                           width=request.width, metrics=metrics, recipe=recipe)
-    return SavedBaseline(Path(path).resolve(), test.top1, test.top5, val.top1, seconds, sha256_file(path),
-                         list(getattr(trained, "epoch_losses", []) or []),
-                         float(getattr(trained, "images_per_s", 0.0) or 0.0))
+    path = save_checkpoint(
+        out,
+        model.cpu(),
+        arch=request.name,
+        dataset=request.dataset,
+        num_classes=num_classes,
+        width=request.width,
+        metrics=metrics,
+        recipe=recipe,
+    )
+    return SavedBaseline(
+        Path(path).resolve(),
+        test.top1,
+        test.top5,
+        val.top1,
+        seconds,
+        sha256_file(path),
+        list(getattr(trained, "epoch_losses", []) or []),
+        float(getattr(trained, "images_per_s", 0.0) or 0.0),
+    )
 
 
-def train_baseline(request: TrainRequest, data: Any, *, model: nn.Module | None = None,
-                   callback: Callable[[Any], None] | None = None) -> SavedBaseline:
+def train_baseline(
+    request: TrainRequest,
+    data: Any,
+    *,
+    model: nn.Module | None = None,
+    callback: Callable[[Any], None] | None = None,
+) -> SavedBaseline:
     """Train a baseline on `data` (val reported per epoch), evaluate it and save it with its recipe.
 
     Args:
@@ -361,9 +411,9 @@ def train_baseline(request: TrainRequest, data: Any, *, model: nn.Module | None 
     if not out.parent.is_dir():
         raise TopoPruneError(f"folder {out.parent} does not exist; create it or choose another --out path")
     if model is None:
-        model = build_model(request.name, num_classes=data.num_classes, width=request.width,
-                            seed=request.config.seed)
+        model = build_model(
+            request.name, num_classes=data.num_classes, width=request.width, seed=request.config.seed
+        )
     start = time.perf_counter()
     trained = train_model(model, data, request.config, callback=callback)
     return save_baseline(model, data, request, trained=trained, seconds=time.perf_counter() - start)
-

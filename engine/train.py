@@ -63,7 +63,9 @@ class TrainProgress:
 
     @property
     def fraction(self) -> float:
-        return ((self.epoch - 1) * self.steps_per_epoch + self.step) / max(1, self.epochs * self.steps_per_epoch)
+        return ((self.epoch - 1) * self.steps_per_epoch + self.step) / max(
+            1, self.epochs * self.steps_per_epoch
+        )
 
 
 @dataclass
@@ -84,15 +86,23 @@ def _topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> int:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: DataSplits, split: str = "test", *, batch_size: int = 256,
-             limit: int | None = None) -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    data: DataSplits,
+    split: str = "test",
+    *,
+    batch_size: int = 256,
+    limit: int | None = None,
+) -> EvalResult:
     """Top-1, top-5 (in %) and mean loss of `model` on a split. The model's train/eval mode is restored."""
     x, y = data.tensors(split, limit=limit)
     return evaluate_tensors(model, x, y, batch_size=batch_size)
 
 
 @torch.inference_mode()
-def evaluate_tensors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> EvalResult:
+def evaluate_tensors(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256
+) -> EvalResult:
     """Evaluate on in-memory tensors (the fast path used by search scoring)."""
     was_training = model.training
     model.eval()
@@ -100,8 +110,8 @@ def evaluate_tensors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batc
     loss = 0.0
     try:
         for start in range(0, x.shape[0], batch_size):
-            logits = model(x[start:start + batch_size])
-            targets = y[start:start + batch_size]
+            logits = model(x[start : start + batch_size])
+            targets = y[start : start + batch_size]
             loss += float(F.cross_entropy(logits, targets, reduction="sum"))
             top1 += _topk_correct(logits, targets, 1)
             top5 += _topk_correct(logits, targets, 5)
@@ -120,8 +130,15 @@ def _lr_at(config: TrainConfig, progress: float) -> float:
     return 0.5 * config.lr * (1 + torch.cos(torch.tensor(span * torch.pi)).item())
 
 
-def train_model(model: nn.Module, data: DataSplits, config: TrainConfig, *, teacher: nn.Module | None = None,
-                callback: Callable[[TrainProgress], None] | None = None, validate: bool = True) -> TrainResult:
+def train_model(
+    model: nn.Module,
+    data: DataSplits,
+    config: TrainConfig,
+    *,
+    teacher: nn.Module | None = None,
+    callback: Callable[[TrainProgress], None] | None = None,
+    validate: bool = True,
+) -> TrainResult:
     """Train `model` in place on the train split; report val accuracy after each epoch.
 
     Args:
@@ -142,8 +159,13 @@ def train_model(model: nn.Module, data: DataSplits, config: TrainConfig, *, teac
     steps = (n + config.batch_size - 1) // config.batch_size
     if config.max_batches_per_epoch is not None:
         steps = min(steps, config.max_batches_per_epoch)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.momentum > 0,
+    )
     if teacher is not None:
         teacher_was_training = teacher.training
         teacher.eval()
@@ -159,7 +181,7 @@ def train_model(model: nn.Module, data: DataSplits, config: TrainConfig, *, teac
                 lr = _lr_at(config, ((epoch - 1) * steps + step - 1) / (config.epochs * steps))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                index = order[(step - 1) * config.batch_size: step * config.batch_size]
+                index = order[(step - 1) * config.batch_size : step * config.batch_size]
                 inputs, targets = x_train[index], y_train[index]
                 if config.augment:
                     inputs = augment_batch(inputs, generator)
@@ -169,8 +191,15 @@ def train_model(model: nn.Module, data: DataSplits, config: TrainConfig, *, teac
                 if teacher is not None and config.distill_alpha > 0:
                     with torch.no_grad():
                         soft = F.log_softmax(teacher(inputs) / config.distill_temperature, dim=1)
-                    kd = F.kl_div(F.log_softmax(logits / config.distill_temperature, dim=1), soft,
-                                  log_target=True, reduction="batchmean") * config.distill_temperature ** 2
+                    kd = (
+                        F.kl_div(
+                            F.log_softmax(logits / config.distill_temperature, dim=1),
+                            soft,
+                            log_target=True,
+                            reduction="batchmean",
+                        )
+                        * config.distill_temperature**2
+                    )
                     loss = (1 - config.distill_alpha) * loss + config.distill_alpha * kd
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -194,12 +223,26 @@ def train_model(model: nn.Module, data: DataSplits, config: TrainConfig, *, teac
     return result
 
 
-def finetune(model: nn.Module, data: DataSplits, *, epochs: int = 1, lr: float = 0.01, teacher: nn.Module | None = None,
-             distill_alpha: float = 0.5, seed: int = 0, batch_size: int = 128,
-             max_batches_per_epoch: int | None = None,
-             callback: Callable[[TrainProgress], None] | None = None) -> TrainResult:
+def finetune(
+    model: nn.Module,
+    data: DataSplits,
+    *,
+    epochs: int = 1,
+    lr: float = 0.01,
+    teacher: nn.Module | None = None,
+    distill_alpha: float = 0.5,
+    seed: int = 0,
+    batch_size: int = 128,
+    max_batches_per_epoch: int | None = None,
+    callback: Callable[[TrainProgress], None] | None = None,
+) -> TrainResult:
     """Short fine-tune of a (pruned) model in place, optionally distilled from `teacher` (the unpruned model)."""
-    config = TrainConfig(epochs=epochs, lr=lr, seed=seed, batch_size=batch_size,
-                         distill_alpha=distill_alpha if teacher is not None else 0.0,
-                         max_batches_per_epoch=max_batches_per_epoch)
+    config = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        batch_size=batch_size,
+        distill_alpha=distill_alpha if teacher is not None else 0.0,
+        max_batches_per_epoch=max_batches_per_epoch,
+    )
     return train_model(model, data, config, teacher=teacher, callback=callback)

@@ -35,7 +35,9 @@ def _scaled(channels: int, width: float, *, divisor: int = 1) -> int:
     return max(1, scaled)
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1
+) -> list[nn.Module]:
     return [
         nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -129,8 +131,21 @@ class CifarVGG(nn.Module):
 
 # --- CIFAR MobileNet v1 -------------------------------------------------------------------------------------
 
-_MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-                 (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
+_MOBILENET_V1 = (
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+)
 
 
 class DepthwiseSeparable(nn.Module):
@@ -138,8 +153,9 @@ class DepthwiseSeparable(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
-        self.depthwise = nn.Sequential(*_conv_bn(in_channels, in_channels, 3, stride, groups=in_channels),
-                                       nn.ReLU(inplace=True))
+        self.depthwise = nn.Sequential(
+            *_conv_bn(in_channels, in_channels, 3, stride, groups=in_channels), nn.ReLU(inplace=True)
+        )
         self.pointwise = nn.Sequential(*_conv_bn(in_channels, out_channels, 1), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,8 +187,15 @@ class CifarMobileNetV1(nn.Module):
 # --- CIFAR MobileNet v2 -------------------------------------------------------------------------------------
 
 # (expansion t, channels c, repeats n, stride s); strides of the first stages are 1 for 32x32 inputs.
-_MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                 (6, 160, 3, 2), (6, 320, 1, 1))
+_MOBILENET_V2 = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 class InvertedResidual(nn.Module):
@@ -206,7 +229,9 @@ class CifarMobileNetV2(nn.Module):
         for expansion, channels, repeats, stride in _MOBILENET_V2:
             out_channels = _scaled(channels, width, divisor=8)
             for index in range(repeats):
-                blocks.append(InvertedResidual(in_channels, out_channels, stride if index == 0 else 1, expansion))
+                blocks.append(
+                    InvertedResidual(in_channels, out_channels, stride if index == 0 else 1, expansion)
+                )
                 in_channels = out_channels
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(*_conv_bn(in_channels, last, 1), nn.ReLU6(inplace=True))
@@ -236,13 +261,18 @@ class ShuffleUnit(nn.Module):
         self.stride = stride
         branch = out_channels // 2
         if stride > 1:
-            self.branch1 = nn.Sequential(*_conv_bn(in_channels, in_channels, 3, stride, groups=in_channels),
-                                         *_conv_bn(in_channels, branch, 1), nn.ReLU(inplace=True))
+            self.branch1 = nn.Sequential(
+                *_conv_bn(in_channels, in_channels, 3, stride, groups=in_channels),
+                *_conv_bn(in_channels, branch, 1),
+                nn.ReLU(inplace=True),
+            )
         source = in_channels if stride > 1 else branch
         self.branch2 = nn.Sequential(
-            *_conv_bn(source, branch, 1), nn.ReLU(inplace=True),
+            *_conv_bn(source, branch, 1),
+            nn.ReLU(inplace=True),
             *_conv_bn(branch, branch, 3, stride, groups=branch),
-            *_conv_bn(branch, branch, 1), nn.ReLU(inplace=True),
+            *_conv_bn(branch, branch, 1),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -338,8 +368,9 @@ def default_input_size(name: str) -> int:
     return 299 if name == "inception_v3" else 224
 
 
-def build_model(name: str, *, num_classes: int = 10, width: float = 1.0, pretrained: bool = False,
-                seed: int | None = 0) -> nn.Module:
+def build_model(
+    name: str, *, num_classes: int = 10, width: float = 1.0, pretrained: bool = False, seed: int | None = 0
+) -> nn.Module:
     """Build a model by name, its random initialisation seeded (the global RNG is left untouched).
 
     Args:
@@ -366,7 +397,9 @@ def _build(name: str, *, num_classes: int, width: float, pretrained: bool) -> nn
         raise ModelError(f"num_classes must be >= 1, got {num_classes}")
     if name in _CIFAR_BUILDERS:
         if pretrained:
-            raise ModelError(f"{name} has no published pretrained weights; use --checkpoint shipped or train one")
+            raise ModelError(
+                f"{name} has no published pretrained weights; use --checkpoint shipped or train one"
+            )
         return _CIFAR_BUILDERS[name](num_classes=num_classes, width=width)
     torchvision = import_torchvision()
     known = torchvision_models()
@@ -413,4 +446,6 @@ def _replace_classifier(model: nn.Module, num_classes: int, name: str) -> None:
         if isinstance(parent, nn.Sequential) and isinstance(parent[-1], nn.Linear):
             parent[-1] = nn.Linear(parent[-1].in_features, num_classes)
             return
-    raise ModelError(f"cannot find the classifier of {name!r} to resize it; use num_classes=1000 with pretrained")
+    raise ModelError(
+        f"cannot find the classifier of {name!r} to resize it; use num_classes=1000 with pretrained"
+    )

@@ -61,29 +61,49 @@ def budget_metric_picker(*, key: str, default: str = "macs", metrics: Sequence[s
     """
     names = [m for m in (metrics or BUDGET_METRICS) if m in BUDGET_METRICS] or ["macs"]
     index = names.index(default) if default in names else 0
-    return st.selectbox("Budget metric", names, index=index, key=key, format_func=BUDGET_METRICS.get,
-                        help="What the budget is a fraction of. A latency budget measures a per-group latency "
-                             "table on this machine first (once per model, then cached) and checks the landed "
-                             "plan by timing it.")
+    return st.selectbox(
+        "Budget metric",
+        names,
+        index=index,
+        key=key,
+        format_func=BUDGET_METRICS.get,
+        help="What the budget is a fraction of. A latency budget measures a per-group latency "
+        "table on this machine first (once per model, then cached) and checks the landed "
+        "plan by timing it.",
+    )
 
 
 def budget_slider(*, key: str, default: float = 0.5, metric: str = "macs") -> float:
     """Budget as the fraction of the baseline's `metric` kept (0.5 = half remain)."""
     what = BUDGET_METRICS.get(metric, metric)
-    percent = st.slider(f"Budget (% of the baseline's {what} kept)", 10, 100, int(round(default * 100)), 5,
-                        key=key, help="0.5 keeps half: for MACs, the paper's '50% FLOPs'.")
+    percent = st.slider(
+        f"Budget (% of the baseline's {what} kept)",
+        10,
+        100,
+        int(round(default * 100)),
+        5,
+        key=key,
+        help="0.5 keeps half: for MACs, the paper's '50% FLOPs'.",
+    )
     return percent / 100.0
 
 
-def method_picker(specs: Sequence[dict[str, Any]], *, key: str, default: str = "gnnrl") -> dict[str, Any] | None:
+def method_picker(
+    specs: Sequence[dict[str, Any]], *, key: str, default: str = "gnnrl"
+) -> dict[str, Any] | None:
     """Select box over registered methods; returns the chosen spec dict."""
     if not specs:
         st.warning("No pruning method is registered yet.")
         return None
     names = [s["name"] for s in specs]
     index = names.index(default) if default in names else 0
-    name = st.selectbox("Method", names, index=index, key=key,
-                        format_func=lambda n: f"{n} ({next(s['kind'] for s in specs if s['name'] == n)})")
+    name = st.selectbox(
+        "Method",
+        names,
+        index=index,
+        key=key,
+        format_func=lambda n: f"{n} ({next(s['kind'] for s in specs if s['name'] == n)})",
+    )
     spec = next(s for s in specs if s["name"] == name)
     st.caption(spec["description"])
     return spec
@@ -99,14 +119,25 @@ def option_inputs(spec: dict[str, Any], *, key_prefix: str, skip: Sequence[str] 
         key = f"{key_prefix}_{spec['name']}_{name}"
         if opt.get("choices"):
             choices = list(opt["choices"])
-            value = st.selectbox(name, choices, index=choices.index(default) if default in choices else 0, key=key,
-                                 help=opt.get("help") or None)
+            value = st.selectbox(
+                name,
+                choices,
+                index=choices.index(default) if default in choices else 0,
+                key=key,
+                help=opt.get("help") or None,
+            )
         elif isinstance(default, bool):
             value = st.checkbox(name, value=default, key=key, help=opt.get("help") or None)
         elif isinstance(default, int):
-            value = st.number_input(name, value=default, step=1, key=key, help=opt.get("help") or None,
-                                    min_value=int(opt["min"]) if opt.get("min") is not None else None,
-                                    max_value=int(opt["max"]) if opt.get("max") is not None else None)
+            value = st.number_input(
+                name,
+                value=default,
+                step=1,
+                key=key,
+                help=opt.get("help") or None,
+                min_value=int(opt["min"]) if opt.get("min") is not None else None,
+                max_value=int(opt["max"]) if opt.get("max") is not None else None,
+            )
         elif isinstance(default, float):
             value = st.number_input(name, value=default, key=key, help=opt.get("help") or None, format="%g")
         else:
@@ -150,5 +181,8 @@ def baseline_badge(trained: bool, source: str) -> None:
     if trained:
         st.caption(f"Baseline: {source}")
     else:
-        st.warning(f"The baseline is **untrained** ({source}). Accuracies are near chance until a trained "
-                   "baseline is shipped, uploaded or trained on the Model & data page.", icon=":material/warning:")
+        st.warning(
+            f"The baseline is **untrained** ({source}). Accuracies are near chance until a trained "
+            "baseline is shipped, uploaded or trained on the Model & data page.",
+            icon=":material/warning:",
+        )

@@ -126,7 +126,9 @@ class Job:
         """Run `fn(self)` on a daemon thread; with `steps`, pause after that many units (Step mode)."""
         self._steps_left = steps
         self._run.set()
-        self._thread = threading.Thread(target=self._main, args=(fn,), daemon=True, name=f"topoprune-{self.kind}")
+        self._thread = threading.Thread(
+            target=self._main, args=(fn,), daemon=True, name=f"topoprune-{self.kind}"
+        )
         self._thread.start()
         return self
 
@@ -171,9 +173,18 @@ class Job:
         with self._lock:
             end = self.finished_at or time.monotonic()
             return JobSnapshot(
-                kind=self.kind, label=self.label, status=self.status, done=self.done, total=self.total,
-                message=self.message, events=list(self.events), result=self.result, error=self.error,
-                user_error=self.user_error, elapsed_s=end - self.started_at, info=dict(self.info),
+                kind=self.kind,
+                label=self.label,
+                status=self.status,
+                done=self.done,
+                total=self.total,
+                message=self.message,
+                events=list(self.events),
+                result=self.result,
+                error=self.error,
+                user_error=self.user_error,
+                elapsed_s=end - self.started_at,
+                info=dict(self.info),
                 version=self.version,
             )
 
@@ -192,8 +203,15 @@ class Job:
         self.version += 1
 
     # -- worker side ------------------------------------------------------------------------------------------
-    def report(self, *, done: int | None = None, total: int | None = None, message: str | None = None,
-               event: dict[str, Any] | None = None, info: dict[str, Any] | None = None) -> None:
+    def report(
+        self,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        message: str | None = None,
+        event: dict[str, Any] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
         """Record progress (called by the worker)."""
         with self._lock:
             if info:
@@ -207,8 +225,13 @@ class Job:
             if event is not None:
                 self.events.append(event)
 
-    def checkpoint(self, *, unit_done: bool = True, on_pause: Callable[[], Any] | None = None,
-                   on_resume: Callable[[], Any] | None = None) -> None:
+    def checkpoint(
+        self,
+        *,
+        unit_done: bool = True,
+        on_pause: Callable[[], Any] | None = None,
+        on_resume: Callable[[], Any] | None = None,
+    ) -> None:
         """Called by the worker at each unit boundary: honour Step, block while paused, raise on Stop.
 
         `on_pause` runs (on the worker) when the job starts waiting paused, `on_resume` when it runs again
@@ -263,8 +286,15 @@ class Job:
 # --- simple jobs: one engine call each (searches live in gui.search_jobs) ------------------------------------
 
 
-def start_training(*, model_factory: Callable[[], Any], data: Any, epochs: int, save: Callable[[Any, Any], Any],
-                   train_model: Callable[..., Any], train_config: Callable[..., Any]) -> Job:
+def start_training(
+    *,
+    model_factory: Callable[[], Any],
+    data: Any,
+    epochs: int,
+    save: Callable[[Any, Any], Any],
+    train_model: Callable[..., Any],
+    train_config: Callable[..., Any],
+) -> Job:
     """Train a fresh baseline in the background; `save(model, result)` stores it and returns its path."""
     job = Job(kind="train", label=f"training for {epochs} epoch(s)", total=epochs)
 
@@ -275,8 +305,11 @@ def start_training(*, model_factory: Callable[[], Any], data: Any, epochs: int, 
             steps = max(1, int(getattr(progress, "steps_per_epoch", 1)))
             epoch = int(getattr(progress, "epoch", 0))
             step = int(getattr(progress, "step", 0))
-            job.report(done=epoch, total=epochs,
-                       message=f"epoch {epoch + 1}/{epochs}, step {step}/{steps}, loss {progress.loss:.3f}")
+            job.report(
+                done=epoch,
+                total=epochs,
+                message=f"epoch {epoch + 1}/{epochs}, step {step}/{steps}, loss {progress.loss:.3f}",
+            )
             job.info["fraction"] = min(1.0, (epoch + step / steps) / max(1, epochs))
             job.checkpoint(unit_done=False)
 
@@ -288,9 +321,17 @@ def start_training(*, model_factory: Callable[[], Any], data: Any, epochs: int, 
     return job.start(work)
 
 
-def start_sensitivity(*, model: Any, topology: Any, data: Any, keep_ratios: list[float],
-                      analyze: Callable[..., Any], scoring: Any = None, groups: list[str] | None = None,
-                      resume: Any = None) -> Job:
+def start_sensitivity(
+    *,
+    model: Any,
+    topology: Any,
+    data: Any,
+    keep_ratios: list[float],
+    analyze: Callable[..., Any],
+    scoring: Any = None,
+    groups: list[str] | None = None,
+    resume: Any = None,
+) -> Job:
     """Run the sensitivity analysis in the background (one unit = one scored plan).
 
     ``info`` carries ``eta_s`` (seconds left) and ``partial`` (the groups finished so far, as a table dict), so a
@@ -303,21 +344,40 @@ def start_sensitivity(*, model: Any, topology: Any, data: Any, keep_ratios: list
             info: dict[str, Any] = {"eta_s": p.eta_s}
             if p.group_done:
                 info["partial"] = p.table.to_dict()
-            job.report(done=p.done, total=p.total, message=f"{p.done}/{p.total} plans: {p.message}", info=info)
+            job.report(
+                done=p.done, total=p.total, message=f"{p.done}/{p.total} plans: {p.message}", info=info
+            )
             job.checkpoint(unit_done=False)
 
-        table = analyze(model, topology, data, keep_ratios=keep_ratios, scoring=scoring, groups=groups,
-                        resume=resume, progress=progress)
+        table = analyze(
+            model,
+            topology,
+            data,
+            keep_ratios=keep_ratios,
+            scoring=scoring,
+            groups=groups,
+            resume=resume,
+            progress=progress,
+        )
         return table.to_dict() if hasattr(table, "to_dict") else table
 
     return job.start(work)
 
 
-def start_finetune(*, model: Any, topology: Any, plan: Any, data: Any, epochs: int, distill: bool,
-                   report: Callable[..., Any], on_done: Callable[[Any], Any] | None = None,
-                   save_weights: Callable[[Any], Any] | None = None,
-                   measure_latency: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                   candidate_id: int | None = None) -> Job:
+def start_finetune(
+    *,
+    model: Any,
+    topology: Any,
+    plan: Any,
+    data: Any,
+    epochs: int,
+    distill: bool,
+    report: Callable[..., Any],
+    on_done: Callable[[Any], Any] | None = None,
+    save_weights: Callable[[Any], Any] | None = None,
+    measure_latency: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    candidate_id: int | None = None,
+) -> Job:
     """Physically prune, fine-tune and measure a candidate in the background (engine.evaluate.report_candidate).
 
     Args:
@@ -329,29 +389,44 @@ def start_finetune(*, model: Any, topology: Any, plan: Any, data: Any, epochs: i
         candidate_id: recorded in the job's info, so a page shows the result under this candidate only.
     """
     verb = f"fine-tune {epochs} epoch(s)" if epochs else "measure"
-    job = Job(kind="finetune", label=verb, total=max(1, epochs),
-              info={} if candidate_id is None else {"candidate_id": candidate_id})
+    job = Job(
+        kind="finetune",
+        label=verb,
+        total=max(1, epochs),
+        info={} if candidate_id is None else {"candidate_id": candidate_id},
+    )
 
     def work(job: Job) -> Any:
         def callback(progress: Any) -> None:
             epoch = int(getattr(progress, "epoch", 0))
             steps = max(1, int(getattr(progress, "steps_per_epoch", 1) or 1))
             step = int(getattr(progress, "step", 0))
-            job.report(done=epoch, message=f"epoch {min(epoch + 1, epochs)}/{epochs}, step {step}/{steps}, "
-                                           f"loss {getattr(progress, 'loss', 0.0):.3f}")
+            job.report(
+                done=epoch,
+                message=f"epoch {min(epoch + 1, epochs)}/{epochs}, step {step}/{steps}, "
+                f"loss {getattr(progress, 'loss', 0.0):.3f}",
+            )
             job.info["fraction"] = min(1.0, (epoch + step / steps) / max(1, epochs))
             job.checkpoint(unit_done=False)
 
         job.report(message="pruning and scoring" if not epochs else "pruning, then fine-tuning")
         extra = {"latency": False} if measure_latency is not None else {}
-        rep = report(model, topology, plan, data, finetune_epochs=epochs, distill=distill, callback=callback, **extra)
+        rep = report(
+            model, topology, plan, data, finetune_epochs=epochs, distill=distill, callback=callback, **extra
+        )
         out = rep.to_dict() if hasattr(rep, "to_dict") else dict(rep)
         pruned = getattr(rep, "pruned_model", None)
         if measure_latency is not None and pruned is not None:
             job.report(message="measuring latency (baseline and pruned, interleaved repeats)")
             stats = measure_latency({"baseline": model, "pruned": pruned})
-            out["latency_ms_before"], out["latency_ms_after"] = stats["baseline"].median_ms, stats["pruned"].median_ms
-            out["latency_before"], out["latency_after"] = stats["baseline"].to_dict(), stats["pruned"].to_dict()
+            out["latency_ms_before"], out["latency_ms_after"] = (
+                stats["baseline"].median_ms,
+                stats["pruned"].median_ms,
+            )
+            out["latency_before"], out["latency_after"] = (
+                stats["baseline"].to_dict(),
+                stats["pruned"].to_dict(),
+            )
         if save_weights is not None and pruned is not None:
             out["weights_path"] = str(save_weights(pruned))
         if on_done is not None:

@@ -55,8 +55,12 @@ STEPPABLE_METHODS = ("gnnrl", "gnnrl-nognn")  # search methods with inner steps 
 def provenance_of(ref: Any) -> dict[str, Any]:
     """What a GUI run records about its weights and data (a gui.cache.ModelRef), so `topoprune resume ID` can
     rebuild the run without --checkpoint. Untrained random weights record no checkpoint."""
-    out = {"dataset": ref.dataset, "data_dir": ref.data_dir, "input_size": ref.input_size,
-           "num_classes": ref.num_classes}
+    out = {
+        "dataset": ref.dataset,
+        "data_dir": ref.data_dir,
+        "input_size": ref.input_size,
+        "num_classes": ref.num_classes,
+    }
     if ref.weights and ref.weights != "random":
         out["checkpoint"] = ref.weights
     return out
@@ -97,13 +101,28 @@ def start_method(
     from engine.methods import run_method as engine_run_method
 
     if get_method(method).kind == "search" and run_method is None:
-        return start_search(method=method, model=model, topology=topology, data=data, budget=budget,
-                            options=options, model_name=model_name, dataset=dataset, seed=seed, scoring=scoring,
-                            steps=steps, store_factory=store_factory if record else None,
-                            budget_metric=budget_metric, **search_kwargs)
+        return start_search(
+            method=method,
+            model=model,
+            topology=topology,
+            data=data,
+            budget=budget,
+            options=options,
+            model_name=model_name,
+            dataset=dataset,
+            seed=seed,
+            scoring=scoring,
+            steps=steps,
+            store_factory=store_factory if record else None,
+            budget_metric=budget_metric,
+            **search_kwargs,
+        )
     run = run_method or engine_run_method
-    job = Job(kind="search", label=f"{method} on {model_name}, budget {budget:.0%}",
-              total=int(options.get("episodes", 0) or 0))
+    job = Job(
+        kind="search",
+        label=f"{method} on {model_name}, budget {budget:.0%}",
+        total=int(options.get("episodes", 0) or 0),
+    )
 
     def work(job: Job) -> Any:
         count = 0
@@ -115,23 +134,45 @@ def start_method(
             if candidate is not None:
                 ev = episode_event(candidate, topology, index=count)
                 count += 1
-            job.report(total=int(event.total) if event.total else None,
-                       done=int(event.step) if event.step else None, message=event.message, event=ev)
+            job.report(
+                total=int(event.total) if event.total else None,
+                done=int(event.step) if event.step else None,
+                message=event.message,
+                event=ev,
+            )
             job.checkpoint(unit_done=candidate is not None)
 
-        ctx = MethodContext(model=model, topology=topology, data=data, budget=budget, seed=seed, scoring=scoring,
-                            callback=callback, should_stop=job.should_stop, budget_metric=budget_metric)
+        ctx = MethodContext(
+            model=model,
+            topology=topology,
+            data=data,
+            budget=budget,
+            seed=seed,
+            scoring=scoring,
+            callback=callback,
+            should_stop=job.should_stop,
+            budget_metric=budget_metric,
+        )
         result = run(method, ctx, **options)
         plan = _plan_dict(result.plan)
         if record and store_factory is not None:
             store = store_factory()
-            metrics = {"val_acc": float(result.val_acc), "macs_ratio": float(result.macs_ratio),
-                       "weights_sha256": _digest(model)}
-            cid = store.add_candidate(method=method, model=model_name, dataset=dataset, plan=plan, metrics=metrics)
+            metrics = {
+                "val_acc": float(result.val_acc),
+                "macs_ratio": float(result.macs_ratio),
+                "weights_sha256": _digest(model),
+            }
+            cid = store.add_candidate(
+                method=method, model=model_name, dataset=dataset, plan=plan, metrics=metrics
+            )
             job.report(info={"candidate_id": cid})
         job.report(message=f"best val top-1 {result.val_acc:.2f}% at {result.macs_ratio:.1%} of the MACs")
-        return {"plan": plan, "val_acc": float(result.val_acc), "macs_ratio": float(result.macs_ratio),
-                "seconds": float(getattr(result, "seconds", 0.0))}
+        return {
+            "plan": plan,
+            "val_acc": float(result.val_acc),
+            "macs_ratio": float(result.macs_ratio),
+            "seconds": float(getattr(result, "seconds", 0.0)),
+        }
 
     return job.start(work, steps=steps)
 
@@ -172,8 +213,13 @@ def start_search(
     spec = get_method(method)
     opts = spec.validate(options)
     verb = f"resuming run {resume_run_id}: " if resume_run_id is not None else ""
-    job = Job(kind="search", label=f"{verb}{method} on {model_name}, budget {budget:.0%} of the {budget_metric}",
-              total=int(opts.get("episodes", 0) or 0), events=list(past_events or []), done=len(past_events or []))
+    job = Job(
+        kind="search",
+        label=f"{verb}{method} on {model_name}, budget {budget:.0%} of the {budget_metric}",
+        total=int(opts.get("episodes", 0) or 0),
+        events=list(past_events or []),
+        done=len(past_events or []),
+    )
 
     def work(job: Job) -> Any:
         store = store_factory() if store_factory is not None else None
@@ -187,24 +233,48 @@ def start_search(
             run_seed = int(run.config.get("seed", seed))
         elif store is not None:
             scoring_dict = scoring.to_dict() if hasattr(scoring, "to_dict") else None
-            config = {"model": model_name, "method": method, "budget": budget, "budget_metric": budget_metric,
-                      "options": opts, "seed": seed, "scoring": scoring_dict, "dataset": dataset,
-                      "val_size": (scoring_dict or {}).get("val_size", 512), "started_by": "gui",
-                      "weights_sha256": _digest(model), **(provenance or {})}
-            run_id = store.create_run(method=method, model=model_name, dataset=dataset, budget=budget,
-                                      config=config)
+            config = {
+                "model": model_name,
+                "method": method,
+                "budget": budget,
+                "budget_metric": budget_metric,
+                "options": opts,
+                "seed": seed,
+                "scoring": scoring_dict,
+                "dataset": dataset,
+                "val_size": (scoring_dict or {}).get("val_size", 512),
+                "started_by": "gui",
+                "weights_sha256": _digest(model),
+                **(provenance or {}),
+            }
+            run_id = store.create_run(
+                method=method, model=model_name, dataset=dataset, budget=budget, config=config
+            )
         job.report(info={"run_id": run_id} if run_id is not None else None)
 
         def callback(event: Any) -> None:
             if event.candidate is not None:
-                job.report(done=int(event.step), message=event.message,
-                           event=episode_event(event.candidate, topology, index=int(event.step) - 1))
+                job.report(
+                    done=int(event.step),
+                    message=event.message,
+                    event=episode_event(event.candidate, topology, index=int(event.step) - 1),
+                )
             else:
                 job.report(done=int(event.step), message=event.message)
 
-        ctx = MethodContext(model=model, topology=topology, data=data, budget=budget, seed=run_seed,
-                            scoring=scoring, callback=callback, store=store, run_id=run_id,
-                            budget_metric=budget_metric, resume=resume_run_id is not None)
+        ctx = MethodContext(
+            model=model,
+            topology=topology,
+            data=data,
+            budget=budget,
+            seed=run_seed,
+            scoring=scoring,
+            callback=callback,
+            store=store,
+            run_id=run_id,
+            budget_metric=budget_metric,
+            resume=resume_run_id is not None,
+        )
         driver = SearchDriver(spec, ctx, run_opts)
         job.report(total=driver.total)
         substeps = step_unit == "step" and driver.method.has_substeps
@@ -223,8 +293,11 @@ def start_search(
                 if substeps:
                     sub = driver.substep()
                     info = {k: v for k, v in sub.info.items() if k != "candidate"}
-                    job.report(message=f"episode {sub.episode + 1}, step {sub.step}: MACs "
-                                       f"{info.get('macs_ratio', float('nan')):.1%}", info={"last_step": info})
+                    job.report(
+                        message=f"episode {sub.episode + 1}, step {sub.step}: MACs "
+                        f"{info.get('macs_ratio', float('nan')):.1%}",
+                        info={"last_step": info},
+                    )
                 else:
                     driver.step()
                 job.checkpoint(unit_done=True, on_pause=on_pause, on_resume=on_resume)
@@ -240,22 +313,36 @@ def start_search(
             raise
         _record_best(store, driver, method, model_name, dataset, run_id, job)
         job.report(message=f"best val top-1 {result.val_acc:.2f}% at {result.macs_ratio:.1%} of the MACs")
-        return {"plan": result.plan.to_dict(), "val_acc": float(result.val_acc),
-                "macs_ratio": float(result.macs_ratio), "seconds": float(result.seconds)}
+        return {
+            "plan": result.plan.to_dict(),
+            "val_acc": float(result.val_acc),
+            "macs_ratio": float(result.macs_ratio),
+            "seconds": float(result.seconds),
+        }
 
     return job.start(work, steps=steps)
 
 
-def _record_best(store: Any, driver: Any, method: str, model_name: str, dataset: str, run_id: int | None,
-                 job: Job) -> None:
+def _record_best(
+    store: Any, driver: Any, method: str, model_name: str, dataset: str, run_id: int | None, job: Job
+) -> None:
     """Add the search's best plan so far as a candidate in the store."""
     best = driver.best
     if store is None or best is None:
         return
-    metrics = {"val_acc": float(best.val_acc), "macs_ratio": float(best.macs_ratio),
-               "weights_sha256": _digest(driver.ctx.model)}
-    cid = store.add_candidate(method=method, model=model_name, dataset=dataset, plan=best.plan.to_dict(),
-                              metrics=metrics, run_id=run_id)
+    metrics = {
+        "val_acc": float(best.val_acc),
+        "macs_ratio": float(best.macs_ratio),
+        "weights_sha256": _digest(driver.ctx.model),
+    }
+    cid = store.add_candidate(
+        method=method,
+        model=model_name,
+        dataset=dataset,
+        plan=best.plan.to_dict(),
+        metrics=metrics,
+        run_id=run_id,
+    )
     job.report(info={"candidate_id": cid})
 
 

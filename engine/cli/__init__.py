@@ -20,7 +20,13 @@ from typing import Any
 
 from engine.errors import TopoPruneError
 
-DATASET_CHOICES = ("shapes10", "fashion-mnist", "cifar10", "cifar100", "imagefolder")  # = engine.data.DATASETS
+DATASET_CHOICES = (
+    "shapes10",
+    "fashion-mnist",
+    "cifar10",
+    "cifar100",
+    "imagefolder",
+)  # = engine.data.DATASETS
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_INPUT_SIZE = 1024  # pixels per side; 1024x1024 already needs ~20x ImageNet's activation memory
 MIN_INPUT_SIZE = 8
@@ -46,24 +52,47 @@ def _out_of_range(message: str) -> argparse.ArgumentTypeError:
 def _common_options() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     g = common.add_argument_group("common options")
-    g.add_argument("--dataset", choices=DATASET_CHOICES, default="shapes10", help="dataset (default: shapes10)")
-    g.add_argument("--data-dir", metavar="PATH", help="CIFAR batches, ImageFolder tree or Fashion-MNIST idx folder")
+    g.add_argument(
+        "--dataset", choices=DATASET_CHOICES, default="shapes10", help="dataset (default: shapes10)"
+    )
+    g.add_argument(
+        "--data-dir", metavar="PATH", help="CIFAR batches, ImageFolder tree or Fashion-MNIST idx folder"
+    )
     g.add_argument(
         "--checkpoint", metavar="PATH|shipped", help="weights file (.safetensors / state_dict) or 'shipped'"
     )
-    g.add_argument("--input-size", type=_input_size, metavar="N",
-                   help=f"square input size in pixels ({MIN_INPUT_SIZE}..{MAX_INPUT_SIZE})")
+    g.add_argument(
+        "--input-size",
+        type=_input_size,
+        metavar="N",
+        help=f"square input size in pixels ({MIN_INPUT_SIZE}..{MAX_INPUT_SIZE})",
+    )
     g.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: 0)")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default: cpu)")
-    g.add_argument("--num-classes", type=_positive_int, metavar="N", help="classifier size (default: dataset's)")
-    g.add_argument("--width", type=_width, default=1.0, metavar="W",
-                   help=f"width multiplier in (0, {MAX_WIDTH:g}] (default: 1)")
-    g.add_argument("--allow-nonfinite", action="store_true",
-                   help="load a --checkpoint holding NaN or Inf values (with a warning) instead of refusing it")
+    g.add_argument(
+        "--num-classes", type=_positive_int, metavar="N", help="classifier size (default: dataset's)"
+    )
+    g.add_argument(
+        "--width",
+        type=_width,
+        default=1.0,
+        metavar="W",
+        help=f"width multiplier in (0, {MAX_WIDTH:g}] (default: 1)",
+    )
+    g.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="load a --checkpoint holding NaN or Inf values (with a warning) instead of refusing it",
+    )
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
-    g.add_argument("--threads", type=_positive_int, default=int(os.environ.get("TOPOPRUNE_THREADS", 1)),
-                   metavar="N", help="torch compute threads of this process (default 1, or $TOPOPRUNE_THREADS: "
-                   "the agents' small ops run ~10x slower with 2 threads on a 2-core machine)")
+    g.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=int(os.environ.get("TOPOPRUNE_THREADS", 1)),
+        metavar="N",
+        help="torch compute threads of this process (default 1, or $TOPOPRUNE_THREADS: "
+        "the agents' small ops run ~10x slower with 2 threads on a 2-core machine)",
+    )
     return common
 
 
@@ -83,8 +112,9 @@ MAX_RUN_ID = 2**63 - 1  # SQLite's INTEGER range
 def _run_id(text: str) -> int:
     value = _positive_int(text)
     if value > MAX_RUN_ID:
-        raise _out_of_range(f"run id {value} is beyond the store's range (1..{MAX_RUN_ID}); `topoprune runs` "
-                            "lists the runs")
+        raise _out_of_range(
+            f"run id {value} is beyond the store's range (1..{MAX_RUN_ID}); `topoprune runs` lists the runs"
+        )
     return value
 
 
@@ -156,8 +186,13 @@ def format_human(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def emit(result: dict[str, Any], *, as_json: bool, human: Callable[[dict[str, Any]], str] | None = None,
-         stream: Any = None) -> None:
+def emit(
+    result: dict[str, Any],
+    *,
+    as_json: bool,
+    human: Callable[[dict[str, Any]], str] | None = None,
+    stream: Any = None,
+) -> None:
     """Print a command's result: one strict JSON object, or its human rendering."""
     from engine.store.codec import strict_json
 
@@ -242,7 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             with redirect:
                 import torch
 
-                torch.set_num_threads(int(getattr(args, "threads", 1)))  # the process's one setting, set once here
+                torch.set_num_threads(
+                    int(getattr(args, "threads", 1))
+                )  # the process's one setting, set once here
                 if getattr(args, "device", "cpu") != "cpu":
                     ctx.device()  # fail before any slow loading
                 result, human = args.handler(ctx)
@@ -262,7 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx.mark_failed(exc)
         if debug:
             raise
-        return _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with TOPOPRUNE_DEBUG=1 for the traceback")
+        return _fail(
+            f"internal error ({type(exc).__name__}: {exc}); rerun with TOPOPRUNE_DEBUG=1 for the traceback"
+        )
     finally:
         try:
             ctx.close()

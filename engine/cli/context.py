@@ -96,7 +96,9 @@ class CommandContext:
             import torch
 
             if not torch.cuda.is_available():
-                raise TopoPruneError("--device cuda was given but no CUDA device is available; use --device cpu")
+                raise TopoPruneError(
+                    "--device cuda was given but no CUDA device is available; use --device cpu"
+                )
         return device
 
     def data(self):
@@ -108,7 +110,9 @@ class CommandContext:
             self._data = load_data(a.dataset, data_dir=a.data_dir, seed=a.seed, input_size=a.input_size)
         return self._data
 
-    def load_model(self, name: str, *, num_classes: int | None = None, need_data: bool = False) -> LoadedModel:
+    def load_model(
+        self, name: str, *, num_classes: int | None = None, need_data: bool = False
+    ) -> LoadedModel:
         """Build ``name`` with the weights named by --checkpoint (random init when none).
 
         Args:
@@ -129,9 +133,15 @@ class CommandContext:
             )
         num_classes = num_classes or a.num_classes or (self.data().num_classes if need_data else None)
         input_size = a.input_size or (self.data().input_size if need_data else default_input_size(name))
-        request = ModelRequest(name, weights=a.checkpoint or "random", dataset=getattr(a, "dataset", None),
-                               num_classes=num_classes, width=a.width, input_size=input_size,
-                               allow_nonfinite=bool(getattr(a, "allow_nonfinite", False)))
+        request = ModelRequest(
+            name,
+            weights=a.checkpoint or "random",
+            dataset=getattr(a, "dataset", None),
+            num_classes=num_classes,
+            width=a.width,
+            input_size=input_size,
+            allow_nonfinite=bool(getattr(a, "allow_nonfinite", False)),
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NonFiniteWeightsWarning)
             loaded = load_model(request)
@@ -168,7 +178,9 @@ class CommandContext:
         try:
             run = self._store.get_run(self.active_run_id)
             if run.status in ("running",):
-                self._store.update_run(self.active_run_id, status=status, extra={"error": error} if error else None)
+                self._store.update_run(
+                    self.active_run_id, status=status, extra={"error": error} if error else None
+                )
         except Exception:  # the store itself may be the problem; the exit code still says what happened
             pass
 

@@ -18,7 +18,9 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise TopoPruneError(f"--option {pair!r} must look like KEY=VALUE (e.g. --option n_candidates=20)")
+            raise TopoPruneError(
+                f"--option {pair!r} must look like KEY=VALUE (e.g. --option n_candidates=20)"
+            )
         out[key.strip().replace("-", "_")] = value.strip()
     return out
 
@@ -36,8 +38,10 @@ def get_method_named(name: str):
         close = difflib.get_close_matches(name, names, n=1)
         if name in names or not close:
             raise
-        raise MethodError(f"unknown pruning method {name!r}; did you mean {close[0]!r}? (available methods: "
-                          f"{', '.join(names)})") from None
+        raise MethodError(
+            f"unknown pruning method {name!r}; did you mean {close[0]!r}? (available methods: "
+            f"{', '.join(names)})"
+        ) from None
 
 
 def check_budget(budget: float | None, metric: str = "macs") -> float:
@@ -59,11 +63,20 @@ def add_budget_arguments(parser: argparse.ArgumentParser, *, required: bool = Fa
     """Add `--budget B` and `--budget-metric METRIC` (shared by `prune` and `search`)."""
     from engine.pruning.budget import METRICS
 
-    parser.add_argument("--budget", type=float, required=required, metavar="B",
-                        help="fraction of the baseline's value of --budget-metric to keep, in (0, 1]")
-    parser.add_argument("--budget-metric", default="macs", metavar="METRIC",
-                        help=f"what the budget is a fraction of: {', '.join(METRICS)} (default macs); latency "
-                        "is predicted from a per-group table measured once on this machine")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        required=required,
+        metavar="B",
+        help="fraction of the baseline's value of --budget-metric to keep, in (0, 1]",
+    )
+    parser.add_argument(
+        "--budget-metric",
+        default="macs",
+        metavar="METRIC",
+        help=f"what the budget is a fraction of: {', '.join(METRICS)} (default macs); latency "
+        "is predicted from a per-group table measured once on this machine",
+    )
 
 
 def budget_from_args(args: argparse.Namespace):
@@ -91,17 +104,22 @@ def load_plan_file(path_text: str):
         raise TopoPruneError(f"plan file {path} does not exist; check the path given to --plan")
     size = path.stat().st_size
     if size > MAX_PLAN_BYTES:
-        raise PlanError(f"plan file {path} is {size:,} bytes, more than a plan can be ({MAX_PLAN_BYTES:,}); "
-                        "check that --plan names a plan.json written by `prune --out`")
+        raise PlanError(
+            f"plan file {path} is {size:,} bytes, more than a plan can be ({MAX_PLAN_BYTES:,}); "
+            "check that --plan names a plan.json written by `prune --out`"
+        )
     try:
         return PruningPlan.from_json(path.read_text())
     except PlanError as exc:
         raise PlanError(f"plan file {path}: {exc}") from None
     except RecursionError:
-        raise PlanError(f"plan file {path} is nested too deeply to be a TopoPrune plan; save one with "
-                        "`prune --out`") from None
+        raise PlanError(
+            f"plan file {path} is nested too deeply to be a TopoPrune plan; save one with `prune --out`"
+        ) from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise TopoPruneError(f"plan file {path} is not a TopoPrune plan ({exc}); save one with `prune --out`") from None
+        raise TopoPruneError(
+            f"plan file {path} is not a TopoPrune plan ({exc}); save one with `prune --out`"
+        ) from None
 
 
 def plan_from_dict(data: dict[str, Any]):

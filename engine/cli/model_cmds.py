@@ -18,30 +18,48 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     """Add ``info``, ``graph`` and ``train`` to the sub-command parser."""
     from engine.cli import _non_negative_int, _positive_float, _positive_int
 
-    p = commands.add_parser("info", parents=[common], help="a model's params, MACs, layers, groups and stages",
-                            description="Print a model's parameter count, MACs/FLOPs and topology summary.")
+    p = commands.add_parser(
+        "info",
+        parents=[common],
+        help="a model's params, MACs, layers, groups and stages",
+        description="Print a model's parameter count, MACs/FLOPs and topology summary.",
+    )
     p.add_argument("model", nargs="?", metavar="MODEL", help="zoo name (cifar_resnet20, resnet50, ...)")
     p.add_argument("--list", action="store_true", help="list every model name and exit")
     p.add_argument("--methods", action="store_true", help="list every pruning method and exit")
     p.set_defaults(handler=cmd_info)
 
-    p = commands.add_parser("graph", parents=[common], help="export a model's op graph (.json or .graphml)",
-                            description="Build the topology graph of a model and write it to a file.")
+    p = commands.add_parser(
+        "graph",
+        parents=[common],
+        help="export a model's op graph (.json or .graphml)",
+        description="Build the topology graph of a model and write it to a file.",
+    )
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--export", required=True, metavar="FILE", help="output file: .json (node-link) or .graphml")
+    p.add_argument(
+        "--export", required=True, metavar="FILE", help="output file: .json (node-link) or .graphml"
+    )
     p.set_defaults(handler=cmd_graph)
 
-    p = commands.add_parser("train", parents=[common], help="train a model and save a checkpoint",
-                            description="Train a model on the dataset, evaluate on test, save a checkpoint.")
+    p = commands.add_parser(
+        "train",
+        parents=[common],
+        help="train a model and save a checkpoint",
+        description="Train a model on the dataset, evaluate on test, save a checkpoint.",
+    )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--epochs", type=_positive_int, required=True, metavar="N")
     p.add_argument("--out", required=True, metavar="FILE", help="checkpoint file to write")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--lr", type=_positive_float, default=0.1, help="peak learning rate (default: 0.1)")
     p.add_argument("--batch-size", type=_positive_int, default=128, metavar="N")
-    p.add_argument("--max-batches-per-epoch", type=_positive_int, metavar="N", help="cap each epoch (quick runs)")
+    p.add_argument(
+        "--max-batches-per-epoch", type=_positive_int, metavar="N", help="cap each epoch (quick runs)"
+    )
     p.add_argument("--no-augment", action="store_true", help="train without crop/flip augmentation")
-    p.add_argument("--eval-limit", type=_non_negative_int, metavar="N", help="evaluate on the first N test images")
+    p.add_argument(
+        "--eval-limit", type=_non_negative_int, metavar="N", help="evaluate on the first N test images"
+    )
     p.set_defaults(handler=cmd_train)
 
 
@@ -57,10 +75,18 @@ def cmd_info(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     if a.methods:
         from engine.methods import list_methods
 
-        methods = [{"name": m.name, "kind": m.kind, "description": m.description,
-                    "options": {k: o.default for k, o in m.options.items()}} for m in list_methods()]
+        methods = [
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "description": m.description,
+                "options": {k: o.default for k, o in m.options.items()},
+            }
+            for m in list_methods()
+        ]
         return {"methods": methods}, lambda r: "\n".join(
-            f"{m['name']:<14} {m['kind']:<8} {m['description']}" for m in r["methods"])
+            f"{m['name']:<14} {m['kind']:<8} {m['description']}" for m in r["methods"]
+        )
     if not a.model:
         raise TopoPruneError("info needs a MODEL name (or --list to see them)")
     import torch
@@ -114,14 +140,16 @@ def _si(n: float) -> str:
 
 
 def _human_info(r: dict[str, Any]) -> str:
-    return "\n".join([
-        f"{r['model']} ({r['weights']} weights, {r['input_size']}x{r['input_size']} input, {r['num_classes']} classes)",
-        f"  params     {r['params']:,}  ({_si(r['params'])})",
-        f"  size       {r['size_kb']:.1f} KB (fp32 weights), {_si(r['bitops'])} BitOPs",
-        f"  MACs       {r['macs']:,}  ({_si(r['macs'])}; FLOPs = 2 x MACs = {_si(r['flops'])})",
-        f"  layers     {r['layers']}   groups {r['groups']} ({r['prunable_groups']} prunable)   stages {r['stages']}",
-        f"  graph      {r['nodes']} nodes, {r['edges']} edges, built in {r['graph_build_s']:.3f} s",
-    ])
+    return "\n".join(
+        [
+            f"{r['model']} ({r['weights']} weights, {r['input_size']}x{r['input_size']} input, {r['num_classes']} classes)",
+            f"  params     {r['params']:,}  ({_si(r['params'])})",
+            f"  size       {r['size_kb']:.1f} KB (fp32 weights), {_si(r['bitops'])} BitOPs",
+            f"  MACs       {r['macs']:,}  ({_si(r['macs'])}; FLOPs = 2 x MACs = {_si(r['flops'])})",
+            f"  layers     {r['layers']}   groups {r['groups']} ({r['prunable_groups']} prunable)   stages {r['stages']}",
+            f"  graph      {r['nodes']} nodes, {r['edges']} edges, built in {r['graph_build_s']:.3f} s",
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------------------------- graph
@@ -135,7 +163,9 @@ def cmd_graph(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     if path.suffix.lower() not in (".json", ".graphml"):
         raise TopoPruneError(f"--export {path} must end in .json or .graphml")
     if not path.parent.is_dir():
-        raise TopoPruneError(f"folder {path.parent} does not exist; create it or choose another --export path")
+        raise TopoPruneError(
+            f"folder {path.parent} does not exist; create it or choose another --export path"
+        )
     loaded = ctx.load_model(a.model)
     topology = build_topology_for(ctx, loaded)
     written = Path(export_graph(topology, path))
@@ -147,7 +177,10 @@ def cmd_graph(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         "prunable_groups": sum(1 for g in topology.groups if g.prunable),
         "path": str(written.resolve()),
     }
-    return result, lambda r: f"wrote {r['path']}: {r['nodes']} nodes, {r['edges']} edges, {r['groups']} groups"
+    return (
+        result,
+        lambda r: f"wrote {r['path']}: {r['nodes']} nodes, {r['edges']} edges, {r['groups']} groups",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -165,11 +198,21 @@ def cmd_train(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         if "device" in getattr(TrainConfig, "__dataclass_fields__", {}):
             extra["device"] = ctx.device()
         else:
-            ctx.log(f"topoprune: warning: engine.train has no device option yet; training on cpu, not {a.device}")
-    config = TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, seed=a.seed,
-                         max_batches_per_epoch=a.max_batches_per_epoch, augment=not a.no_augment, **extra)
-    request = TrainRequest(a.model, out, config, a.dataset, width=loaded.width, eval_limit=a.eval_limit,
-                           command=ctx.command_line)
+            ctx.log(
+                f"topoprune: warning: engine.train has no device option yet; training on cpu, not {a.device}"
+            )
+    config = TrainConfig(
+        epochs=a.epochs,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        seed=a.seed,
+        max_batches_per_epoch=a.max_batches_per_epoch,
+        augment=not a.no_augment,
+        **extra,
+    )
+    request = TrainRequest(
+        a.model, out, config, a.dataset, width=loaded.width, eval_limit=a.eval_limit, command=ctx.command_line
+    )
     bar = ctx.progress(total=100, desc=f"train {a.model} (%)")
 
     def on_progress(p: Any) -> None:
@@ -188,6 +231,11 @@ def cmd_train(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         "seconds": saved.seconds,
         "path": str(saved.path),
     }
-    return result, lambda r: (f"trained {r['model']} on {r['dataset']} for {r['epochs']} epochs in "
-                              f"{r['seconds']:.1f} s: test top-1 {r['test_acc']:.2f}%, val {r['val_acc']:.2f}%\n"
-                              f"saved {r['path']}")
+    return (
+        result,
+        lambda r: (
+            f"trained {r['model']} on {r['dataset']} for {r['epochs']} epochs in "
+            f"{r['seconds']:.1f} s: test top-1 {r['test_acc']:.2f}%, val {r['val_acc']:.2f}%\n"
+            f"saved {r['path']}"
+        ),
+    )

@@ -37,45 +37,82 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     """Add ``sensitivity``, ``prune`` and ``export`` to the sub-command parser."""
     from engine.cli import _non_negative_int, _positive_int, _run_id
 
-    p = commands.add_parser("sensitivity", parents=[common], help="per-group val accuracy drop per keep ratio",
-                            description="Prune one group at a time to each keep ratio; report the val accuracy drop.")
+    p = commands.add_parser(
+        "sensitivity",
+        parents=[common],
+        help="per-group val accuracy drop per keep ratio",
+        description="Prune one group at a time to each keep ratio; report the val accuracy drop.",
+    )
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--keep-ratios", default=DEFAULT_KEEP_RATIOS, metavar="R,R,...",
-                   help=f"keep ratios (fraction of channels kept), default {DEFAULT_KEEP_RATIOS}")
-    p.add_argument("--groups", metavar="NAME,NAME,...", help="only these groups (default: every prunable group)")
-    p.add_argument("--val-size", type=_positive_int, default=512, metavar="N", help="val images scored (default 512)")
+    p.add_argument(
+        "--keep-ratios",
+        default=DEFAULT_KEEP_RATIOS,
+        metavar="R,R,...",
+        help=f"keep ratios (fraction of channels kept), default {DEFAULT_KEEP_RATIOS}",
+    )
+    p.add_argument(
+        "--groups", metavar="NAME,NAME,...", help="only these groups (default: every prunable group)"
+    )
+    p.add_argument(
+        "--val-size", type=_positive_int, default=512, metavar="N", help="val images scored (default 512)"
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute even if a cached table exists")
     p.set_defaults(handler=cmd_sensitivity)
 
-    p = commands.add_parser("prune", parents=[common], help="prune a model with a method (or a saved plan)",
-                            description="Choose a plan with a method (or load one), prune, measure, record it.")
+    p = commands.add_parser(
+        "prune",
+        parents=[common],
+        help="prune a model with a method (or a saved plan)",
+        description="Choose a plan with a method (or load one), prune, measure, record it.",
+    )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--method", metavar="M", help="pruning method (`topoprune info --methods` lists them)")
     add_budget_arguments(p)
     p.add_argument("--plan", metavar="FILE", help="apply this saved plan (JSON) instead of running a method")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method option (repeatable; `topoprune info --methods --json` lists them)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method option (repeatable; `topoprune info --methods --json` lists them)",
+    )
     p.add_argument("--finetune-epochs", type=_non_negative_int, default=0, metavar="N")
     p.add_argument("--distill", action="store_true", help="fine-tune by distilling from the unpruned model")
-    p.add_argument("--finetune-kd", action="store_true", help="fine-tune with knowledge distillation from the unpruned "
-                   "baseline (loss (1-w)*CE + w*T^2*KL); see --kd-temperature and --kd-weight")
-    p.add_argument("--kd-temperature", type=float, default=4.0, metavar="T", help="KD softmax temperature (default 4)")
-    p.add_argument("--kd-weight", type=float, default=0.9, metavar="W", help="KD term weight in [0, 1] (default 0.9)")
-    p.add_argument("--val-size", type=_positive_int, default=512, metavar="N", help="val images scored (default 512)")
+    p.add_argument(
+        "--finetune-kd",
+        action="store_true",
+        help="fine-tune with knowledge distillation from the unpruned "
+        "baseline (loss (1-w)*CE + w*T^2*KL); see --kd-temperature and --kd-weight",
+    )
+    p.add_argument(
+        "--kd-temperature", type=float, default=4.0, metavar="T", help="KD softmax temperature (default 4)"
+    )
+    p.add_argument(
+        "--kd-weight", type=float, default=0.9, metavar="W", help="KD term weight in [0, 1] (default 0.9)"
+    )
+    p.add_argument(
+        "--val-size", type=_positive_int, default=512, metavar="N", help="val images scored (default 512)"
+    )
     p.add_argument("--round-to", type=_positive_int, default=1, metavar="N", help="round channel counts to N")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--out", metavar="DIR", help="save the pruned state_dict and plan JSON into DIR")
     p.add_argument("--force", action="store_true", help="replace files already in --out DIR")
     p.set_defaults(handler=cmd_prune)
 
-    p = commands.add_parser("export", parents=[common], help="export a run's best plan (or a plan file) as a model",
-                            description="Apply a run's best plan (or --plan FILE) to its model and write it out.")
+    p = commands.add_parser(
+        "export",
+        parents=[common],
+        help="export a run's best plan (or a plan file) as a model",
+        description="Apply a run's best plan (or --plan FILE) to its model and write it out.",
+    )
     p.add_argument("run_id", nargs="?", type=_run_id, metavar="RUN_ID")
     p.add_argument("--plan", metavar="FILE", help="export this plan (JSON) instead of a run's best plan")
     p.add_argument("--model", metavar="MODEL", help="model of --plan (default: the plan's own model name)")
     p.add_argument("--format", choices=tuple(EXPORT_SUFFIX), default="state_dict")
     p.add_argument("--out", metavar="PATH", help="output file (default: ./<model>-pruned[-run<ID>]<suffix>)")
-    p.add_argument("--force", action="store_true", help="replace an existing output file (and its .plan.json)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing output file (and its .plan.json)"
+    )
     p.set_defaults(handler=cmd_export)
 
 
@@ -90,7 +127,9 @@ def cmd_sensitivity(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     except ValueError:
         raise TopoPruneError(f"--keep-ratios {a.keep_ratios!r} must be numbers separated by commas") from None
     if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
-        raise TopoPruneError(f"--keep-ratios {a.keep_ratios!r}: each must be in (0, 1] (fraction of channels kept)")
+        raise TopoPruneError(
+            f"--keep-ratios {a.keep_ratios!r}: each must be in (0, 1] (fraction of channels kept)"
+        )
     groups = [g.strip() for g in a.groups.split(",") if g.strip()] if a.groups else None
     ctx.store()  # the table is recorded at the end: a store that cannot open fails now, not after the work
     data = ctx.data()
@@ -98,16 +137,30 @@ def cmd_sensitivity(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     topology = build_topology_for(ctx, loaded)
     bar = ctx.progress(total=None, desc=f"sensitivity {a.model}")
     table = analyze_sensitivity(
-        loaded.model, topology, data, keep_ratios=ratios, scoring=scoring_config(ctx, a.val_size), groups=groups,
-        use_cache=not a.no_cache, callback=lambda done, total, msg: bar.update_to(done, total, msg),
+        loaded.model,
+        topology,
+        data,
+        keep_ratios=ratios,
+        scoring=scoring_config(ctx, a.val_size),
+        groups=groups,
+        use_cache=not a.no_cache,
+        callback=lambda done, total, msg: bar.update_to(done, total, msg),
     )
     bar.close()
     table_dict = table.to_dict()
     key = table_dict.get("cache_key") or ""
     if key and groups is None:
-        ctx.store().save_sensitivity(key, model=a.model, dataset=data.name,
-                                     settings={"keep_ratios": ratios, "scoring": table_dict.get("scoring", {}),
-                                               "weights": loaded.weights}, table=table_dict)
+        ctx.store().save_sensitivity(
+            key,
+            model=a.model,
+            dataset=data.name,
+            settings={
+                "keep_ratios": ratios,
+                "scoring": table_dict.get("scoring", {}),
+                "weights": loaded.weights,
+            },
+            table=table_dict,
+        )
     result = {
         "model": a.model,
         "dataset": data.name,
@@ -124,11 +177,16 @@ def cmd_sensitivity(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
 def _human_sensitivity(r: dict[str, Any]) -> str:
     ratios = r["keep_ratios"]
     head = f"{'group':<28} {'MACs%':>6} " + " ".join(f"{k:>6.2f}" for k in ratios)
-    lines = [f"{r['model']} on {r['dataset']}: base val acc {r['base_acc']:.2f}%; accuracy drop (points) "
-             f"per keep ratio", head]
+    lines = [
+        f"{r['model']} on {r['dataset']}: base val acc {r['base_acc']:.2f}%; accuracy drop (points) "
+        f"per keep ratio",
+        head,
+    ]
     for g in r["groups"]:
-        lines.append(f"{g['name'][:28]:<28} {100 * g.get('macs_share', 0):>6.1f} "
-                     + " ".join(f"{d:>6.2f}" for d in g["drop"]))
+        lines.append(
+            f"{g['name'][:28]:<28} {100 * g.get('macs_share', 0):>6.1f} "
+            + " ".join(f"{d:>6.2f}" for d in g["drop"])
+        )
     return "\n".join(lines)
 
 
@@ -158,9 +216,11 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         method_spec = get_method_named(a.method)
         method_spec.validate(options)  # fail fast, before loading anything
         if metric not in method_spec.budget_metrics:
-            raise MethodError(f"method {a.method!r} cannot land on a {metric!r} budget; it supports "
-                              f"{', '.join(method_spec.budget_metrics)}: pick one of those with --budget-metric, "
-                              "or another method")
+            raise MethodError(
+                f"method {a.method!r} cannot land on a {metric!r} budget; it supports "
+                f"{', '.join(method_spec.budget_metrics)}: pick one of those with --budget-metric, "
+                "or another method"
+            )
     plan = load_plan_file(a.plan) if a.plan is not None else None  # fail fast, before loading anything
     out_dir = check_output_dir(a.out, PRUNE_FILES, force=a.force) if a.out else None
     ctx.store()  # the candidate is recorded at the end: a store that cannot open fails now, not after the work
@@ -172,8 +232,9 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         from engine.latency_table import ensure_latency_table
 
         lat_bar = ctx.progress(total=None, desc="latency table")
-        ensure_latency_table(loaded.model, topology, callback=lambda done, total, msg: lat_bar.update_to(
-            done, total, msg))
+        ensure_latency_table(
+            loaded.model, topology, callback=lambda done, total, msg: lat_bar.update_to(done, total, msg)
+        )
         lat_bar.close()
     method_result = None
     if plan is not None:
@@ -183,15 +244,32 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
         from engine.methods import MethodContext, run_method
 
         callback, bar = method_callback(ctx, f"{a.method} {a.model}")
-        mctx = MethodContext(model=loaded.model, topology=topology, data=data, budget=budget, seed=a.seed,
-                             scoring=scoring, callback=callback, round_to=a.round_to, budget_metric=metric)
+        mctx = MethodContext(
+            model=loaded.model,
+            topology=topology,
+            data=data,
+            budget=budget,
+            seed=a.seed,
+            scoring=scoring,
+            callback=callback,
+            round_to=a.round_to,
+            budget_metric=metric,
+        )
         method_result = run_method(a.method, mctx, **options)
         bar.close()
         plan, method = method_result.plan, a.method
     bar = ctx.progress(total=a.finetune_epochs or None, desc="measure")
     report = report_candidate(
-        loaded.model, topology, plan, data, finetune_epochs=a.finetune_epochs, distill=a.distill, scoring=scoring,
-        latency=not a.no_latency, seed=a.seed, kd=kd,
+        loaded.model,
+        topology,
+        plan,
+        data,
+        finetune_epochs=a.finetune_epochs,
+        distill=a.distill,
+        scoring=scoring,
+        latency=not a.no_latency,
+        seed=a.seed,
+        kd=kd,
         callback=lambda p: bar.update_to(int(getattr(p, "epoch", 0)), a.finetune_epochs or None),
     )
     bar.close()
@@ -199,14 +277,24 @@ def cmd_prune(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     plan_dict = plan.to_dict()
     artifacts: dict[str, str] = {}
     if out_dir is not None:
-        artifacts = save_pruned(report.pruned_model, plan_dict, metrics, out_dir, example=ctx.example_inputs(loaded))
+        artifacts = save_pruned(
+            report.pruned_model, plan_dict, metrics, out_dir, example=ctx.example_inputs(loaded)
+        )
     budget_ratio = achieved_ratio(metric, topology, plan, report)
     store = ctx.store()
     candidate_id = store.add_candidate(
-        method=method, model=a.model, dataset=data.name, plan=plan_dict,
-        metrics={**metrics, "budget": budget, "budget_metric": metric, "budget_ratio": budget_ratio,
-                 "weights": loaded.weights,
-                 "options": method_result.options if method_result else {}},
+        method=method,
+        model=a.model,
+        dataset=data.name,
+        plan=plan_dict,
+        metrics={
+            **metrics,
+            "budget": budget,
+            "budget_metric": metric,
+            "budget_ratio": budget_ratio,
+            "weights": loaded.weights,
+            "options": method_result.options if method_result else {},
+        },
         artifacts=artifacts,
     )
     result = {
@@ -249,7 +337,9 @@ def achieved_ratio(metric: str, topology: Any, plan: Any, report: Any) -> float 
     return Budget(metric, 1.0).ratio(topology, plan)
 
 
-def save_pruned(pruned: Any, plan: dict[str, Any], metrics: dict[str, Any], out_dir: Path, *, example: Any) -> dict[str, str]:
+def save_pruned(
+    pruned: Any, plan: dict[str, Any], metrics: dict[str, Any], out_dir: Path, *, example: Any
+) -> dict[str, str]:
     """Write the pruned model's state_dict, its plan and metrics into ``out_dir``; returns their paths."""
     from engine.pruning import export_pruned
     from engine.store.codec import strict_json
@@ -260,8 +350,11 @@ def save_pruned(pruned: Any, plan: dict[str, Any], metrics: dict[str, Any], out_
     _write_json(plan_path, plan)
     metrics_path = out_dir / PRUNE_FILES[2]
     _write_json(metrics_path, strict_json(metrics))
-    return {"state_dict": str(Path(weights).resolve()), "plan": str(plan_path.resolve()),
-            "metrics": str(metrics_path.resolve())}
+    return {
+        "state_dict": str(Path(weights).resolve()),
+        "plan": str(plan_path.resolve()),
+        "metrics": str(metrics_path.resolve()),
+    }
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -275,8 +368,14 @@ def _human_prune(r: dict[str, Any]) -> str:
     lines = [
         f"{r['model']} pruned by {r['method']} (candidate {r['candidate_id']}):",
         f"  MACs     {r['macs_before']:,} -> {r['macs_after']:,}  ({100 * r['macs_ratio']:.1f}% kept)",
-        *([f"  budget   {100 * r['budget_ratio']:.1f}% of the {r['budget_metric']} kept"
-           f" (budget {100 * r['budget']:.0f}%)"] if r["budget_ratio"] is not None and r["budget"] else []),
+        *(
+            [
+                f"  budget   {100 * r['budget_ratio']:.1f}% of the {r['budget_metric']} kept"
+                f" (budget {100 * r['budget']:.0f}%)"
+            ]
+            if r["budget_ratio"] is not None and r["budget"]
+            else []
+        ),
         f"  params   {r['params_before']:,} -> {r['params_after']:,}",
         f"  latency  {lat(r['latency_ms_before'])} -> {lat(r['latency_ms_after'])}",
         f"  val acc  {r['val_acc']:.2f}%   test acc {r['test_acc']:.2f}% (unpruned {r['baseline_test_acc']:.2f}%)",
@@ -311,7 +410,9 @@ def cmd_export(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
 
         model_name = a.model or getattr(plan, "model", None)
         if not model_name or model_name not in list_models():
-            raise TopoPruneError(f"plan {a.plan} does not name a zoo model ({model_name!r}); pass --model MODEL")
+            raise TopoPruneError(
+                f"plan {a.plan} does not name a zoo model ({model_name!r}); pass --model MODEL"
+            )
         check_plan_model(plan, model_name, a.plan)
         default_name = f"{model_name}-pruned"
     out = Path(a.out).expanduser() if a.out else Path.cwd() / (default_name + EXPORT_SUFFIX[a.format])
@@ -327,6 +428,12 @@ def cmd_export(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     path = Path(export_pruned(pruned, out, format=a.format, example_inputs=ctx.example_inputs(loaded)))
     plan_path = path.with_name(path.name + ".plan.json")
     _write_json(plan_path, plan.to_dict())
-    result = {"path": str(path.resolve()), "plan_path": str(plan_path.resolve()), "format": a.format,
-              "model": model_name, "run_id": a.run_id, "seconds": time.perf_counter() - start}
+    result = {
+        "path": str(path.resolve()),
+        "plan_path": str(plan_path.resolve()),
+        "format": a.format,
+        "model": model_name,
+        "run_id": a.run_id,
+        "seconds": time.perf_counter() - start,
+    }
     return result, lambda r: f"wrote {r['path']} ({r['format']}) and its plan {r['plan_path']}"

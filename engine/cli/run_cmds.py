@@ -47,50 +47,105 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     """Add ``search``, ``resume`` and ``runs`` to the sub-command parser."""
     from engine.cli import _positive_int, _run_id
 
-    p = commands.add_parser("search", parents=[common], help="run a search method; episodes go to the run store",
-                            description="Search for a plan on budget; every episode is recorded in the run store.")
+    p = commands.add_parser(
+        "search",
+        parents=[common],
+        help="run a search method; episodes go to the run store",
+        description="Search for a plan on budget; every episode is recorded in the run store.",
+    )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--method", required=True, metavar="M", help="search method (gnnrl, amc, random, ...)")
-    p.add_argument("--budget", type=float, required=True, metavar="B",
-                   help="fraction of the baseline's value of --budget-metric to keep, in (0, 1]")
-    p.add_argument("--budget-metric", default="macs", choices=BUDGET_METRICS, metavar="METRIC",
-                   help=f"what the budget is a fraction of: {', '.join(BUDGET_METRICS)} (default macs)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        required=True,
+        metavar="B",
+        help="fraction of the baseline's value of --budget-metric to keep, in (0, 1]",
+    )
+    p.add_argument(
+        "--budget-metric",
+        default="macs",
+        choices=BUDGET_METRICS,
+        metavar="METRIC",
+        help=f"what the budget is a fraction of: {', '.join(BUDGET_METRICS)} (default macs)",
+    )
     p.add_argument("--episodes", type=_positive_int, metavar="N", help="episodes (scored candidates)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method option (repeatable; `topoprune info --methods --json` lists them)")
-    p.add_argument("--val-size", type=_positive_int, default=512, metavar="N", help="val images scored (default 512)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method option (repeatable; `topoprune info --methods --json` lists them)",
+    )
+    p.add_argument(
+        "--val-size", type=_positive_int, default=512, metavar="N", help="val images scored (default 512)"
+    )
     p.add_argument("--round-to", type=_positive_int, default=1, metavar="N", help="round channel counts to N")
-    p.add_argument("--rescore-top", type=int, default=0, metavar="K",
-                   help="re-score the K best plans on --rescore-val-size val images; that score picks the winner")
-    p.add_argument("--rescore-val-size", type=_positive_int, default=None, metavar="N",
-                   help="val images of the re-score (default: the whole val split)")
+    p.add_argument(
+        "--rescore-top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="re-score the K best plans on --rescore-val-size val images; that score picks the winner",
+    )
+    p.add_argument(
+        "--rescore-val-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="val images of the re-score (default: the whole val split)",
+    )
     add_executor_arguments(p)
     p.set_defaults(handler=cmd_search)
 
-    p = commands.add_parser("resume", parents=[common], help="continue an interrupted or paused search run",
-                            description="Continue a run from its last recorded episode and saved state.")
+    p = commands.add_parser(
+        "resume",
+        parents=[common],
+        help="continue an interrupted or paused search run",
+        description="Continue a run from its last recorded episode and saved state.",
+    )
     p.add_argument("run_id", type=_run_id, metavar="RUN_ID")
     add_executor_arguments(p)
     p.set_defaults(handler=cmd_resume)
 
-    p = commands.add_parser("runs", parents=[common], help="list the recorded runs (or show one)",
-                            description="List the runs in the run store, or show one run with its episodes.")
+    p = commands.add_parser(
+        "runs",
+        parents=[common],
+        help="list the recorded runs (or show one)",
+        description="List the runs in the run store, or show one run with its episodes.",
+    )
     p.add_argument("run_id", nargs="?", type=_run_id, metavar="RUN_ID", help="show this run and its episodes")
     p.add_argument("--status", choices=("running", "paused", "interrupted", "completed", "failed"))
     p.add_argument("--limit", type=_positive_int, metavar="N", help="at most N runs (newest first)")
-    p.add_argument("--move-corrupt-store", action="store_true",
-                   help="rename a corrupt runs.sqlite to runs.sqlite.corrupt-<timestamp> (never deletes it)")
+    p.add_argument(
+        "--move-corrupt-store",
+        action="store_true",
+        help="rename a corrupt runs.sqlite to runs.sqlite.corrupt-<timestamp> (never deletes it)",
+    )
     p.set_defaults(handler=cmd_runs)
 
 
 def add_executor_arguments(p: argparse.ArgumentParser) -> None:
     """--workers / --executor / --ray-address: where candidates are scored (the run store stays here)."""
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="score N candidates at a time in N workers (default 1: in this process)")
-    p.add_argument("--executor", choices=("process", "ray"), default=None,
-                   help="workers as local processes, or Ray actors (default: ray; needs pip install -e '.[ray]')")
-    p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="join a running Ray cluster (e.g. 10.0.0.5:6379) instead of starting a local one")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="score N candidates at a time in N workers (default 1: in this process)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("process", "ray"),
+        default=None,
+        help="workers as local processes, or Ray actors (default: ray; needs pip install -e '.[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="join a running Ray cluster (e.g. 10.0.0.5:6379) instead of starting a local one",
+    )
 
 
 def _executor(ctx: CommandContext, mctx: Any) -> Any:
@@ -114,7 +169,9 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
             f"{', '.join(spec.budget_metrics)}: pick one of those with --budget-metric, or another method"
         )
     if spec.kind != "search":
-        raise TopoPruneError(f"method {a.method!r} is one-shot; use `topoprune prune {a.model} --method {a.method}`")
+        raise TopoPruneError(
+            f"method {a.method!r} is one-shot; use `topoprune prune {a.model} --method {a.method}`"
+        )
     options = parse_options(a.option)
     if "resume" in options:
         raise TopoPruneError("--option resume is set by `topoprune resume RUN_ID`; drop it from search")
@@ -131,24 +188,41 @@ def cmd_search(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     # --val-size is a cap (the first N val images, all of them when the split is smaller), as for `prune`; a
     # re-score subset larger than the split would re-score on the same images: refused
     if a.rescore_val_size is not None and a.rescore_val_size > n_val:
-        raise TopoPruneError(f"--rescore-val-size {a.rescore_val_size} is larger than the val split of {data.name} "
-                             f"({n_val} images); use at most {n_val}")
+        raise TopoPruneError(
+            f"--rescore-val-size {a.rescore_val_size} is larger than the val split of {data.name} "
+            f"({n_val} images); use at most {n_val}"
+        )
     loaded = ctx.load_model(a.model, need_data=True)
     config = {
-        "model": a.model, "method": a.method, "budget": budget, "budget_metric": metric, "options": options,
-        "val_size": a.val_size, "batch_size": max(1, a.workers), "rescore_top": a.rescore_top,
+        "model": a.model,
+        "method": a.method,
+        "budget": budget,
+        "budget_metric": metric,
+        "options": options,
+        "val_size": a.val_size,
+        "batch_size": max(1, a.workers),
+        "rescore_top": a.rescore_top,
         "rescore_val_size": a.rescore_val_size,
-        "round_to": a.round_to, "dataset": a.dataset, "data_dir": a.data_dir, "checkpoint": a.checkpoint,
-        "input_size": loaded.input_size, "seed": a.seed, "num_classes": loaded.num_classes, "width": loaded.width,
-        "weights": loaded.weights, "command": ctx.command_line,
+        "round_to": a.round_to,
+        "dataset": a.dataset,
+        "data_dir": a.data_dir,
+        "checkpoint": a.checkpoint,
+        "input_size": loaded.input_size,
+        "seed": a.seed,
+        "num_classes": loaded.num_classes,
+        "width": loaded.width,
+        "weights": loaded.weights,
+        "command": ctx.command_line,
         "weights_sha256": _weights_digest(loaded.model),
     }
     store = ctx.store()
     run_id = store.create_run(method=a.method, model=a.model, dataset=data.name, budget=budget, config=config)
     ctx.active_run_id = run_id
     ctx.active_run_resumable = True
-    ctx.log(f"topoprune: run {run_id} started ({a.method} on {a.model}, budget {budget:g} of the {metric}); "
-            f"`topoprune resume {run_id}` continues it if stopped")
+    ctx.log(
+        f"topoprune: run {run_id} started ({a.method} on {a.model}, budget {budget:g} of the {metric}); "
+        f"`topoprune resume {run_id}` continues it if stopped"
+    )
     return _drive(ctx, run_id, loaded, config, resume=False)
 
 
@@ -172,11 +246,23 @@ def _drive(ctx: CommandContext, run_id: int, loaded: Any, config: dict[str, Any]
         bar.update_to(int(event.step), int(event.total) or total, event.message)
 
     mctx = MethodContext(
-        model=loaded.model, topology=topology, data=data, budget=config["budget"], seed=int(config["seed"]),
-        scoring=scoring_config(ctx, int(config["val_size"])), callback=on_event, store=store, run_id=run_id,
-        round_to=int(config.get("round_to", 1)), budget_metric=metric, resume=resume,
-        batch_size=int(config.get("batch_size") or 1),  # the run's own: a resume with other --workers replays it
-        rescore_top=int(config.get("rescore_top") or 0), rescore_val_size=config.get("rescore_val_size"),
+        model=loaded.model,
+        topology=topology,
+        data=data,
+        budget=config["budget"],
+        seed=int(config["seed"]),
+        scoring=scoring_config(ctx, int(config["val_size"])),
+        callback=on_event,
+        store=store,
+        run_id=run_id,
+        round_to=int(config.get("round_to", 1)),
+        budget_metric=metric,
+        resume=resume,
+        batch_size=int(
+            config.get("batch_size") or 1
+        ),  # the run's own: a resume with other --workers replays it
+        rescore_top=int(config.get("rescore_top") or 0),
+        rescore_val_size=config.get("rescore_val_size"),
     )
     mctx.executor = _executor(ctx, mctx)
     try:
@@ -186,8 +272,13 @@ def _drive(ctx: CommandContext, run_id: int, loaded: Any, config: dict[str, Any]
     bar.close()
     from engine.pruning.budget import Budget
 
-    store.update_run(run_id, extra={"budget_metric": metric,
-                                    "budget_ratio": Budget(metric, config["budget"]).ratio(topology, result.plan)})
+    store.update_run(
+        run_id,
+        extra={
+            "budget_metric": metric,
+            "budget_ratio": Budget(metric, config["budget"]).ratio(topology, result.plan),
+        },
+    )
     ctx.active_run_id = None
     return run_result(store.get_run(run_id)), _human_search
 
@@ -213,9 +304,11 @@ def run_result(run: Any) -> dict[str, Any]:
 def _human_search(r: dict[str, Any]) -> str:
     best = "-" if r["best_val_acc"] is None else f"{r['best_val_acc']:.2f}%"
     ratio = "-" if r["macs_ratio"] is None else f"{100 * r['macs_ratio']:.1f}%"
-    return (f"run {r['run_id']} {r['status']}: {r['method']} on {r['model']}, {r['episodes']} episodes in "
-            f"{r['seconds'] or 0:.1f} s; best val acc {best} at {ratio} of the MACs (budget {r['budget']:g})\n"
-            f"`topoprune export {r['run_id']} --format state_dict` writes the pruned model")
+    return (
+        f"run {r['run_id']} {r['status']}: {r['method']} on {r['model']}, {r['episodes']} episodes in "
+        f"{r['seconds'] or 0:.1f} s; best val acc {best} at {ratio} of the MACs (budget {r['budget']:g})\n"
+        f"`topoprune export {r['run_id']} --format state_dict` writes the pruned model"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- resume
@@ -262,8 +355,14 @@ def resume_config(run: Any, *, checkpoint: str | None) -> dict[str, Any]:
     """
     recorded = dict(run.config)
     scoring = recorded.get("scoring") or {}
-    config = {"seed": 0, "round_to": 1, "options": {}, "dataset": run.dataset,
-              "val_size": scoring.get("val_size") or 512, **recorded}
+    config = {
+        "seed": 0,
+        "round_to": 1,
+        "options": {},
+        "dataset": run.dataset,
+        "val_size": scoring.get("val_size") or 512,
+        **recorded,
+    }
     config.update(method=run.method, budget=run.budget, model=run.model)
     if "checkpoint" not in recorded:
         if checkpoint is None:
@@ -283,7 +382,9 @@ def cmd_runs(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     a = ctx.args
     if a.move_corrupt_store:
         moved = move_corrupt_store()
-        return {"moved_to": str(moved)}, lambda r: f"moved the corrupt store to {r['moved_to']}; a new one starts empty"
+        return {
+            "moved_to": str(moved)
+        }, lambda r: f"moved the corrupt store to {r['moved_to']}; a new one starts empty"
     from engine.store import default_store_path
 
     # An existing store is only read (nothing migrated or marked); a missing one is created empty, as before.
@@ -291,8 +392,10 @@ def cmd_runs(ctx: CommandContext) -> tuple[dict[str, Any], Any]:
     if a.run_id is not None:
         run = store.get_run(a.run_id)
         episodes = [e.to_dict() for e in store.episodes(run.id)]
-        return {"run": _run_row(run) | {"config": run.config, "best_plan": run.best_plan, "extra": run.extra},
-                "episodes": episodes}, _human_run
+        return {
+            "run": _run_row(run) | {"config": run.config, "best_plan": run.best_plan, "extra": run.extra},
+            "episodes": episodes,
+        }, _human_run
     runs = [_run_row(r) for r in store.list_runs(status=a.status, limit=a.limit)]
     return {"runs": runs, "store": str(store.path)}, _human_runs
 
@@ -308,29 +411,49 @@ def _shown_status(run: Any) -> str:
 
 
 def _run_row(run: Any) -> dict[str, Any]:
-    return {"id": run.id, "method": run.method, "model": run.model, "dataset": run.dataset, "budget": run.budget,
-            "status": _shown_status(run), "best_score": run.best_score, "episodes": run.n_episodes,
-            "created_at": run.created_at, "updated_at": run.updated_at}
+    return {
+        "id": run.id,
+        "method": run.method,
+        "model": run.model,
+        "dataset": run.dataset,
+        "budget": run.budget,
+        "status": _shown_status(run),
+        "best_score": run.best_score,
+        "episodes": run.n_episodes,
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+    }
 
 
 def _human_runs(r: dict[str, Any]) -> str:
     if not r["runs"]:
         return f"no runs recorded in {r['store']}"
-    lines = [f"{'id':>4}  {'status':<11} {'method':<12} {'model':<22} {'budget':>6} {'episodes':>8} {'best':>7}"]
+    lines = [
+        f"{'id':>4}  {'status':<11} {'method':<12} {'model':<22} {'budget':>6} {'episodes':>8} {'best':>7}"
+    ]
     for run in r["runs"]:
         best = "-" if run["best_score"] is None else f"{run['best_score']:.2f}"
         budget = "-" if run["budget"] is None else f"{run['budget']:g}"
-        lines.append(f"{run['id']:>4}  {run['status']:<11} {run['method']:<12} {run['model'][:22]:<22} "
-                     f"{budget:>6} {run['episodes']:>8} {best:>7}")
+        lines.append(
+            f"{run['id']:>4}  {run['status']:<11} {run['method']:<12} {run['model'][:22]:<22} "
+            f"{budget:>6} {run['episodes']:>8} {best:>7}"
+        )
     return "\n".join(lines)
 
 
 def _human_run(r: dict[str, Any]) -> str:
     run = r["run"]
-    lines = [_human_runs({"runs": [run], "store": ""}), "", f"{'episode':>7} {'reward':>9} {'val acc':>8} {'MACs %':>7}"]
+    lines = [
+        _human_runs({"runs": [run], "store": ""}),
+        "",
+        f"{'episode':>7} {'reward':>9} {'val acc':>8} {'MACs %':>7}",
+    ]
     for e in r["episodes"]:
+
         def fmt(v: Any, scale: float = 1.0) -> str:
             return "-" if v is None else f"{scale * v:.2f}"
 
-        lines.append(f"{e['index']:>7} {fmt(e['reward']):>9} {fmt(e['val_acc']):>8} {fmt(e['macs_ratio'], 100):>7}")
+        lines.append(
+            f"{e['index']:>7} {fmt(e['reward']):>9} {fmt(e['val_acc']):>8} {fmt(e['macs_ratio'], 100):>7}"
+        )
     return "\n".join(lines)

@@ -9,5 +9,14 @@ from engine.graph.hierarchy import Block, Stage
 from engine.graph.motif import conv_motif
 from engine.graph.topology import Topology, build_topology
 
-__all__ = ["Block", "ChannelGroup", "MemberMap", "Stage", "Topology", "build_topology", "conv_motif",
-           "export_graph", "to_node_link"]
+__all__ = [
+    "Block",
+    "ChannelGroup",
+    "MemberMap",
+    "Stage",
+    "Topology",
+    "build_topology",
+    "conv_motif",
+    "export_graph",
+    "to_node_link",
+]

@@ -18,8 +18,9 @@ MAX_SITES = 8
 
 def _structure(classes: ChannelClasses) -> tuple:
     members = class_members(classes)
-    partition = frozenset(frozenset((k[0], k[1], c) for k, chs in slots.items() for c in chs)
-                          for slots in members.values())
+    partition = frozenset(
+        frozenset((k[0], k[1], c) for k, chs in slots.items() for c in chs) for slots in members.values()
+    )
     return tuple(classes.order), partition
 
 
@@ -45,7 +46,10 @@ def check_branches(model: nn.Module, inputs: tuple[torch.Tensor, ...], classes: 
                 f"{module} ({kind}) branches on tensor values in forward() (an `if` on a tensor) and the other "
                 "branch runs different layers or connects channels differently, so one traced path cannot be "
                 "pruned safely; make forward() take the same path for every input (move the test out of the "
-                "model or make it depend on shapes only)")
+                "model or make it depend on shapes only)"
+            )
     where = ", ".join(sorted({s or "forward()" for s in sites}))
-    return [f"forward() branches on tensor values in {where}; both outcomes run the same layers with the same "
-            "channel coupling, so pruning is unaffected"]
+    return [
+        f"forward() branches on tensor values in {where}; both outcomes run the same layers with the same "
+        "channel coupling, so pruning is unaffected"
+    ]

@@ -18,22 +18,132 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 _ELEMENTWISE = {
-    "add", "sub", "mul", "div", "true_divide", "rsub", "radd", "rmul", "rtruediv", "truediv", "where", "maximum",
-    "minimum", "pow", "relu", "relu6", "silu", "sigmoid", "hardswish", "hardsigmoid", "hardtanh", "gelu", "tanh",
-    "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "dropout", "dropout1d", "dropout2d", "dropout3d",
-    "alpha_dropout", "feature_alpha_dropout", "clone", "contiguous", "neg", "abs", "exp", "clamp", "clip", "float",
-    "double", "half", "to", "type", "type_as", "detach", "sqrt", "rsqrt", "square", "reciprocal", "log", "sin", "cos",
-    "erf", "logsigmoid", "hardshrink", "softsign", "stochastic_depth", "requires_grad_", "identity", "sign",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "true_divide",
+    "rsub",
+    "radd",
+    "rmul",
+    "rtruediv",
+    "truediv",
+    "where",
+    "maximum",
+    "minimum",
+    "pow",
+    "relu",
+    "relu6",
+    "silu",
+    "sigmoid",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "gelu",
+    "tanh",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "celu",
+    "mish",
+    "softplus",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "clone",
+    "contiguous",
+    "neg",
+    "abs",
+    "exp",
+    "clamp",
+    "clip",
+    "float",
+    "double",
+    "half",
+    "to",
+    "type",
+    "type_as",
+    "detach",
+    "sqrt",
+    "rsqrt",
+    "square",
+    "reciprocal",
+    "log",
+    "sin",
+    "cos",
+    "erf",
+    "logsigmoid",
+    "hardshrink",
+    "softsign",
+    "stochastic_depth",
+    "requires_grad_",
+    "identity",
+    "sign",
 }
-_SPATIAL = {"avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_avg_pool1d",
-            "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-            "adaptive_max_pool3d", "lp_pool2d", "interpolate", "upsample", "upsample_nearest", "upsample_bilinear",
-            "boolean_dispatch", "max_pool2d_with_indices", "adaptive_max_pool2d_with_indices"}
+_SPATIAL = {
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+    "lp_pool2d",
+    "interpolate",
+    "upsample",
+    "upsample_nearest",
+    "upsample_bilinear",
+    "boolean_dispatch",
+    "max_pool2d_with_indices",
+    "adaptive_max_pool2d_with_indices",
+}
 _REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "prod"}
-_SHAPE = {"view", "reshape", "flatten", "permute", "transpose", "t", "squeeze", "unsqueeze", "getitem", "split",
-          "chunk", "unbind", "cat", "concat", "concatenate", "stack", "flip", "roll", "narrow", "expand", "expand_as",
-          "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "movedim", "split_with_sizes", "unflatten", "select",
-          "view_as", "reshape_as", "swapaxes", "swapdims", "tensor_split", "hsplit", "vsplit", "pad"}
+_SHAPE = {
+    "view",
+    "reshape",
+    "flatten",
+    "permute",
+    "transpose",
+    "t",
+    "squeeze",
+    "unsqueeze",
+    "getitem",
+    "split",
+    "chunk",
+    "unbind",
+    "cat",
+    "concat",
+    "concatenate",
+    "stack",
+    "flip",
+    "roll",
+    "narrow",
+    "expand",
+    "expand_as",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "channel_shuffle",
+    "movedim",
+    "split_with_sizes",
+    "unflatten",
+    "select",
+    "view_as",
+    "reshape_as",
+    "swapaxes",
+    "swapdims",
+    "tensor_split",
+    "hsplit",
+    "vsplit",
+    "pad",
+}
 _BRANCH = {"__bool__"}
 
 
@@ -43,7 +153,9 @@ def is_conv(module: nn.Module) -> bool:
 
 
 def is_depthwise(module: nn.Module) -> bool:
-    return is_conv(module) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    return (
+        is_conv(module) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    )
 
 
 def handled(module: nn.Module) -> bool:
@@ -189,15 +301,18 @@ class ChannelTracer:
             try:
                 self.on_module(name, module, args, out)
             except Exception as exc:  # noqa: BLE001
-                self.freeze_all(args, {}, out, f"{name} ({type(module).__name__}) could not be followed: {exc}")
+                self.freeze_all(
+                    args, {}, out, f"{name} ({type(module).__name__}) could not be followed: {exc}"
+                )
 
     def on_module(self, name: str, module: nn.Module, args, out) -> None:
         x = next((a for a in pytree.tree_leaves(args) if isinstance(a, torch.Tensor)), None)
         found = self.get(x)
         c = self.classes
         if not handled(module):
-            self.freeze_all(args, {}, out, f"{name} is a {type(module).__name__}, whose channels the pruner does "
-                                           "not edit")
+            self.freeze_all(
+                args, {}, out, f"{name} is a {type(module).__name__}, whose channels the pruner does not edit"
+            )
             return
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             slots = c.slot(name, "out", module.num_features)
@@ -242,7 +357,8 @@ class ChannelTracer:
         if not labelled:
             return
         if not isinstance(out, torch.Tensor) and not (
-                isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out)):
+            isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out)
+        ):
             return  # .tolist(), shapes: nothing flows on in channels
         if name == "setitem":
             self._setitem(args)
@@ -259,13 +375,17 @@ class ChannelTracer:
         elif name in _SHAPE:
             self._shape(func_args=(args, kwargs), name=name, out=out)
         else:
-            self.freeze_all(args, kwargs, out, f"op {name!r} mixes channels in a way the pruner does not follow")
+            self.freeze_all(
+                args, kwargs, out, f"op {name!r} mixes channels in a way the pruner does not follow"
+            )
 
     def _setitem(self, args) -> None:
         target, index, value = args[0], args[1], args[2]
         found, source = self.get(target), self.get(value)
         if found is None or source is None:
-            self.freeze_all(args, {}, None, "an assignment into a slice writes channels the tracer cannot follow")
+            self.freeze_all(
+                args, {}, None, "an assignment into a slice writes channels the tracer cannot follow"
+            )
             return
         view = [1] * target.dim()
         view[found.dim] = len(found.labels)
@@ -298,15 +418,22 @@ class ChannelTracer:
             if x.shape[found.dim] == len(found.labels) and len(found.labels) == shape[found.dim + offset]:
                 full.append(found.labels)
         if len(dims) != 1 or not full:
-            self.freeze_all(leaves, {}, out, f"op {name!r} combines tensors whose channel dims do not line up")
+            self.freeze_all(
+                leaves, {}, out, f"op {name!r} combines tensors whose channel dims do not line up"
+            )
             return
         (dim,) = dims
         for x in leaves:  # an unlabelled tensor with a channel-sized dim there: an unwrapped parameter
             if isinstance(x, torch.Tensor) and self.get(x) is None and x.dim() > 0:
                 at = dim - (len(shape) - x.dim())
                 if 0 <= at < x.dim() and x.shape[at] > 1 and x.shape[at] == shape[dim]:
-                    self.freeze_all(leaves, {}, out, f"a tensor that is not a layer's output (a parameter or "
-                                                     f"buffer used in forward) enters op {name!r} on these channels")
+                    self.freeze_all(
+                        leaves,
+                        {},
+                        out,
+                        f"a tensor that is not a layer's output (a parameter or "
+                        f"buffer used in forward) enters op {name!r} on these channels",
+                    )
                     return
         for other in full[1:]:
             for a, b in zip(full[0], other, strict=True):
@@ -332,12 +459,14 @@ class ChannelTracer:
 
     def _shape(self, func_args, name: str, out) -> None:
         args, kwargs = func_args
-        if name in ("cat", "concat", "concatenate") or (name in ("split", "chunk", "split_with_sizes") and
-                                                         self._fast_split(name, args, kwargs, out)):
+        if name in ("cat", "concat", "concatenate") or (
+            name in ("split", "chunk", "split_with_sizes") and self._fast_split(name, args, kwargs, out)
+        ):
             if name in ("split", "chunk", "split_with_sizes"):
                 return
             if self._fast_cat(args, kwargs, out):
                 return
+
         # general case: run the same op on per-element label tensors and read the channel dim back off
         def to_labels(x):
             if not isinstance(x, torch.Tensor):
@@ -390,12 +519,16 @@ class ChannelTracer:
         start, parts = 0, []
         for o in out:
             n = o.shape[dim]
-            parts.append(found.labels[start:start + n])
+            parts.append(found.labels[start : start + n])
             self.put(o, parts[-1], dim)
             start += n
         sizes = {len(p) for p in parts}
-        if name != "split_with_sizes" and not isinstance(args[1] if len(args) > 1 else None, (list, tuple)) \
-                and len(sizes) == 1 and len(parts) > 1:  # equal parts of one size: prune them alike
+        if (
+            name != "split_with_sizes"
+            and not isinstance(args[1] if len(args) > 1 else None, (list, tuple))
+            and len(sizes) == 1
+            and len(parts) > 1
+        ):  # equal parts of one size: prune them alike
             for j in range(len(parts[0])):
                 self.classes.ties.append([int(p[j]) for p in parts])
         return True
@@ -425,16 +558,17 @@ def _lookup(name: str, args):
     return lambda x, *a, **k: getattr(x, name)(*a, **k)
 
 
-def trace_channels(model: nn.Module, inputs: tuple[torch.Tensor, ...], *,
-                   flip: set[int] | None = None) -> tuple[ChannelClasses, object]:
+def trace_channels(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], *, flip: set[int] | None = None
+) -> tuple[ChannelClasses, object]:
     """Run `model` once under label propagation; returns the slot classes and the model output."""
     tracer = ChannelTracer(model, flip)
     handles = []
     for name, module in model.named_modules():
-        handles.append(module.register_forward_pre_hook(
-            lambda m, a, name=name: tracer.pre_hook(name, m, a)))
-        handles.append(module.register_forward_hook(
-            lambda m, a, o, name=name: tracer.post_hook(name, m, a, o)))
+        handles.append(module.register_forward_pre_hook(lambda m, a, name=name: tracer.pre_hook(name, m, a)))
+        handles.append(
+            module.register_forward_hook(lambda m, a, o, name=name: tracer.post_hook(name, m, a, o))
+        )
     try:
         for x in inputs:
             tracer.fresh(x, "they are the model's input channels")
@@ -483,8 +617,9 @@ def class_members(classes: ChannelClasses) -> dict[int, dict[tuple[str, str], li
     # slots of one (module, dim) are contiguous ids in channel order, so every list is already sorted
     result = {k: dict(d) for k, d in members.items()}
     classes._members = (len(classes.parent), result)
-    classes._slot_roots = np.fromiter((find(classes.find(i)) for i in range(len(classes.parent))),
-                                      dtype=np.int64, count=len(classes.parent))
+    classes._slot_roots = np.fromiter(
+        (find(classes.find(i)) for i in range(len(classes.parent))), dtype=np.int64, count=len(classes.parent)
+    )
     return result
 
 

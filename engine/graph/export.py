@@ -36,14 +36,25 @@ def to_node_link(topology: Topology) -> dict:
     data["model"] = topology.model_name
     data["input_shape"] = list(topology.input_shape)
     data["groups"] = [
-        {"index": g.index, "name": g.name, "channels": g.channels, "prunable": g.prunable, "stage": g.stage,
-         "block": g.block, "members": [list(m) for m in g.members], "macs_per_channel": g.macs_per_channel,
-         "params_per_channel": g.params_per_channel, "memory_bytes_per_channel": g.memory_bytes_per_channel,
-         "reason": g.reason}
+        {
+            "index": g.index,
+            "name": g.name,
+            "channels": g.channels,
+            "prunable": g.prunable,
+            "stage": g.stage,
+            "block": g.block,
+            "members": [list(m) for m in g.members],
+            "macs_per_channel": g.macs_per_channel,
+            "params_per_channel": g.params_per_channel,
+            "memory_bytes_per_channel": g.memory_bytes_per_channel,
+            "reason": g.reason,
+        }
         for g in topology.groups
     ]
-    data["stages"] = [{"index": s.index, "resolution": _plain(s.resolution), "blocks": s.blocks, "layers": s.layers}
-                      for s in topology.stages]
+    data["stages"] = [
+        {"index": s.index, "resolution": _plain(s.resolution), "blocks": s.blocks, "layers": s.layers}
+        for s in topology.stages
+    ]
     return data
 
 

@@ -59,8 +59,11 @@ class ChannelGroup:
 
 
 def _is_depthwise(module: nn.Module) -> bool:
-    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
-            and module.groups == module.in_channels == module.out_channels)
+    return (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
 
 
 def _unsupported_reason(module: nn.Module, name: str, *, grouped_ok: bool = False) -> str | None:
@@ -75,8 +78,11 @@ def _unsupported_reason(module: nn.Module, name: str, *, grouped_ok: bool = Fals
     return f"{name} is a {type(module).__name__}, which the pruner does not edit"
 
 
-def _finish_maps(pairs: dict[tuple[str, str], list[tuple[list[int], list[int]]]], channels: int,
-                 modules: dict[str, nn.Module]) -> tuple[list[MemberMap], str | None]:
+def _finish_maps(
+    pairs: dict[tuple[str, str], list[tuple[list[int], list[int]]]],
+    channels: int,
+    modules: dict[str, nn.Module],
+) -> tuple[list[MemberMap], str | None]:
     """Turn (member channels, group channels) index lists into MemberMaps; say why if not one-to-mult."""
     maps, reason = [], None
     identity = list(range(channels))
@@ -131,8 +137,9 @@ def _cache_index_mapping() -> None:
     index_mapping.update_index_mapping = update
 
 
-def depgraph_groups(meta_model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict[str, LayerCall],
-                    ignored: list[str]) -> list[RawGroup]:
+def depgraph_groups(
+    meta_model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict[str, LayerCall], ignored: list[str]
+) -> list[RawGroup]:
     """Groups from Torch-Pruning's DependencyGraph, rooted at each conv/linear's outputs in forward order."""
     import torch_pruning as tp
 
@@ -140,12 +147,15 @@ def depgraph_groups(meta_model: nn.Module, inputs: tuple[torch.Tensor, ...], cal
     names = {module: name for name, module in modules.items()}
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(
-            meta_model, example_inputs=inputs[0] if len(inputs) == 1 else inputs,
-            verbose=False)
+            meta_model, example_inputs=inputs[0] if len(inputs) == 1 else inputs, verbose=False
+        )
     _cache_index_mapping()
     graph._topoprune_mapped = True
-    roots = [c.name for c in sorted(calls.values(), key=lambda c: c.order)
-             if isinstance(modules.get(c.name), (nn.modules.conv._ConvNd, nn.Linear)) and c.name not in ignored]
+    roots = [
+        c.name
+        for c in sorted(calls.values(), key=lambda c: c.order)
+        if isinstance(modules.get(c.name), (nn.modules.conv._ConvNd, nn.Linear)) and c.name not in ignored
+    ]
     covered: dict[str, int] = {}
     groups: list[RawGroup] = []
     for root in roots:
@@ -186,8 +196,9 @@ def depgraph_groups(meta_model: nn.Module, inputs: tuple[torch.Tensor, ...], cal
     return groups
 
 
-def _closure(graph: nx.DiGraph, start: str, n: int, modules: dict[str, nn.Module],
-             call_sites: dict[str, int]) -> list[tuple[str, str]] | None:
+def _closure(
+    graph: nx.DiGraph, start: str, n: int, modules: dict[str, nn.Module], call_sites: dict[str, int]
+) -> list[tuple[str, str]] | None:
     """Members reached from conv `start`'s outputs through channel-wise ops and depthwise convs, ending at the
     inputs of plain convs/linears; None if the channels meet anything that mixes or reorders them."""
     members: list[tuple[str, str]] = []
@@ -208,8 +219,12 @@ def _closure(graph: nx.DiGraph, start: str, n: int, modules: dict[str, nn.Module
             members.append((name, "out"))
         elif op in _CHANNELWISE_OPS:
             pass
-        elif op == "flatten" and data["in_shape"] and len(data["in_shape"]) > 2 and \
-                torch.Size(data["in_shape"][2:]).numel() == 1:
+        elif (
+            op == "flatten"
+            and data["in_shape"]
+            and len(data["in_shape"]) > 2
+            and torch.Size(data["in_shape"][2:]).numel() == 1
+        ):
             pass
         elif op == "conv" and _is_depthwise(modules[name]) and modules[name].in_channels == n:
             members.append((name, "out"))
@@ -261,7 +276,9 @@ def _norm_dim(module: nn.Module, dim: str) -> str:
     return "out" if dim == "in" and _is_depthwise(module) else dim
 
 
-def label_groups(classes, modules: dict[str, nn.Module], *, exclude: set[int] | None = None) -> list[RawGroup]:
+def label_groups(
+    classes, modules: dict[str, nn.Module], *, exclude: set[int] | None = None
+) -> list[RawGroup]:
     """Groups read off channel label propagation (channels.py): tie-classes with the same members form one
     group, ordered by their first producer's channel; classes that only reach the model output are left out.
     `exclude`: tie-class roots already covered by another group (skipped: most of a ResNet's classes)."""
@@ -282,8 +299,10 @@ def label_groups(classes, modules: dict[str, nn.Module], *, exclude: set[int] | 
 
     def first(root: int) -> tuple[int, int, str]:
         slots = members[root]
-        key = min((k for k in slots if k[1] == "out" and isinstance(modules[k[0]], _SUPPORTED[:3])),
-                  key=lambda k: order.get(k[0], 1 << 30))
+        key = min(
+            (k for k in slots if k[1] == "out" and isinstance(modules[k[0]], _SUPPORTED[:3])),
+            key=lambda k: order.get(k[0], 1 << 30),
+        )
         return order.get(key[0], 1 << 30), slots[key][0], key[0]
 
     sortable = []
@@ -309,7 +328,9 @@ def label_groups(classes, modules: dict[str, nn.Module], *, exclude: set[int] | 
     return groups
 
 
-def _map_problem(group: RawGroup, modules: dict[str, nn.Module], sizes: dict[tuple[str, str], int]) -> str | None:
+def _map_problem(
+    group: RawGroup, modules: dict[str, nn.Module], sizes: dict[tuple[str, str], int]
+) -> str | None:
     """Why a Torch-Pruning index map cannot be applied as it stands (out of range, duplicates, partial)."""
     for m in group.maps:
         size = sizes.get((m.module, _norm_dim(modules[m.module], m.dim)))
@@ -324,7 +345,9 @@ def _map_problem(group: RawGroup, modules: dict[str, nn.Module], sizes: dict[tup
     return None
 
 
-def _group_roots(group: RawGroup, modules: dict[str, nn.Module], classes, roots: np.ndarray) -> np.ndarray | None:
+def _group_roots(
+    group: RawGroup, modules: dict[str, nn.Module], classes, roots: np.ndarray
+) -> np.ndarray | None:
     """(group channels, slots per channel) array of the tie-class roots a group's maps name; None if a map
     names a (module, dim) the tracer never saw or has a malformed length."""
     cols = []
@@ -337,7 +360,9 @@ def _group_roots(group: RawGroup, modules: dict[str, nn.Module], classes, roots:
     return np.concatenate(cols, axis=1) if cols else None
 
 
-def merge_groups(dep: list[RawGroup], classes, modules: dict[str, nn.Module]) -> tuple[list[RawGroup], list[str]]:
+def merge_groups(
+    dep: list[RawGroup], classes, modules: dict[str, nn.Module]
+) -> tuple[list[RawGroup], list[str]]:
     """Torch-Pruning's groups where their maps match the label classes exactly, label groups everywhere else.
 
     A Torch-Pruning group matches when every group channel names the slots of exactly one tie-class, all of
@@ -358,9 +383,15 @@ def merge_groups(dep: list[RawGroup], classes, modules: dict[str, nn.Module]) ->
         r = _group_roots(group, modules, classes, roots) if problem is None else None
         if problem is None:
             first = None if r is None else r[:, 0]
-            if (r is None or not (r == first[:, None]).all() or len(np.unique(first)) != len(first)
-                    or not (class_size[first] == r.shape[1]).all()):
-                problem = "Torch-Pruning's index map does not match how the channels flow (reshape or reordering)"
+            if (
+                r is None
+                or not (r == first[:, None]).all()
+                or len(np.unique(first)) != len(first)
+                or not (class_size[first] == r.shape[1]).all()
+            ):
+                problem = (
+                    "Torch-Pruning's index map does not match how the channels flow (reshape or reordering)"
+                )
             elif group.reason is None and frozen_roots.intersection(first.tolist()):
                 problem = "the channels meet an op the pruner does not follow"
         if problem is None and group.reason is None:

@@ -46,8 +46,9 @@ def block_of(layer: str, modules: dict[str, nn.Module]) -> str | None:
     return None
 
 
-def build_hierarchy(layers: list[str], calls: dict[str, LayerCall],
-                    modules: dict[str, nn.Module]) -> tuple[list[Stage], list[Block], dict[str, int]]:
+def build_hierarchy(
+    layers: list[str], calls: dict[str, LayerCall], modules: dict[str, nn.Module]
+) -> tuple[list[Stage], list[Block], dict[str, int]]:
     """Stages, blocks and each layer's stage index, for conv/linear `layers` in forward order."""
     blocks: dict[str, Block] = {}
     block_by_layer = {layer: block_of(layer, modules) for layer in layers}
@@ -66,10 +67,16 @@ def build_hierarchy(layers: list[str], calls: dict[str, LayerCall],
     for layer in layers:
         unit = block_by_layer[layer] or layer
         res = unit_resolution[unit]
-        if not stages or (res != stages[-1].resolution and not (res is None and stages[-1].resolution is None)):
+        if not stages or (
+            res != stages[-1].resolution and not (res is None and stages[-1].resolution is None)
+        ):
             # a later unit at a resolution seen before (rare) stays in the current stage
-            if not stages or res is None or stages[-1].resolution is None or \
-                    _area(res) < _area(stages[-1].resolution):
+            if (
+                not stages
+                or res is None
+                or stages[-1].resolution is None
+                or _area(res) < _area(stages[-1].resolution)
+            ):
                 stages.append(Stage(len(stages), res))
         stage = stages[-1]
         stage.layers.append(layer)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import networkx as nx
 
 
-def conv_motif(in_channels: int, *, layer: str = "", kernel: tuple[int, ...] = (), depthwise: bool = False) -> nx.DiGraph:
+def conv_motif(
+    in_channels: int, *, layer: str = "", kernel: tuple[int, ...] = (), depthwise: bool = False
+) -> nx.DiGraph:
     """The motif of one conv filter over `in_channels` inputs.
 
     Args:

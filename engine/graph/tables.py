@@ -49,7 +49,9 @@ def unmodelled_macs(model: nn.Module, inputs: tuple[torch.Tensor, ...], specs: l
         model(*inputs)
     counts = counter.get_flop_counts()
     root = type(model).__name__
-    modelled = sum(sum(counts.get(f"{root}.{s.name}", {}).values()) for s in specs if s.kind in ("conv", "linear"))
+    modelled = sum(
+        sum(counts.get(f"{root}.{s.name}", {}).values()) for s in specs if s.kind in ("conv", "linear")
+    )
     return int((counter.get_total_flops() - modelled) // 2)
 
 
@@ -60,15 +62,43 @@ def layer_specs(modules: dict[str, nn.Module], calls: dict[str, LayerCall]) -> l
         module = modules[call.name]
         if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:  # subclasses too
             depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-            specs.append(LayerSpec(call.name, "conv", module.in_channels, module.out_channels, module.groups,
-                                   depthwise, int(np.prod(module.kernel_size)), module.bias is not None,
-                                   coef=call.coef, spatial=call.spatial))
+            specs.append(
+                LayerSpec(
+                    call.name,
+                    "conv",
+                    module.in_channels,
+                    module.out_channels,
+                    module.groups,
+                    depthwise,
+                    int(np.prod(module.kernel_size)),
+                    module.bias is not None,
+                    coef=call.coef,
+                    spatial=call.spatial,
+                )
+            )
         elif isinstance(module, nn.Linear):
-            specs.append(LayerSpec(call.name, "linear", module.in_features, module.out_features,
-                                   bias=module.bias is not None, coef=call.coef, spatial=call.spatial))
+            specs.append(
+                LayerSpec(
+                    call.name,
+                    "linear",
+                    module.in_features,
+                    module.out_features,
+                    bias=module.bias is not None,
+                    coef=call.coef,
+                    spatial=call.spatial,
+                )
+            )
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            specs.append(LayerSpec(call.name, "bn", module.num_features, module.num_features,
-                                   affine=module.weight is not None, spatial=call.spatial))
+            specs.append(
+                LayerSpec(
+                    call.name,
+                    "bn",
+                    module.num_features,
+                    module.num_features,
+                    affine=module.weight is not None,
+                    spatial=call.spatial,
+                )
+            )
         else:
             params = sum(p.numel() for p in module.parameters(recurse=False))
             if params:
@@ -91,10 +121,20 @@ class CostEval:
 class CostTable:
     """Evaluates costs for a vector of per-group keep counts (groups in topology order)."""
 
-    def __init__(self, specs: list[LayerSpec], group_maps: list[list[MemberMap]], group_channels: list[int],
-                 *, extra_params: int = 0, extra_macs: int = 0, element_bytes: int = 4) -> None:
+    def __init__(
+        self,
+        specs: list[LayerSpec],
+        group_maps: list[list[MemberMap]],
+        group_channels: list[int],
+        *,
+        extra_params: int = 0,
+        extra_macs: int = 0,
+        element_bytes: int = 4,
+    ) -> None:
         self.specs = specs
-        self.extra_macs = int(extra_macs)  # counted MACs of ops no group can shrink (attention, ConvTranspose)
+        self.extra_macs = int(
+            extra_macs
+        )  # counted MACs of ops no group can shrink (attention, ConvTranspose)
         self.channels = np.asarray(group_channels, dtype=np.float64)
         self.extra_params = int(extra_params)
         self.element_bytes = element_bytes
@@ -139,13 +179,22 @@ class CostTable:
         c_out, c_in = self._channels(keep)
         per_group_in = np.where(self.depthwise, 1.0, c_in / self.groups)
         layer_macs = self.coef * per_group_in * c_out * self.weighted
-        weight_params = np.where(self.is_conv, c_out * per_group_in * self.kernel,
-                                 np.where(self.is_linear, c_in * c_out, 0.0))
-        layer_params = weight_params + self.bias * c_out * self.weighted + self.affine * 2 * c_out * self.is_bn
+        weight_params = np.where(
+            self.is_conv, c_out * per_group_in * self.kernel, np.where(self.is_linear, c_in * c_out, 0.0)
+        )
+        layer_params = (
+            weight_params + self.bias * c_out * self.weighted + self.affine * 2 * c_out * self.is_bn
+        )
         layer_params = layer_params + self.fixed
         layer_memory = self.spatial * c_out * self.element_bytes * self.weighted
-        return CostEval(int(round(layer_macs.sum())) + self.extra_macs, int(round(layer_params.sum())) + self.extra_params,
-                        int(round(layer_memory.sum())), layer_macs, layer_params, layer_memory)
+        return CostEval(
+            int(round(layer_macs.sum())) + self.extra_macs,
+            int(round(layer_params.sum())) + self.extra_params,
+            int(round(layer_memory.sum())),
+            layer_macs,
+            layer_params,
+            layer_memory,
+        )
 
     def per_channel(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """MACs, params and memory bytes that one channel of each group carries (full model minus one)."""

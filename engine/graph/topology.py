@@ -66,8 +66,10 @@ class Topology:
         for group in self.groups:
             if group.name == name:
                 return group
-        raise ValueError(f"no channel group named {name!r} in {self.model_name}; "
-                         f"known groups: {', '.join(g.name for g in self.groups[:8])}...")
+        raise ValueError(
+            f"no channel group named {name!r} in {self.model_name}; "
+            f"known groups: {', '.join(g.name for g in self.groups[:8])}..."
+        )
 
     def group_of(self, layer_name: str) -> ChannelGroup | None:
         """The group that holds `layer_name`'s output channels (None if they are not prunable together)."""
@@ -83,10 +85,14 @@ class Topology:
             ValueError: `layer_name` is not a conv or linear layer of this model.
         """
         if layer_name not in self.layer_info:
-            raise ValueError(f"{layer_name!r} is not a conv/linear layer of {self.model_name}; "
-                             f"layers are e.g. {', '.join(self.layers[:5])}")
+            raise ValueError(
+                f"{layer_name!r} is not a conv/linear layer of {self.model_name}; "
+                f"layers are e.g. {', '.join(self.layers[:5])}"
+            )
         info = self.layer_info[layer_name]
-        channels = in_channels if in_channels is not None else (1 if info["depthwise"] else info["in_channels"])
+        channels = (
+            in_channels if in_channels is not None else (1 if info["depthwise"] else info["in_channels"])
+        )
         return conv_motif(channels, layer=layer_name, kernel=info["kernel"], depthwise=info["depthwise"])
 
     def hierarchy(self) -> nx.DiGraph:
@@ -105,12 +111,16 @@ class Topology:
         for name, count in keep.items():
             g = index.get(name)
             if g is None:
-                raise ValueError(f"plan names group {name!r}, which {self.model_name} does not have; "
-                                 "make the plan from this model's topology")
+                raise ValueError(
+                    f"plan names group {name!r}, which {self.model_name} does not have; "
+                    "make the plan from this model's topology"
+                )
             group = self.groups[g]
             count = int(count)
             if count != group.channels and not group.prunable:
-                raise ValueError(f"group {name!r} is not prunable ({group.reason}); keep all {group.channels}")
+                raise ValueError(
+                    f"group {name!r} is not prunable ({group.reason}); keep all {group.channels}"
+                )
             if not 1 <= count <= group.channels:
                 raise ValueError(f"keep count {count} for group {name!r} is outside [1, {group.channels}]")
             vector[g] = count
@@ -128,8 +138,9 @@ def _infer_name(model: nn.Module) -> str:
     return getattr(model, "topoprune_name", None) or type(model).__name__
 
 
-def build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
-                   model_name: str | None = None) -> Topology:
+def build_topology(
+    model: nn.Module, example_inputs: torch.Tensor | tuple, *, model_name: str | None = None
+) -> Topology:
     """See _build_topology. The cyclic garbage collector is paused while the per-channel bookkeeping allocates
     hundreds of thousands of small objects (ResNet-50: 4.1 s -> 2.3-3.3 s); nothing here creates cycles that
     must be freed before it returns."""
@@ -145,8 +156,9 @@ def build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
             gc.enable()
 
 
-def _build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
-                    model_name: str | None = None) -> Topology:
+def _build_topology(
+    model: nn.Module, example_inputs: torch.Tensor | tuple, *, model_name: str | None = None
+) -> Topology:
     """Trace `model` into a Topology: op graph, coupled channel groups, hierarchy and cost table.
 
     Args:
@@ -175,8 +187,11 @@ def _build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
         meta_in = tuple(t[:1].detach() for t in inputs)
         traced = trace_model(meta_model, meta_in)
     modules = dict(meta_model.named_modules())
-    notes = [f"torch.fx could not trace the model ({traced.fx_error}); graph built from module hooks"] \
-        if traced.fx_error else []
+    notes = (
+        [f"torch.fx could not trace the model ({traced.fx_error}); graph built from module hooks"]
+        if traced.fx_error
+        else []
+    )
     ignored = traced.output_layers
     group_method = "depgraph"
     classes, _ = trace_channels(meta_model, meta_in)
@@ -186,8 +201,10 @@ def _build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
         raw = depgraph_groups(meta_model, meta_in, traced.calls, ignored)
     except Exception as exc:  # channel shuffle etc.: fall back to block-internal chains
         group_method = "chains"
-        notes.append(f"Torch-Pruning DependencyGraph failed ({type(exc).__name__}: {str(exc)[:120]}); "
-                     "only block-internal conv chains are prunable")
+        notes.append(
+            f"Torch-Pruning DependencyGraph failed ({type(exc).__name__}: {str(exc)[:120]}); "
+            "only block-internal conv chains are prunable"
+        )
         raw = chain_groups(traced.graph, meta_model, ignored)
     else:
         raw, group_notes = merge_groups(raw, classes, modules)
@@ -196,36 +213,70 @@ def _build_topology(model: nn.Module, example_inputs: torch.Tensor | tuple, *,
     if on_meta and refuse_breaking_groups(meta_model, meta_in, raw):
         notes.append("some groups are not prunable because trial pruning broke forward() (see their reasons)")
     calls = traced.calls
-    layers = [c.name for c in sorted(calls.values(), key=lambda c: c.order)
-              if isinstance(modules[c.name], (nn.modules.conv._ConvNd, nn.Linear))]
+    layers = [
+        c.name
+        for c in sorted(calls.values(), key=lambda c: c.order)
+        if isinstance(modules[c.name], (nn.modules.conv._ConvNd, nn.Linear))
+    ]
     if not layers:
         raise ModelError(f"{_infer_name(model)} has no nn.Conv2d or nn.Linear layers the pruner could use")
     stages, blocks, stage_of = build_hierarchy(layers, calls, modules)
     specs = layer_specs(modules, calls)
     known = {s.name for s in specs}
-    leaf_params = sum(p.numel() for n, m in modules.items() if n in known for p in m.parameters(recurse=False))
+    leaf_params = sum(
+        p.numel() for n, m in modules.items() if n in known for p in m.parameters(recurse=False)
+    )
     extra = sum(p.numel() for p in meta_model.parameters()) - leaf_params
     element_bytes = next((p.element_size() for p in model.parameters()), 4)
-    table = CostTable(specs, [r.maps for r in raw], [r.channels for r in raw], extra_params=extra,
-                      extra_macs=unmodelled_macs(meta_model, meta_in, specs), element_bytes=element_bytes)
+    table = CostTable(
+        specs,
+        [r.maps for r in raw],
+        [r.channels for r in raw],
+        extra_params=extra,
+        extra_macs=unmodelled_macs(meta_model, meta_in, specs),
+        element_bytes=element_bytes,
+    )
     macs_pc, params_pc, memory_pc = table.per_channel()
     groups = []
     for index, r in enumerate(raw):
         anchor = r.name
-        groups.append(ChannelGroup(
-            index=index, name=r.name, channels=r.channels, members=[(m.module, m.dim) for m in r.maps],
-            prunable=r.reason is None and r.channels > 1, stage=stage_of.get(anchor, 0),
-            block=block_of(anchor, modules), macs_per_channel=int(macs_pc[index]),
-            params_per_channel=int(params_pc[index]), memory_bytes_per_channel=int(memory_pc[index]),
-            reason=r.reason if r.reason else (None if r.channels > 1 else "a single channel"), maps=r.maps))
+        groups.append(
+            ChannelGroup(
+                index=index,
+                name=r.name,
+                channels=r.channels,
+                members=[(m.module, m.dim) for m in r.maps],
+                prunable=r.reason is None and r.channels > 1,
+                stage=stage_of.get(anchor, 0),
+                block=block_of(anchor, modules),
+                macs_per_channel=int(macs_pc[index]),
+                params_per_channel=int(params_pc[index]),
+                memory_bytes_per_channel=int(memory_pc[index]),
+                reason=r.reason if r.reason else (None if r.channels > 1 else "a single channel"),
+                maps=r.maps,
+            )
+        )
     layer_info = _layer_info(layers, modules, calls)
     _annotate(traced.graph, groups, layer_info, modules, stage_of, element_bytes)
     full = table.full
     return Topology(
-        model_name=model_name or _infer_name(model), input_shape=tuple(inputs[0].shape), graph=traced.graph,
-        groups=groups, layers=layers, stages=stages, blocks=blocks, macs=full.macs, params=full.params,
-        memory_bytes=full.memory_bytes, trace_method=traced.method, group_method=group_method, notes=notes,
-        build_s=time.perf_counter() - start, table=table, layer_info=layer_info)
+        model_name=model_name or _infer_name(model),
+        input_shape=tuple(inputs[0].shape),
+        graph=traced.graph,
+        groups=groups,
+        layers=layers,
+        stages=stages,
+        blocks=blocks,
+        macs=full.macs,
+        params=full.params,
+        memory_bytes=full.memory_bytes,
+        trace_method=traced.method,
+        group_method=group_method,
+        notes=notes,
+        build_s=time.perf_counter() - start,
+        table=table,
+        layer_info=layer_info,
+    )
 
 
 def _layer_info(layers, modules, calls) -> dict[str, dict]:
@@ -233,18 +284,37 @@ def _layer_info(layers, modules, calls) -> dict[str, dict]:
     for name in layers:
         m = modules[name]
         if isinstance(m, nn.modules.conv._ConvNd):
-            info[name] = {"kind": "conv", "in_channels": m.in_channels, "out_channels": m.out_channels,
-                          "kernel": tuple(m.kernel_size), "stride": tuple(m.stride), "groups": m.groups,
-                          "depthwise": m.groups > 1 and m.groups == m.in_channels == m.out_channels}
+            info[name] = {
+                "kind": "conv",
+                "in_channels": m.in_channels,
+                "out_channels": m.out_channels,
+                "kernel": tuple(m.kernel_size),
+                "stride": tuple(m.stride),
+                "groups": m.groups,
+                "depthwise": m.groups > 1 and m.groups == m.in_channels == m.out_channels,
+            }
         else:
-            info[name] = {"kind": "linear", "in_channels": m.in_features, "out_channels": m.out_features,
-                          "kernel": (), "stride": (), "groups": 1, "depthwise": False}
+            info[name] = {
+                "kind": "linear",
+                "in_channels": m.in_features,
+                "out_channels": m.out_features,
+                "kernel": (),
+                "stride": (),
+                "groups": 1,
+                "depthwise": False,
+            }
         info[name]["out_shape"] = calls[name].out_shape
     return info
 
 
-def _annotate(graph: nx.DiGraph, groups: list[ChannelGroup], layer_info: dict, modules: dict,
-              stage_of: dict[str, int], element_bytes: int) -> None:
+def _annotate(
+    graph: nx.DiGraph,
+    groups: list[ChannelGroup],
+    layer_info: dict,
+    modules: dict,
+    stage_of: dict[str, int],
+    element_bytes: int,
+) -> None:
     """Attach channels, kernel, params, MACs, memory, group ids, stage and block to every graph node."""
     group_ids: dict[str, list[int]] = {}
     prunable_out: set[str] = set()
@@ -275,10 +345,20 @@ def _annotate(graph: nx.DiGraph, groups: list[ChannelGroup], layer_info: dict, m
         if name in stage_of:
             stage = stage_of[name]
         data.update(
-            in_channels=info["in_channels"] if info else (in_shape[1] if in_shape and len(in_shape) > 1 else None),
-            out_channels=info["out_channels"] if info else (out_shape[1] if out_shape and len(out_shape) > 1 else None),
-            kernel=info["kernel"] if info else None, stride=info["stride"] if info else None,
-            groups=info["groups"] if info else None, params=params, macs=macs,
+            in_channels=info["in_channels"]
+            if info
+            else (in_shape[1] if in_shape and len(in_shape) > 1 else None),
+            out_channels=info["out_channels"]
+            if info
+            else (out_shape[1] if out_shape and len(out_shape) > 1 else None),
+            kernel=info["kernel"] if info else None,
+            stride=info["stride"] if info else None,
+            groups=info["groups"] if info else None,
+            params=params,
+            macs=macs,
             memory_bytes=int(np.prod(out_shape)) * element_bytes if out_shape else 0,
-            prunable=name in prunable_out, group_ids=list(group_ids.get(name, [])) if name else [],
-            stage=stage, block=block_of(data.get("scope") or name, modules) if (data.get("scope") or name) else None)
+            prunable=name in prunable_out,
+            group_ids=list(group_ids.get(name, [])) if name else [],
+            stage=stage,
+            block=block_of(data.get("scope") or name, modules) if (data.get("scope") or name) else None,
+        )

@@ -19,19 +19,66 @@ from torch import nn
 
 from engine.errors import ModelError
 
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.GELU, nn.Tanh,
-                nn.LeakyReLU, nn.PReLU, nn.ELU, nn.Mish, nn.Softmax)
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool1d, nn.AvgPool1d,
-          nn.AdaptiveAvgPool1d)
+_ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.Mish,
+    nn.Softmax,
+)
+_POOLS = (
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.MaxPool1d,
+    nn.AvgPool1d,
+    nn.AdaptiveAvgPool1d,
+)
 _FUNCTION_OPS = {
-    "add": "add", "iadd": "add", "sub": "add", "mul": "mul", "imul": "mul", "cat": "concat", "concat": "concat",
-    "stack": "concat", "chunk": "split", "split": "split", "unbind": "split", "getitem": "getitem",
-    "flatten": "flatten", "view": "reshape", "reshape": "reshape", "transpose": "transpose",
-    "permute": "transpose", "contiguous": "identity", "relu": "activation", "relu_": "activation",
-    "relu6": "activation", "hardtanh": "activation", "silu": "activation", "sigmoid": "activation",
-    "hardswish": "activation", "hardsigmoid": "activation", "gelu": "activation", "tanh": "activation",
-    "adaptive_avg_pool2d": "pool", "avg_pool2d": "pool", "max_pool2d": "pool", "mean": "pool",
-    "dropout": "dropout", "stochastic_depth": "dropout", "softmax": "activation",
+    "add": "add",
+    "iadd": "add",
+    "sub": "add",
+    "mul": "mul",
+    "imul": "mul",
+    "cat": "concat",
+    "concat": "concat",
+    "stack": "concat",
+    "chunk": "split",
+    "split": "split",
+    "unbind": "split",
+    "getitem": "getitem",
+    "flatten": "flatten",
+    "view": "reshape",
+    "reshape": "reshape",
+    "transpose": "transpose",
+    "permute": "transpose",
+    "contiguous": "identity",
+    "relu": "activation",
+    "relu_": "activation",
+    "relu6": "activation",
+    "hardtanh": "activation",
+    "silu": "activation",
+    "sigmoid": "activation",
+    "hardswish": "activation",
+    "hardsigmoid": "activation",
+    "gelu": "activation",
+    "tanh": "activation",
+    "adaptive_avg_pool2d": "pool",
+    "avg_pool2d": "pool",
+    "max_pool2d": "pool",
+    "mean": "pool",
+    "dropout": "dropout",
+    "stochastic_depth": "dropout",
+    "softmax": "activation",
 }
 
 
@@ -64,14 +111,28 @@ def meta_copy(model: nn.Module) -> nn.Module:
     """A deep copy of `model` whose parameters and buffers live on the meta device (no weights copied)."""
     memo: dict[int, object] = {}
     for param in model.parameters():
-        memo[id(param)] = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
+        memo[id(param)] = nn.Parameter(
+            torch.empty_like(param, device="meta"), requires_grad=param.requires_grad
+        )
     for buffer in model.buffers():
         memo[id(buffer)] = torch.empty_like(buffer, device="meta")
     return copy.deepcopy(model, memo)
 
 
-_CHEAP_ON_META = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
-                  nn.Sigmoid, nn.GELU, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish)
+_CHEAP_ON_META = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+)
 
 
 def _same_shape(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,13 +157,17 @@ def as_input_tuple(example_inputs: torch.Tensor | tuple | list) -> tuple[torch.T
     """Normalise example inputs to a tuple of tensors."""
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise ValueError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+        raise ValueError(
+            f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}"
+        )
     return inputs
 
 
 def meta_inputs(example_inputs: torch.Tensor | tuple | list) -> tuple[torch.Tensor, ...]:
     """Batch-1 meta tensors shaped like the example inputs (costs are per sample)."""
-    return tuple(torch.empty((1, *t.shape[1:]), dtype=t.dtype, device="meta") for t in as_input_tuple(example_inputs))
+    return tuple(
+        torch.empty((1, *t.shape[1:]), dtype=t.dtype, device="meta") for t in as_input_tuple(example_inputs)
+    )
 
 
 def module_op(module: nn.Module) -> str:
@@ -178,8 +243,9 @@ def _record_hooks(model: nn.Module, calls: dict[str, LayerCall]) -> list:
                 spatial = int(res.numel() // res.shape[1])
             record = calls.get(name)
             if record is None:
-                calls[name] = LayerCall(name, type(mod).__name__, _shape_of(inp), _shape_of(res), 1, coef, spatial,
-                                        len(calls))
+                calls[name] = LayerCall(
+                    name, type(mod).__name__, _shape_of(inp), _shape_of(res), 1, coef, spatial, len(calls)
+                )
             else:
                 record.calls += 1
                 record.coef += coef
@@ -236,7 +302,9 @@ class _ThreadBoundTracer(torch.fx.Tracer):
 
     def call_module(self, m: nn.Module, forward, args: tuple, kwargs: dict):
         if threading.get_ident() != self._thread:
-            return forward(*args, **kwargs)  # fx's `forward` is the original nn.Module.__call__ (hooks included)
+            return forward(
+                *args, **kwargs
+            )  # fx's `forward` is the original nn.Module.__call__ (hooks included)
         return super().call_module(m, forward, args, kwargs)
 
     def getattr(self, attr: str, attr_val, parameter_proxy_cache: dict):
@@ -277,8 +345,10 @@ def _trace_fx(model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict[st
 
     for node in gm.graph.nodes:
         meta = node.meta.get("tensor_meta")
-        is_tensor = meta is not None and (hasattr(meta, "shape") or (
-            isinstance(meta, (tuple, list)) and any(hasattr(m, "shape") for m in meta)))
+        is_tensor = meta is not None and (
+            hasattr(meta, "shape")
+            or (isinstance(meta, (tuple, list)) and any(hasattr(m, "shape") for m in meta))
+        )
         if node.op == "output":
             is_tensor = True
         if node.op == "get_attr" or not is_tensor:
@@ -328,8 +398,15 @@ def _fx_node_attrs(node: torch.fx.Node, modules: dict[str, nn.Module]) -> dict:
         key, value = list(stack.items())[-1]
         scope = value[0] if isinstance(value, tuple) and isinstance(value[0], str) else str(key)
     target = type(modules[module_name]).__name__ if module_name is not None else _target_name(node.target)
-    return {"name": node.name, "op": op, "target": target, "module": module_name, "scope": scope,
-            "in_shape": in_shape, "out_shape": out_shape}
+    return {
+        "name": node.name,
+        "op": op,
+        "target": target,
+        "module": module_name,
+        "scope": scope,
+        "in_shape": in_shape,
+        "out_shape": out_shape,
+    }
 
 
 def _layers_feeding_output(graph: nx.DiGraph) -> list[str]:
@@ -352,14 +429,24 @@ def _layers_feeding_output(graph: nx.DiGraph) -> list[str]:
     return found
 
 
-def _trace_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict[str, LayerCall]) -> TraceResult:
+def _trace_hooks(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict[str, LayerCall]
+) -> TraceResult:
     """Fallback graph: one node per leaf-module call, linked by tensor identity (functional ops are invisible)."""
     graph = nx.DiGraph()
     producer: dict[int, str] = {}
     for index, tensor in enumerate(inputs):
         name = f"input_{index}" if index else "x"
-        graph.add_node(name, name=name, op="input", target="input", module=None, scope=None, in_shape=None,
-                       out_shape=tuple(tensor.shape))
+        graph.add_node(
+            name,
+            name=name,
+            op="input",
+            target="input",
+            module=None,
+            scope=None,
+            in_shape=None,
+            out_shape=tuple(tensor.shape),
+        )
         producer[id(tensor)] = name
     last = [next(iter(graph.nodes))]
     keepalive: list = []
@@ -370,8 +457,16 @@ def _trace_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict
         counts[name] = index + 1
         node = name.replace(".", "_") + (f"_{index}" if index else "")
         inp, res = _first_tensor(args), _first_tensor((out,))
-        graph.add_node(node, name=node, op=module_op(mod), target=type(mod).__name__, module=name, scope=name,
-                       in_shape=_shape_of(inp), out_shape=_shape_of(res))
+        graph.add_node(
+            node,
+            name=node,
+            op=module_op(mod),
+            target=type(mod).__name__,
+            module=name,
+            scope=name,
+            in_shape=_shape_of(inp),
+            out_shape=_shape_of(res),
+        )
         sources = [producer[id(a)] for a in args if isinstance(a, torch.Tensor) and id(a) in producer]
         for source in sources or last[:1]:
             graph.add_edge(source, node)
@@ -394,8 +489,11 @@ def _trace_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict
         if entered:
             failed = entered[-1]
             done = counts.get(failed, 0) >= entered.count(failed)
-            where = (f"in a functional op after module {failed!r}" if done else
-                     f"in module {failed!r} ({type(dict(model.named_modules())[failed]).__name__})")
+            where = (
+                f"in a functional op after module {failed!r}"
+                if done
+                else f"in module {failed!r} ({type(dict(model.named_modules())[failed]).__name__})"
+            )
         raise ModelError(
             f"the model's forward pass fails on example inputs of shape {[tuple(t.shape) for t in inputs]} "
             f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; check the input "
@@ -404,11 +502,21 @@ def _trace_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...], calls: dict
     finally:
         for handle in handles:
             handle.remove()
-    graph.add_node("output", name="output", op="output", target="output", module=None, scope=None,
-                   in_shape=_shape_of(_first_tensor((out,))), out_shape=_shape_of(_first_tensor((out,))))
+    graph.add_node(
+        "output",
+        name="output",
+        op="output",
+        target="output",
+        module=None,
+        scope=None,
+        in_shape=_shape_of(_first_tensor((out,))),
+        out_shape=_shape_of(_first_tensor((out,))),
+    )
     graph.add_edge(last[0], "output")
     for index, name in enumerate(graph.nodes):
         graph.nodes[name]["order"] = index
     modules = dict(model.named_modules())
-    layers = [c.name for c in calls.values() if isinstance(modules[c.name], (nn.modules.conv._ConvNd, nn.Linear))]
+    layers = [
+        c.name for c in calls.values() if isinstance(modules[c.name], (nn.modules.conv._ConvNd, nn.Linear))
+    ]
     return TraceResult(graph, calls, "hooks", layers[-1:])

@@ -42,8 +42,9 @@ def _shrink(module: nn.Module, out_drop: int, in_drop: int) -> None:
             return
         module.out_channels -= out_drop
         module.in_channels -= in_drop
-        module.weight = param((module.out_channels, module.in_channels // groups, *module.kernel_size),
-                              module.weight)
+        module.weight = param(
+            (module.out_channels, module.in_channels // groups, *module.kernel_size), module.weight
+        )
         module.bias = param((module.out_channels,), module.bias)
     elif isinstance(module, nn.Linear):
         module.out_features -= out_drop
@@ -52,7 +53,9 @@ def _shrink(module: nn.Module, out_drop: int, in_drop: int) -> None:
         module.bias = param((module.out_features,), module.bias)
 
 
-def _run(meta_model: nn.Module, inputs, groups: list[RawGroup], drops: dict[int, int], reference) -> str | None:
+def _run(
+    meta_model: nn.Module, inputs, groups: list[RawGroup], drops: dict[int, int], reference
+) -> str | None:
     model = copy.deepcopy(meta_model)
     modules = dict(model.named_modules())
     removed: dict[tuple[str, str], int] = {}
@@ -72,22 +75,31 @@ def _run(meta_model: nn.Module, inputs, groups: list[RawGroup], drops: dict[int,
     return None
 
 
-def refuse_breaking_groups(meta_model: nn.Module, inputs: tuple[torch.Tensor, ...], groups: list[RawGroup]) -> int:
+def refuse_breaking_groups(
+    meta_model: nn.Module, inputs: tuple[torch.Tensor, ...], groups: list[RawGroup]
+) -> int:
     """Set `reason` on every prunable group whose trial pruning breaks forward(); returns how many."""
     candidates = [i for i, g in enumerate(groups) if g.reason is None and g.channels > 2]
     if not candidates:
         return 0
     with torch.no_grad():
-        reference = [tuple(t.shape) for t in torch.utils._pytree.tree_leaves(meta_model(*inputs))
-                     if isinstance(t, torch.Tensor)]
-    drops = {i: 1 + (k % 2) for k, i in enumerate(candidates)}  # neighbours differ: chunk halves cannot cancel
+        reference = [
+            tuple(t.shape)
+            for t in torch.utils._pytree.tree_leaves(meta_model(*inputs))
+            if isinstance(t, torch.Tensor)
+        ]
+    drops = {
+        i: 1 + (k % 2) for k, i in enumerate(candidates)
+    }  # neighbours differ: chunk halves cannot cancel
     if _run(meta_model, inputs, groups, drops, reference) is None:
         return 0
     refused = 0
     for i in candidates:
         problem = _run(meta_model, inputs, groups, {i: 1}, reference)
         if problem is not None:
-            groups[i].reason = (f"pruning it breaks forward() ({problem}); forward() probably splits or slices "
-                                "these channels at sizes fixed in Python")
+            groups[i].reason = (
+                f"pruning it breaks forward() ({problem}); forward() probably splits or slices "
+                "these channels at sizes fixed in Python"
+            )
             refused += 1
     return refused

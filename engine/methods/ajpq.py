@@ -43,8 +43,10 @@ def group_importance(ctx: MethodContext, groups: Sequence[Any]) -> dict[str, np.
     """One L1 ranking per group, shared by both controllers (the paper's "same importance criterion")."""
     from engine.pruning import channel_scores
 
-    return {g.name: channel_scores(ctx.model, ctx.topology, g.name, criterion="l1").double().numpy()
-            for g in groups}
+    return {
+        g.name: channel_scores(ctx.model, ctx.topology, g.name, criterion="l1").double().numpy()
+        for g in groups
+    }
 
 
 def bucket_bits(n_keep: int, top: int, *, buckets: int, spread: int, low: int = MIN_BITS) -> list[int]:
@@ -113,18 +115,26 @@ class JointPlanner:
     def check_reachable(self) -> None:
         floor = self.floor()
         if floor > self.target * (1 + 1e-9):
-            what = {"joint": f"at keep ratio {self.low_keep} and {MIN_BITS} bits",
-                    "fixed": f"at keep ratio {self.low_keep} and {FIXED_BITS} bits",
-                    "quant": f"unpruned at {MIN_BITS} bits"}[self.mode]
+            what = {
+                "joint": f"at keep ratio {self.low_keep} and {MIN_BITS} bits",
+                "fixed": f"at keep ratio {self.low_keep} and {FIXED_BITS} bits",
+                "quant": f"unpruned at {MIN_BITS} bits",
+            }[self.mode]
             raise BudgetError(
                 f"size budget {self.ctx.budget} is below what {self.mode!r} AJPQ can reach: every group {what} "
                 f"keeps {floor / self.base:.4f} of the fp32 weight bytes; raise the budget"
-                + ("" if self.mode == "quant" else " or lower lbound"))
+                + ("" if self.mode == "quant" else " or lower lbound")
+            )
 
-    def land(self, counts: dict[str, int], tops: dict[str, int]) -> tuple[dict[str, int], dict[str, list[int]]]:
+    def land(
+        self, counts: dict[str, int], tops: dict[str, int]
+    ) -> tuple[dict[str, int], dict[str, list[int]]]:
         """HAQ's final action wall, then a fill: lower widths (least important buckets, back to front), then
         channels, until the size fits; then give back bits and channels while they fit (within 1% under)."""
-        counts, widths = dict(counts), {g.name: self.widths(g, counts[g.name], tops[g.name]) for g in self.groups}
+        counts, widths = (
+            dict(counts),
+            {g.name: self.widths(g, counts[g.name], tops[g.name]) for g in self.groups},
+        )
         size = self.size(counts, widths)
         backwards = list(reversed(self.groups))
         while size > self.target:
@@ -132,7 +142,9 @@ class JointPlanner:
             for g in backwards:  # one step per group per sweep, from the back
                 w = widths[g.name]
                 if self.mode != "fixed" and w and max(w) > MIN_BITS:
-                    v = min(b for b in w if b > MIN_BITS)  # the least important bucket above the floor: -1 bit
+                    v = min(
+                        b for b in w if b > MIN_BITS
+                    )  # the least important bucket above the floor: -1 bit
                     widths[g.name] = [b - 1 if b == v else b for b in w]
                 elif counts[g.name] > self.min_count(g):
                     counts[g.name] -= 1
@@ -144,8 +156,10 @@ class JointPlanner:
                 if size <= self.target:
                     break
             if not changed:
-                raise BudgetError(f"the size budget {self.ctx.budget} cannot be met under the keep and bit bounds; "
-                                  "raise the budget or lower lbound")
+                raise BudgetError(
+                    f"the size budget {self.ctx.budget} cannot be met under the keep and bit bounds; "
+                    "raise the budget or lower lbound"
+                )
         return self._fill(counts, widths, size)
 
     def _fill(self, counts: dict[str, int], widths: dict[str, list[int]], size: float):
@@ -189,8 +203,9 @@ class JointPlanner:
             return None
         return c, {**widths, g.name: w}
 
-    def plan(self, counts: dict[str, int], widths: dict[str, list[int]], *, method: str,
-             meta: dict[str, Any]) -> PruningPlan:
+    def plan(
+        self, counts: dict[str, int], widths: dict[str, list[int]], *, method: str, meta: dict[str, Any]
+    ) -> PruningPlan:
         """The plan: kept indices (sorted) with their widths; non-prunable groups whole at 8 bits."""
         groups = {}
         for g in self.groups:
@@ -202,8 +217,12 @@ class JointPlanner:
             groups[g.name] = GroupPlan(g.channels, g.channels, None, [FIXED_BITS] * g.channels)
         plan = PruningPlan(self.topology.model_name, groups=groups, criterion="l1", method=method)
         bits_used = [b for w in widths.values() for b in w]
-        meta = {**meta, "mode": self.mode, "mean_bits": float(np.mean(bits_used)) if bits_used else 0.0,
-                "size_ratio": self.size(counts, widths) / self.base}
+        meta = {
+            **meta,
+            "mode": self.mode,
+            "mean_bits": float(np.mean(bits_used)) if bits_used else 0.0,
+            "size_ratio": self.size(counts, widths) / self.base,
+        }
         return stamp(plan, method=method, budget=Budget("size", self.ctx.budget), meta=meta)
 
 
@@ -219,8 +238,10 @@ class AjpqSearch(SearchMethod):
     def __init__(self, ctx: MethodContext, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
         if ctx.budget_metric != "size":
-            raise BudgetError(f"ajpq lands on a 'size' budget (weight bytes), not {ctx.budget_metric!r}; "
-                              "pass --budget-metric size")
+            raise BudgetError(
+                f"ajpq lands on a 'size' budget (weight bytes), not {ctx.budget_metric!r}; "
+                "pass --budget-metric size"
+            )
         if options["lbound"] >= options["rbound"]:
             raise ValueError(f"lbound ({options['lbound']}) must be below rbound ({options['rbound']})")
         self.planner = JointPlanner(ctx, options)
@@ -230,9 +251,16 @@ class AjpqSearch(SearchMethod):
         self.planner.check_reachable()
         self.feats = AmcFeatures(ctx.topology, model=ctx.model)
         self.agent = DDPGAgent(
-            DDPGConfig(state_dim=STATE_DIM, hidden=options["hidden"], lr_actor=options["lr_actor"],
-                       lr_critic=options["lr_critic"], tau=options["tau"], batch_size=options["batch_size"],
-                       discount=1.0, memory_size=200 * len(self.groups)),
+            DDPGConfig(
+                state_dim=STATE_DIM,
+                hidden=options["hidden"],
+                lr_actor=options["lr_actor"],
+                lr_critic=options["lr_critic"],
+                tau=options["tau"],
+                batch_size=options["batch_size"],
+                discount=1.0,
+                memory_size=200 * len(self.groups),
+            ),
             seed=ctx.seed,
         )
         self.rng = np.random.default_rng((ctx.seed, 0x414A5051))  # own stream ("AJPQ")
@@ -244,16 +272,22 @@ class AjpqSearch(SearchMethod):
         return self.episode >= self.options["episodes"]
 
     # -- one episode ----------------------------------------------------------------------------------
-    def _state(self, t: int, ratios: dict[str, float], controller: int, used: float, prev_top: float) -> np.ndarray:
+    def _state(
+        self, t: int, ratios: dict[str, float], controller: int, used: float, prev_top: float
+    ) -> np.ndarray:
         row = self.feats.row(t, ratios)
         return np.concatenate([row, [controller, used, prev_top / MAX_BITS]]).astype(np.float32)
 
     def _profile(self, t: int, counts: dict[str, int], tops: dict[str, int]) -> tuple[dict, dict]:
         """Groups < t as decided (and group t where set), later groups at their minimum: the wall's worst case."""
         p = self.planner
-        c = {g.name: counts.get(g.name, p.min_count(g)) if i <= t else p.min_count(g)
-             for i, g in enumerate(self.groups)}
-        top = {g.name: tops.get(g.name, p.min_top) if i <= t else p.min_top for i, g in enumerate(self.groups)}
+        c = {
+            g.name: counts.get(g.name, p.min_count(g)) if i <= t else p.min_count(g)
+            for i, g in enumerate(self.groups)
+        }
+        top = {
+            g.name: tops.get(g.name, p.min_top) if i <= t else p.min_top for i, g in enumerate(self.groups)
+        }
         return c, {g.name: p.widths(g, c[g.name], top[g.name]) for g in self.groups}
 
     def _wall_keep(self, t: int, counts: dict[str, int], tops: dict[str, int]) -> int:
@@ -315,8 +349,10 @@ class AjpqSearch(SearchMethod):
                 actions.append(a)
             else:
                 tops[g.name] = FIXED_BITS
-        transitions = [(s, a, steps[i + 1] if i + 1 < len(steps) else s, i + 1 == len(steps))
-                       for i, (s, a) in enumerate(zip(steps, actions, strict=True))]
+        transitions = [
+            (s, a, steps[i + 1] if i + 1 < len(steps) else s, i + 1 == len(steps))
+            for i, (s, a) in enumerate(zip(steps, actions, strict=True))
+        ]
         self._pending.append(transitions)
         episode, self.episode = self.episode, self.episode + 1
         meta = {"sigma": sigma, "warmup": warm, "keep_ratios": dict(ratios), "top_bits": dict(tops)}
@@ -377,15 +413,17 @@ def prune_then_quantize(ctx: MethodContext, options: dict[str, Any]) -> MethodRe
     from engine.quant import uniform_bits
 
     if ctx.budget_metric != "size":
-        raise BudgetError(f"{TWO_STEP} lands on a 'size' budget, not {ctx.budget_metric!r}; "
-                          "pass --budget-metric size")
+        raise BudgetError(
+            f"{TWO_STEP} lands on a 'size' budget, not {ctx.budget_metric!r}; pass --budget-metric size"
+        )
     bits, target = options["bits"], ctx.budget
     size = Budget("size", target)
     fraction = min(1.0, target * 32 / bits)
     tried = []
     for _ in range(4):
-        sub = dataclasses.replace(ctx, budget=fraction, budget_metric="size", store=None, run_id=None,
-                                  callback=None, resume=False)
+        sub = dataclasses.replace(
+            ctx, budget=fraction, budget_metric="size", store=None, run_id=None, callback=None, resume=False
+        )
         pruned = run_method(options["prune_method"], sub) if fraction < 1.0 else None
         base = pruned.plan if pruned is not None else PruningPlan(ctx.topology.model_name, keep={})
         plan = uniform_bits(base, ctx.topology, bits)
@@ -396,22 +434,39 @@ def prune_then_quantize(ctx: MethodContext, options: dict[str, Any]) -> MethodRe
         fraction = min(1.0, fraction * target / ratio * (1 - TOLERANCE / 4))
     fits = [t for t in tried if t[0] <= target * (1 + 1e-9)]
     if not fits:
-        raise BudgetError(f"{TWO_STEP} could not bring {options['prune_method']} at {bits} bits under a size "
-                          f"budget of {target}; raise the budget or the bits")
+        raise BudgetError(
+            f"{TWO_STEP} could not bring {options['prune_method']} at {bits} bits under a size "
+            f"budget of {target}; raise the budget or the bits"
+        )
     ratio, fraction, plan = max(fits, key=lambda t: t[0])
-    plan = stamp(plan, method=TWO_STEP, budget=size,
-                 meta={"bits": bits, "prune_method": options["prune_method"], "prune_fraction": fraction,
-                       "size_ratio": ratio})
+    plan = stamp(
+        plan,
+        method=TWO_STEP,
+        budget=size,
+        meta={
+            "bits": bits,
+            "prune_method": options["prune_method"],
+            "prune_fraction": fraction,
+            "size_ratio": ratio,
+        },
+    )
     acc = ctx.score(plan)
     from engine.methods.candidates import macs_ratio
     from engine.methods.registry import Candidate
 
-    cand = Candidate(index=0, plan=plan, val_acc=acc, macs_ratio=macs_ratio(ctx.topology, plan),
-                     meta={"size_ratio": ratio})
+    cand = Candidate(
+        index=0, plan=plan, val_acc=acc, macs_ratio=macs_ratio(ctx.topology, plan), meta={"size_ratio": ratio}
+    )
     if ratio >= target * (1 - TOLERANCE):
         check_on_budget(ctx, plan, TWO_STEP)
-    return MethodResult(method=TWO_STEP, plan=plan, val_acc=acc, macs_ratio=cand.macs_ratio, candidates=[cand],
-                        meta={"size_ratio": ratio, "prune_fraction": fraction, "bits": bits})
+    return MethodResult(
+        method=TWO_STEP,
+        plan=plan,
+        val_acc=acc,
+        macs_ratio=cand.macs_ratio,
+        candidates=[cand],
+        meta={"size_ratio": ratio, "prune_fraction": fraction, "bits": bits},
+    )
 
 
 SPECS = (
@@ -424,18 +479,27 @@ SPECS = (
         options={
             "episodes": OptionSpec("episodes", int, 40, "episodes (scored candidates)", min=1),
             "warmup": OptionSpec("warmup", int, 10, "episodes of uniform-random actions first", min=0),
-            "mode": OptionSpec("mode", str, "joint", "joint (prune + mixed bits), fixed (8-bit, sparsity only) "
-                               "or quant (mixed bits, no pruning)", choices=MODES),
-            "buckets": OptionSpec("buckets", int, 4, "importance buckets per group for the bit curve", min=1,
-                                  max=16),
-            "spread": OptionSpec("spread", int, 2, "bits fewer for the least important bucket than the top one",
-                                 min=0, max=6),
+            "mode": OptionSpec(
+                "mode",
+                str,
+                "joint",
+                "joint (prune + mixed bits), fixed (8-bit, sparsity only) or quant (mixed bits, no pruning)",
+                choices=MODES,
+            ),
+            "buckets": OptionSpec(
+                "buckets", int, 4, "importance buckets per group for the bit curve", min=1, max=16
+            ),
+            "spread": OptionSpec(
+                "spread", int, 2, "bits fewer for the least important bucket than the top one", min=0, max=6
+            ),
             "lbound": OptionSpec("lbound", float, 0.2, "smallest keep ratio of a group", min=0.01, max=1.0),
             "rbound": OptionSpec("rbound", float, 1.0, "largest keep ratio of a group", min=0.01, max=1.0),
-            "init_delta": OptionSpec("init_delta", float, 0.5, "initial std of the truncated-normal noise",
-                                     min=0.0),
-            "delta_decay": OptionSpec("delta_decay", float, 0.95, "noise decay per episode after warm-up",
-                                      min=0.0, max=1.0),
+            "init_delta": OptionSpec(
+                "init_delta", float, 0.5, "initial std of the truncated-normal noise", min=0.0
+            ),
+            "delta_decay": OptionSpec(
+                "delta_decay", float, 0.95, "noise decay per episode after warm-up", min=0.0, max=1.0
+            ),
             "hidden": OptionSpec("hidden", int, 300, "hidden units of actor and critic", min=1),
             "lr_actor": OptionSpec("lr_actor", float, 1e-4, "actor learning rate", min=0.0),
             "lr_critic": OptionSpec("lr_critic", float, 1e-3, "critic learning rate", min=0.0),
@@ -451,9 +515,15 @@ SPECS = (
         "kernel uniformly (8 or 4 bits) so the quantized model meets the size budget.",
         kind="oneshot",
         options={
-            "prune_method": OptionSpec("prune_method", str, "magnitude", "pruning method of the first step "
-                                       "(any method that lands on a size budget)"),
-            "bits": OptionSpec("bits", int, 8, "uniform bit-width of the second step", choices=(2, 3, 4, 5, 6, 8)),
+            "prune_method": OptionSpec(
+                "prune_method",
+                str,
+                "magnitude",
+                "pruning method of the first step (any method that lands on a size budget)",
+            ),
+            "bits": OptionSpec(
+                "bits", int, 8, "uniform bit-width of the second step", choices=(2, 3, 4, 5, 6, 8)
+            ),
         },
         fn=prune_then_quantize,
         budget_metrics=("size",),

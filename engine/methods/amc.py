@@ -29,8 +29,16 @@ from engine.search.protocol import Proposal, Scored, SearchMethod, rng_state, se
 
 NAME = "amc"
 AMC_FEATURES: tuple[str, ...] = (
-    "index", "type", "in_channels", "out_channels", "stride", "kernel", "weights",
-    "reduced_macs", "rest_macs", "prev_action",
+    "index",
+    "type",
+    "in_channels",
+    "out_channels",
+    "stride",
+    "kernel",
+    "weights",
+    "reduced_macs",
+    "rest_macs",
+    "prev_action",
 )
 
 
@@ -41,16 +49,23 @@ def _producer(topology: Any, group: Any, modules: dict[str, nn.Module] | None) -
             continue
         module = modules.get(name) if modules is not None else None
         if isinstance(module, nn.Conv2d):
-            return {"type": 0.0, "in_channels": float(module.in_channels), "stride": float(module.stride[0]),
-                    "kernel": float(module.kernel_size[0])}
+            return {
+                "type": 0.0,
+                "in_channels": float(module.in_channels),
+                "stride": float(module.stride[0]),
+                "kernel": float(module.kernel_size[0]),
+            }
         if isinstance(module, nn.Linear):
             return {"type": 1.0, "in_channels": float(module.in_features), "stride": 1.0, "kernel": 1.0}
         info = (getattr(topology, "layer_info", None) or {}).get(name) if module is None else None
         if info is not None:
             kernel, stride = info.get("kernel") or (1,), info.get("stride") or (1,)
-            return {"type": 1.0 if info.get("kind") == "linear" else 0.0,
-                    "in_channels": float(info.get("in_channels") or 0),
-                    "stride": float(stride[0]), "kernel": float(kernel[0])}
+            return {
+                "type": 1.0 if info.get("kind") == "linear" else 0.0,
+                "in_channels": float(info.get("in_channels") or 0),
+                "stride": float(stride[0]),
+                "kernel": float(kernel[0]),
+            }
     return {"type": 0.0, "in_channels": float(group.channels), "stride": 1.0, "kernel": 1.0}
 
 
@@ -65,8 +80,17 @@ class AmcFeatures:
         rows = []
         for t, g in enumerate(self.groups):
             p = _producer(topology, g, modules)
-            rows.append([t, p["type"], p["in_channels"], float(g.channels), p["stride"], p["kernel"],
-                         float(getattr(g, "params_per_channel", 0) or 0) * g.channels])
+            rows.append(
+                [
+                    t,
+                    p["type"],
+                    p["in_channels"],
+                    float(g.channels),
+                    p["stride"],
+                    p["kernel"],
+                    float(getattr(g, "params_per_channel", 0) or 0) * g.channels,
+                ]
+            )
         static = np.asarray(rows, dtype=np.float64).reshape(len(self.groups), 7)  # (groups, 7)
         lo, hi = static.min(0), static.max(0)
         self.static = (static - lo) / np.where(hi > lo, hi - lo, 1.0)
@@ -117,7 +141,13 @@ def amc_state_features(
 
 
 def action_wall(
-    topology: Any, groups: Sequence[Any], t: int, ratios: Mapping[str, float], target_macs: float, *, lbound: float
+    topology: Any,
+    groups: Sequence[Any],
+    t: int,
+    ratios: Mapping[str, float],
+    target_macs: float,
+    *,
+    lbound: float,
 ) -> float:
     """Largest keep ratio of group t that still lets the budget be met if every later group keeps `lbound`."""
     g = groups[t]
@@ -162,12 +192,20 @@ class AmcSearch(SearchMethod):
             raise BudgetError("the model has no prunable channel group; AMC has nothing to act on")
         self.target = ctx.budget * self.feats.base
         self.agent = DDPGAgent(
-            DDPGConfig(hidden=options["hidden"], lr_actor=options["lr_actor"], lr_critic=options["lr_critic"],
-                       tau=options["tau"], batch_size=options["batch_size"], discount=options["discount"],
-                       memory_size=100 * len(self.groups)),
+            DDPGConfig(
+                hidden=options["hidden"],
+                lr_actor=options["lr_actor"],
+                lr_critic=options["lr_critic"],
+                tau=options["tau"],
+                batch_size=options["batch_size"],
+                discount=options["discount"],
+                memory_size=100 * len(self.groups),
+            ),
             seed=ctx.seed,
         )
-        self.rng = np.random.default_rng((ctx.seed, 0x414D43))  # own stream: warm-up must not replay `random`'s
+        self.rng = np.random.default_rng(
+            (ctx.seed, 0x414D43)
+        )  # own stream: warm-up must not replay `random`'s
         self.episode = 0
         self._pending: list[list[tuple[np.ndarray, float, np.ndarray, bool]]] = []
 
@@ -187,8 +225,12 @@ class AmcSearch(SearchMethod):
                 action = float(self.rng.uniform(lbound, rbound))
             else:
                 action = truncated_normal(self.agent.act(state), sigma, lbound, rbound, self.rng)
-            action = min(action, action_wall(self.ctx.topology, self.groups, t, {**ratios, g.name: action},
-                                             self.target, lbound=lbound))
+            action = min(
+                action,
+                action_wall(
+                    self.ctx.topology, self.groups, t, {**ratios, g.name: action}, self.target, lbound=lbound
+                ),
+            )
             ratios[g.name] = action
             done = t == len(self.groups) - 1
             next_state = state if done else self.feats.row(t + 1, ratios)
@@ -198,8 +240,9 @@ class AmcSearch(SearchMethod):
         self.episode += 1
         meta = {"sigma": sigma, "warmup": episode < warmup}
         try:
-            plan = fit_ratios_to_budget(self.ctx, ratios, method=NAME, min_keep_ratio=min(lbound, 0.05),
-                                        meta={"episode": episode})
+            plan = fit_ratios_to_budget(
+                self.ctx, ratios, method=NAME, min_keep_ratio=min(lbound, 0.05), meta={"episode": episode}
+            )
         except BudgetError:
             return Proposal(None, meta)
         return Proposal(plan, meta)
@@ -244,12 +287,17 @@ SPEC = MethodSpec(
     kind="search",
     options={
         "episodes": OptionSpec("episodes", int, 40, "episodes (scored candidates); AMC used 800", min=1),
-        "warmup": OptionSpec("warmup", int, 10, "episodes of uniform-random actions first; AMC used 100", min=0),
+        "warmup": OptionSpec(
+            "warmup", int, 10, "episodes of uniform-random actions first; AMC used 100", min=0
+        ),
         "lbound": OptionSpec("lbound", float, 0.2, "smallest keep ratio of a group", min=0.01, max=1.0),
         "rbound": OptionSpec("rbound", float, 1.0, "largest keep ratio of a group", min=0.01, max=1.0),
-        "init_delta": OptionSpec("init_delta", float, 0.5, "initial std of the truncated-normal noise", min=0.0),
-        "delta_decay": OptionSpec("delta_decay", float, 0.95, "noise decay per episode after warm-up",
-                                  min=0.0, max=1.0),
+        "init_delta": OptionSpec(
+            "init_delta", float, 0.5, "initial std of the truncated-normal noise", min=0.0
+        ),
+        "delta_decay": OptionSpec(
+            "delta_decay", float, 0.95, "noise decay per episode after warm-up", min=0.0, max=1.0
+        ),
         "hidden": OptionSpec("hidden", int, 300, "hidden units of actor and critic", min=1),
         "lr_actor": OptionSpec("lr_actor", float, 1e-4, "actor learning rate", min=0.0),
         "lr_critic": OptionSpec("lr_critic", float, 1e-3, "critic learning rate", min=0.0),

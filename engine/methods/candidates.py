@@ -60,7 +60,9 @@ def budget_ratio(ctx: MethodContext, plan: Any) -> float:
     return ctx.budget_spec.ratio(ctx.topology, plan)
 
 
-def on_budget(topology: Any, plan: Any, budget: Budget | float, *, tolerance: float = BUDGET_TOLERANCE) -> bool:
+def on_budget(
+    topology: Any, plan: Any, budget: Budget | float, *, tolerance: float = BUDGET_TOLERANCE
+) -> bool:
     """True when the plan's ratio in the budget's metric (a bare float: MACs) is within `tolerance` of it."""
     return Budget.coerce(budget).on_budget(topology, plan, tolerance=tolerance)
 
@@ -145,9 +147,13 @@ def score_candidate(
     extra = dict(meta or {})
     if reward is not None:
         extra["reward"] = reward(acc)
-    cand = Candidate(index=len(history), plan=plan, val_acc=acc, macs_ratio=macs_ratio(ctx.topology, plan), meta=extra)
+    cand = Candidate(
+        index=len(history), plan=plan, val_acc=acc, macs_ratio=macs_ratio(ctx.topology, plan), meta=extra
+    )
     history.append(cand)
-    ctx.emit(method, step, total, f"candidate {cand.index}: val {acc:.2f}% at {cand.macs_ratio:.3f} MACs", cand)
+    ctx.emit(
+        method, step, total, f"candidate {cand.index}: val {acc:.2f}% at {cand.macs_ratio:.3f} MACs", cand
+    )
     return cand
 
 

@@ -39,8 +39,13 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 
 def _mlp(n_in: int, hidden: int, out: nn.Module | None) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                               nn.Linear(hidden, 1)]
+    layers: list[nn.Module] = [
+        nn.Linear(n_in, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, 1),
+    ]
     if out is not None:
         layers.append(out)
     return nn.Sequential(*layers)
@@ -52,8 +57,9 @@ def truncated_normal(mean: float, sigma: float, low: float, high: float, rng: np
         return float(min(max(mean, low), high))
     a = (low - mean) / sigma / np.sqrt(2.0)
     b = (high - mean) / sigma / np.sqrt(2.0)
-    ca, cb = torch.special.erf(torch.tensor(a, dtype=torch.float64)), torch.special.erf(
-        torch.tensor(b, dtype=torch.float64)
+    ca, cb = (
+        torch.special.erf(torch.tensor(a, dtype=torch.float64)),
+        torch.special.erf(torch.tensor(b, dtype=torch.float64)),
     )
     u = ca + (cb - ca) * float(rng.uniform())
     u = torch.clamp(u, -1 + 1e-12, 1 - 1e-12)
@@ -82,7 +88,9 @@ class DDPGAgent:
         with torch.no_grad():
             return float(self.actor(torch.as_tensor(state, dtype=torch.float32).unsqueeze(0))[0, 0])
 
-    def observe(self, state: np.ndarray, action: float, reward: float, next_state: np.ndarray, done: bool) -> None:
+    def observe(
+        self, state: np.ndarray, action: float, reward: float, next_state: np.ndarray, done: bool
+    ) -> None:
         """Store one transition (the oldest is dropped beyond memory_size)."""
         self.memory.append((state, action, reward, next_state, 0.0 if done else 1.0))
         if len(self.memory) > self.config.memory_size:
@@ -129,14 +137,23 @@ class DDPGAgent:
         memory = {}
         if self.memory:
             s, a, r, s2, nd = zip(*self.memory, strict=True)
-            memory = {"s": torch.as_tensor(np.stack(s)), "a": torch.as_tensor(a, dtype=torch.float64),
-                      "r": torch.as_tensor(r, dtype=torch.float64), "s2": torch.as_tensor(np.stack(s2)),
-                      "nd": torch.as_tensor(nd, dtype=torch.float64)}
+            memory = {
+                "s": torch.as_tensor(np.stack(s)),
+                "a": torch.as_tensor(a, dtype=torch.float64),
+                "r": torch.as_tensor(r, dtype=torch.float64),
+                "s2": torch.as_tensor(np.stack(s2)),
+                "nd": torch.as_tensor(nd, dtype=torch.float64),
+            }
         return {
-            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-            "actor_target": self.actor_target.state_dict(), "critic_target": self.critic_target.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-            "rng": dict(self.rng.bit_generator.state), "memory": memory, "moving_average": self.moving_average,
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "actor_target": self.actor_target.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "rng": dict(self.rng.bit_generator.state),
+            "memory": memory,
+            "moving_average": self.moving_average,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -148,6 +165,13 @@ class DDPGAgent:
         self.memory = []
         if m:
             for i in range(int(m["a"].shape[0])):
-                self.memory.append((m["s"][i].numpy(), float(m["a"][i]), float(m["r"][i]), m["s2"][i].numpy(),
-                                    float(m["nd"][i])))
+                self.memory.append(
+                    (
+                        m["s"][i].numpy(),
+                        float(m["a"][i]),
+                        float(m["r"][i]),
+                        m["s2"][i].numpy(),
+                        float(m["nd"][i]),
+                    )
+                )
         self.moving_average = state["moving_average"]

@@ -58,7 +58,9 @@ def consumer_sites(model: nn.Module, group: Any) -> list[tuple[str, list[int], i
         width = _input_width(module) if module is not None else None
         if width is None or name in sites or len(channels) != int(group.channels) * mult:
             continue
-        depthwise = isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
+        depthwise = (
+            isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
+        )
         if (role == "in" or depthwise) and max(channels) < width:
             sites[name] = (name, channels, mult)
     return list(sites.values())
@@ -87,8 +89,11 @@ class FisherHooks:
         self.fisher = {g.name: torch.zeros(int(g.channels), dtype=torch.float64) for g in self.groups}
         self._batch: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
-        self._sites = [(modules[name], g.name, torch.tensor(idx), mult)
-                       for g in self.groups for name, idx, mult in sites[g.name]]
+        self._sites = [
+            (modules[name], g.name, torch.tensor(idx), mult)
+            for g in self.groups
+            for name, idx, mult in sites[g.name]
+        ]
 
     def __enter__(self) -> FisherHooks:
         for module, group, idx, mult in self._sites:
@@ -193,7 +198,10 @@ def _round_counts(
         priority[name][c] = float(rank)  # later removal = more important
     for name in groups.keys() - masks.keys():  # groups no consumer reads: L1 magnitude
         priority[name] = channel_scores(ctx.model, ctx.topology, name, criterion="l1").double()
-    indices = {name: sorted(torch.argsort(p, descending=True)[: counts[name]].tolist()) for name, p in priority.items()}
+    indices = {
+        name: sorted(torch.argsort(p, descending=True)[: counts[name]].tolist())
+        for name, p in priority.items()
+    }
     return {**keep, **counts}, indices
 
 
@@ -209,7 +217,11 @@ def run_fisher(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
     batch = options["batch_size"]
     n_batches = max(1, x_train.shape[0] // batch)
     gen = torch.Generator().manual_seed(ctx.seed)
-    opt = torch.optim.SGD(work.parameters(), lr=options["lr"], momentum=0.9, weight_decay=5e-4) if options["train"] else None
+    opt = (
+        torch.optim.SGD(work.parameters(), lr=options["lr"], momentum=0.9, weight_decay=5e-4)
+        if options["train"]
+        else None
+    )
     macs = keep_macs(ctx.topology, keep)
     per_step = options["channels_per_step"]
     if per_step == 0:  # auto: spread the removals over about `steps` rounds
@@ -276,13 +288,25 @@ def run_fisher(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
     indices = {name: torch.nonzero(m > 0).flatten().tolist() for name, m in masks.items()}
     if ctx.round_to > 1:  # re-land on budget with rounded counts; give back the latest-removed channels first
         keep, indices = _round_counts(ctx, keep, masks, history_removed, options["min_keep_ratio"])
-    plan = plan_with_indices(ctx, keep, indices, method=NAME, criterion="fisher",
-                             meta={"rounds": rounds, "iterations": it, "normalize": options["normalize"]})
+    plan = plan_with_indices(
+        ctx,
+        keep,
+        indices,
+        method=NAME,
+        criterion="fisher",
+        meta={"rounds": rounds, "iterations": it, "normalize": options["normalize"]},
+    )
     ratio = check_on_budget(ctx, plan, NAME)
     history: list = []
     cand = _score(ctx, NAME, plan, history, step=rounds, total=rounds)
-    return MethodResult(method=NAME, plan=plan, val_acc=cand.val_acc, macs_ratio=ratio, candidates=history,
-                        meta={"rounds": rounds, "iterations": it})
+    return MethodResult(
+        method=NAME,
+        plan=plan,
+        val_acc=cand.val_acc,
+        macs_ratio=ratio,
+        candidates=history,
+        meta={"rounds": rounds, "iterations": it},
+    )
 
 
 SPEC = MethodSpec(
@@ -291,19 +315,27 @@ SPEC = MethodSpec(
     "by activation memory (or MACs); removes the least important channel with short training in between.",
     kind="oneshot",
     options={
-        "normalize": OptionSpec("normalize", str, "memory", "cost a channel's importance is divided by",
-                                choices=("memory", "macs", "none")),
+        "normalize": OptionSpec(
+            "normalize",
+            str,
+            "memory",
+            "cost a channel's importance is divided by",
+            choices=("memory", "macs", "none"),
+        ),
         "interval": OptionSpec("interval", int, 4, "training iterations between removals (paper: 25)", min=1),
-        "channels_per_step": OptionSpec("channels_per_step", int, 0,
-                                        "channels removed per round (paper: 1; 0 = auto from `steps`)", min=0),
-        "steps": OptionSpec("steps", int, 40, "rounds the removals are spread over when channels_per_step=0",
-                            min=1),
+        "channels_per_step": OptionSpec(
+            "channels_per_step", int, 0, "channels removed per round (paper: 1; 0 = auto from `steps`)", min=0
+        ),
+        "steps": OptionSpec(
+            "steps", int, 40, "rounds the removals are spread over when channels_per_step=0", min=1
+        ),
         "train": OptionSpec("train", bool, True, "train (SGD) between removals, as in the paper"),
         "lr": OptionSpec("lr", float, 0.005, "SGD learning rate of the training between removals", min=0.0),
         "batch_size": OptionSpec("batch_size", int, 64, "images per training iteration", min=2),
         "train_size": OptionSpec("train_size", int, 4096, "train images cycled through", min=2),
-        "min_keep_ratio": OptionSpec("min_keep_ratio", float, 0.1, "smallest fraction of a group's channels kept",
-                                     min=0.01, max=1.0),
+        "min_keep_ratio": OptionSpec(
+            "min_keep_ratio", float, 0.1, "smallest fraction of a group's channels kept", min=0.01, max=1.0
+        ),
     },
     fn=run_fisher,
 )

@@ -28,7 +28,9 @@ from engine.pruning.budget import METRICS, Budget
 NAME = "magnitude"
 
 
-def group_channel_norms(model: nn.Module, topology: Any, group_name: str, *, norm: str = "l1") -> torch.Tensor:
+def group_channel_norms(
+    model: nn.Module, topology: Any, group_name: str, *, norm: str = "l1"
+) -> torch.Tensor:
     """Importance of each channel of a group: weight norm of its producing convs/linears (H1's channel_scores).
 
     Returns:
@@ -91,16 +93,21 @@ def run_magnitude(ctx: MethodContext, options: dict[str, Any]) -> MethodResult:
     """Global channel ranking by normalised weight norm, pruned to the budget."""
     groups = prunable_groups(ctx.topology)
     scores = {
-        g.name: normalise_scores(group_channel_norms(ctx.model, ctx.topology, g.name, norm=options["norm"]),
-                                   options["normalize"])
+        g.name: normalise_scores(
+            group_channel_norms(ctx.model, ctx.topology, g.name, norm=options["norm"]), options["normalize"]
+        )
         for g in groups
     }
-    keep, indices = remove_lowest(ctx.topology, scores, ctx.budget_spec, min_keep_ratio=options["min_keep_ratio"])
+    keep, indices = remove_lowest(
+        ctx.topology, scores, ctx.budget_spec, min_keep_ratio=options["min_keep_ratio"]
+    )
     if ctx.round_to > 1:  # re-land on budget with rounded counts, keeping the top channels by score
         ratios = {g.name: keep[g.name] / g.channels for g in groups}
         rounded = fit_ratios_to_budget(ctx, ratios, method=NAME, min_keep_ratio=options["min_keep_ratio"])
         keep = {g.name: int(rounded.keep.get(g.name, g.channels)) for g in groups}
-        indices = {n: sorted(torch.argsort(s, descending=True)[: keep[n]].tolist()) for n, s in scores.items()}
+        indices = {
+            n: sorted(torch.argsort(s, descending=True)[: keep[n]].tolist()) for n, s in scores.items()
+        }
     plan = plan_with_indices(ctx, keep, indices, method=NAME, criterion=options["norm"])
     ratio = check_on_budget(ctx, plan, NAME)
     history: list = []
@@ -115,10 +122,12 @@ SPEC = MethodSpec(
     kind="oneshot",
     options={
         "norm": OptionSpec("norm", str, "l1", "weight norm of a channel", choices=("l1", "l2")),
-        "normalize": OptionSpec("normalize", str, "mean", "per-group score normalisation",
-                                choices=("mean", "max", "l2", "none")),
-        "min_keep_ratio": OptionSpec("min_keep_ratio", float, 0.1, "smallest fraction of a group's channels kept",
-                                     min=0.01, max=1.0),
+        "normalize": OptionSpec(
+            "normalize", str, "mean", "per-group score normalisation", choices=("mean", "max", "l2", "none")
+        ),
+        "min_keep_ratio": OptionSpec(
+            "min_keep_ratio", float, 0.1, "smallest fraction of a group's channels kept", min=0.01, max=1.0
+        ),
     },
     fn=run_magnitude,
     budget_metrics=METRICS,

@@ -43,8 +43,9 @@ class RandomSearch(SearchMethod):
             for _ in range(MAX_DRAWS_PER_PLAN):
                 ratios = {g.name: float(self.rng.uniform(lo, 1.0)) for g in self.groups}
                 try:
-                    plan = fit_ratios_to_budget(self.ctx, ratios, method=NAME, min_keep_ratio=lo,
-                                                meta={"sample": self.proposed})
+                    plan = fit_ratios_to_budget(
+                        self.ctx, ratios, method=NAME, min_keep_ratio=lo, meta={"sample": self.proposed}
+                    )
                     break
                 except BudgetError:
                     continue  # this profile cannot be scaled onto the budget under the bounds; draw another
@@ -74,8 +75,9 @@ SPEC = MethodSpec(
     kind="search",
     options={
         "episodes": OptionSpec("episodes", int, 40, "number of random plans scored (one per episode)", min=1),
-        "min_keep_ratio": OptionSpec("min_keep_ratio", float, 0.2, "smallest keep ratio sampled per group",
-                                     min=0.01, max=1.0),
+        "min_keep_ratio": OptionSpec(
+            "min_keep_ratio", float, 0.2, "smallest keep ratio sampled per group", min=0.01, max=1.0
+        ),
     },
     searcher=RandomSearch,
     budget_metrics=("macs", "params", "memory", "latency", "size"),

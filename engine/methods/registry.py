@@ -81,9 +81,7 @@ class OptionSpec:
             else:
                 out = self.type(value)
         except (TypeError, ValueError):
-            raise MethodError(
-                f"{where} expects a {self.type.__name__}, got {value!r}; {self.help}"
-            ) from None
+            raise MethodError(f"{where} expects a {self.type.__name__}, got {value!r}; {self.help}") from None
         if self.choices is not None and out not in self.choices:
             raise MethodError(f"{where} got {out!r}; accepted values: {', '.join(map(str, self.choices))}")
         if self.min is not None and out < self.min:
@@ -208,7 +206,9 @@ class MethodContext:
             return float(self.score_fn(plan))
         return float(self.get_scorer().score(plan))
 
-    def emit(self, method: str, step: int, total: int, message: str, candidate: Candidate | None = None) -> None:
+    def emit(
+        self, method: str, step: int, total: int, message: str, candidate: Candidate | None = None
+    ) -> None:
         """Send a progress event to the callback, if any."""
         if self.callback is not None:
             self.callback(MethodEvent(method, step, total, message, candidate))

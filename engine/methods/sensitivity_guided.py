@@ -69,7 +69,9 @@ def allocate_greedy(topology: Any, table: Any, budget: Budget | float) -> dict[s
     return current
 
 
-def allocate_knapsack(topology: Any, table: Any, budget: Budget | float, *, bins: int = 1000) -> dict[str, float]:
+def allocate_knapsack(
+    topology: Any, table: Any, budget: Budget | float, *, bins: int = 1000
+) -> dict[str, float]:
     """Multiple-choice knapsack: one grid ratio per group minimising the summed drop, savings (in the budget's
     metric; a bare float budget: MACs) taken as additive."""
     budget = Budget.coerce(budget)
@@ -124,19 +126,35 @@ def run_sensitivity(ctx: MethodContext, options: dict[str, Any]) -> MethodResult
     grid = [r for r in grid if r >= options["min_keep_ratio"] - 1e-9] or [options["min_keep_ratio"]]
     scorer = ctx.get_scorer()
     table = analyze_sensitivity(
-        ctx.model, ctx.topology, ctx.data, keep_ratios=grid, scorer=scorer, round_to=ctx.round_to,
+        ctx.model,
+        ctx.topology,
+        ctx.data,
+        keep_ratios=grid,
+        scorer=scorer,
+        round_to=ctx.round_to,
         use_cache=options["use_cache"],
         callback=lambda done, total, msg: ctx.emit(NAME, done, total, f"sensitivity: {msg}"),
     )
     allocate = allocate_greedy if options["allocation"] == "greedy" else allocate_knapsack
     ratios = allocate(ctx.topology, table, ctx.budget_spec)
-    plan = fit_ratios_to_budget(ctx, ratios, method=NAME, min_keep_ratio=options["min_keep_ratio"],
-                                meta={"allocation": options["allocation"]})
+    plan = fit_ratios_to_budget(
+        ctx,
+        ratios,
+        method=NAME,
+        min_keep_ratio=options["min_keep_ratio"],
+        meta={"allocation": options["allocation"]},
+    )
     ratio = check_on_budget(ctx, plan, NAME)
     history: list = []
     cand = score_candidate(ctx, NAME, plan, history, step=1, total=1)
-    return MethodResult(method=NAME, plan=plan, val_acc=cand.val_acc, macs_ratio=ratio, candidates=history,
-                        meta={"sensitivity_from_cache": table.from_cache, "sensitivity_n_scored": table.n_scored})
+    return MethodResult(
+        method=NAME,
+        plan=plan,
+        val_acc=cand.val_acc,
+        macs_ratio=ratio,
+        candidates=history,
+        meta={"sensitivity_from_cache": table.from_cache, "sensitivity_n_scored": table.n_scored},
+    )
 
 
 SPEC = MethodSpec(
@@ -145,12 +163,19 @@ SPEC = MethodSpec(
     "val-accuracy-drop curves, landed on the MACs budget.",
     kind="oneshot",
     options={
-        "allocation": OptionSpec("allocation", str, "greedy", "how pruning is allocated over the curves",
-                                 choices=("greedy", "knapsack")),
-        "grid_step": OptionSpec("grid_step", float, 0.1, "spacing of the keep-ratio grid of the curves",
-                                min=0.02, max=0.5),
-        "min_keep_ratio": OptionSpec("min_keep_ratio", float, 0.1, "smallest keep ratio of a group",
-                                     min=0.01, max=1.0),
+        "allocation": OptionSpec(
+            "allocation",
+            str,
+            "greedy",
+            "how pruning is allocated over the curves",
+            choices=("greedy", "knapsack"),
+        ),
+        "grid_step": OptionSpec(
+            "grid_step", float, 0.1, "spacing of the keep-ratio grid of the curves", min=0.02, max=0.5
+        ),
+        "min_keep_ratio": OptionSpec(
+            "min_keep_ratio", float, 0.1, "smallest keep ratio of a group", min=0.01, max=1.0
+        ),
         "use_cache": OptionSpec("use_cache", bool, True, "reuse cached sensitivity tables"),
     },
     fn=run_sensitivity,

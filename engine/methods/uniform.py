@@ -30,10 +30,12 @@ SPEC = MethodSpec(
     description="Same keep ratio for every prunable group, scaled to meet the budget.",
     kind="oneshot",
     options={
-        "criterion": OptionSpec("criterion", str, "l1", "channel criterion inside each group",
-                                choices=("l1", "l2", "bn_scale")),
-        "min_keep_ratio": OptionSpec("min_keep_ratio", float, 0.05, "smallest fraction of a group's channels kept",
-                                     min=0.01, max=1.0),
+        "criterion": OptionSpec(
+            "criterion", str, "l1", "channel criterion inside each group", choices=("l1", "l2", "bn_scale")
+        ),
+        "min_keep_ratio": OptionSpec(
+            "min_keep_ratio", float, 0.05, "smallest fraction of a group's channels kept", min=0.01, max=1.0
+        ),
     },
     fn=run_uniform,
     budget_metrics=METRICS,

@@ -45,7 +45,7 @@ def removed_channels(topology: Topology, plan: PruningPlan) -> dict[tuple[str, s
         for m in group.maps:
             target = removed.setdefault((m.module, m.dim), set())
             for j in dropped:
-                target.update(m.channels[j * m.mult:(j + 1) * m.mult])
+                target.update(m.channels[j * m.mult : (j + 1) * m.mult])
     return {key: sorted(value) for key, value in removed.items() if value}
 
 
@@ -56,16 +56,22 @@ def _keep_index(size: int, removed: list[int] | None, device) -> torch.Tensor | 
     return torch.tensor([i for i in range(size) if i not in drop], dtype=torch.long, device=device)
 
 
-def _grouped_index(size: int, groups: int, removed: list[int] | None, name: str, device) -> torch.Tensor | None:
+def _grouped_index(
+    size: int, groups: int, removed: list[int] | None, name: str, device
+) -> torch.Tensor | None:
     """Kept channels of a grouped conv side, which must drop the same in-group positions in every group."""
     if not removed:
         return None
     per_group = size // groups
-    positions = [sorted(c - g * per_group for c in removed if g * per_group <= c < (g + 1) * per_group)
-                 for g in range(groups)]
+    positions = [
+        sorted(c - g * per_group for c in removed if g * per_group <= c < (g + 1) * per_group)
+        for g in range(groups)
+    ]
     if any(p != positions[0] for p in positions):
-        raise ModelError(f"cannot prune grouped conv {name} (groups={groups}): the plan removes different "
-                         "channels in different conv groups; rebuild the topology and make the plan from it")
+        raise ModelError(
+            f"cannot prune grouped conv {name} (groups={groups}): the plan removes different "
+            "channels in different conv groups; rebuild the topology and make the plan from it"
+        )
     return _keep_index(size, removed, device)
 
 
@@ -82,13 +88,18 @@ def _set_param(module: nn.Module, name: str, value: torch.Tensor | None) -> None
     setattr(module, name, nn.Parameter(value, requires_grad=old.requires_grad))
 
 
-def shrink_module(module: nn.Module, name: str, out_removed: list[int] | None, in_removed: list[int] | None) -> None:
+def shrink_module(
+    module: nn.Module, name: str, out_removed: list[int] | None, in_removed: list[int] | None
+) -> None:
     """Remove output / input channels of one module in place (conv, linear or batchnorm)."""
     if isinstance(module, nn.modules.conv._ConvNd):
         depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
         if depthwise:
-            index = _keep_index(module.out_channels, sorted(set(out_removed or []) | set(in_removed or [])),
-                                module.weight.device)
+            index = _keep_index(
+                module.out_channels,
+                sorted(set(out_removed or []) | set(in_removed or [])),
+                module.weight.device,
+            )
             _set_param(module, "weight", _select(module.weight, 0, index))
             _set_param(module, "bias", _select(module.bias, 0, index))
             module.out_channels = module.in_channels = module.groups = module.weight.shape[0]
@@ -96,13 +107,20 @@ def shrink_module(module: nn.Module, name: str, out_removed: list[int] | None, i
         out_index = _keep_index(module.out_channels, out_removed, module.weight.device)
         in_index = _keep_index(module.in_channels, in_removed, module.weight.device)
         if module.groups != 1:
-            out_index = _grouped_index(module.out_channels, module.groups, out_removed, name, module.weight.device)
-            in_index = _grouped_index(module.in_channels, module.groups, in_removed, name, module.weight.device)
+            out_index = _grouped_index(
+                module.out_channels, module.groups, out_removed, name, module.weight.device
+            )
+            in_index = _grouped_index(
+                module.in_channels, module.groups, in_removed, name, module.weight.device
+            )
             if in_index is not None:  # weight is (out, in / groups, ...): keep the same in-group positions
                 in_index = in_index[: in_index.numel() // module.groups]
         _set_param(module, "weight", _select(_select(module.weight, 0, out_index), 1, in_index))
         _set_param(module, "bias", _select(module.bias, 0, out_index))
-        module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1] * module.groups
+        module.out_channels, module.in_channels = (
+            module.weight.shape[0],
+            module.weight.shape[1] * module.groups,
+        )
     elif isinstance(module, nn.Linear):
         out_index = _keep_index(module.out_features, out_removed, module.weight.device)
         in_index = _keep_index(module.in_features, in_removed, module.weight.device)
@@ -110,8 +128,11 @@ def shrink_module(module: nn.Module, name: str, out_removed: list[int] | None, i
         _set_param(module, "bias", _select(module.bias, 0, out_index))
         module.out_features, module.in_features = module.weight.shape
     elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-        index = _keep_index(module.num_features, sorted(set(out_removed or []) | set(in_removed or [])),
-                            module.running_mean.device if module.running_mean is not None else "cpu")
+        index = _keep_index(
+            module.num_features,
+            sorted(set(out_removed or []) | set(in_removed or [])),
+            module.running_mean.device if module.running_mean is not None else "cpu",
+        )
         _set_param(module, "weight", _select(module.weight, 0, index))
         _set_param(module, "bias", _select(module.bias, 0, index))
         if module.running_mean is not None:
@@ -119,7 +140,9 @@ def shrink_module(module: nn.Module, name: str, out_removed: list[int] | None, i
             module.running_var = _select(module.running_var, 0, index)
         module.num_features = int(index.numel()) if index is not None else module.num_features
     else:
-        raise ModelError(f"cannot prune {name}: {type(module).__name__} is not a conv, linear or batchnorm layer")
+        raise ModelError(
+            f"cannot prune {name}: {type(module).__name__} is not a conv, linear or batchnorm layer"
+        )
 
 
 def apply_plan(model: nn.Module, topology: Topology, plan: PruningPlan) -> nn.Module:

@@ -24,8 +24,13 @@ TOLERANCE = 0.01  # relative: the plan's value lands in [fraction * (1 - TOLERAN
 LATENCY_TOLERANCE = 0.05  # relative: a measured latency landing is on budget within this
 LATENCY_SECANT_STEPS = 2  # measured corrections of the fraction given to the latency predictor
 METRICS = ("macs", "params", "memory", "latency", "size")
-UNITS = {"macs": "MACs", "params": "parameters", "memory": "activation bytes", "latency": "ms",
-         "size": "weight bytes"}
+UNITS = {
+    "macs": "MACs",
+    "params": "parameters",
+    "memory": "activation bytes",
+    "latency": "ms",
+    "size": "weight bytes",
+}
 WEIGHT_BITS = 32  # float32 weights: size = params x 4 bytes unless bit-widths say otherwise
 LATENCY_ATTR = "_latency_table"  # where engine.latency_table attaches its predictor to a Topology
 
@@ -66,8 +71,10 @@ class Budget:
         except (TypeError, ValueError):
             raise BudgetError(f"budget fraction must be a number in (0, 1], got {self.fraction!r}") from None
         if not 0.0 < fraction <= 1.0:
-            raise BudgetError(f"budget {fraction} is outside (0, 1]: it is the fraction of the baseline's "
-                              f"{self.metric} to keep (0.5 = half)")
+            raise BudgetError(
+                f"budget {fraction} is outside (0, 1]: it is the fraction of the baseline's "
+                f"{self.metric} to keep (0.5 = half)"
+            )
         object.__setattr__(self, "fraction", fraction)
 
     @classmethod
@@ -119,7 +126,8 @@ class Budget:
         if predictor is None:
             raise BudgetError(
                 f"a latency budget needs a latency table for {topology.model_name}; measure one with "
-                "engine.latency_table.ensure_latency_table(model, topology) (the CLI and run_method do this)")
+                "engine.latency_table.ensure_latency_table(model, topology) (the CLI and run_method do this)"
+            )
         return predictor.predict_vector
 
     def value(self, topology: Topology, plan_or_keep: Any = None, *, bits: Bits | None = None) -> float:
@@ -200,25 +208,38 @@ def _shape(topology: Topology, values, what: str) -> np.ndarray:
     if isinstance(values, Mapping):
         unknown = [k for k in values if k not in {g.name for g in topology.groups}]
         if unknown:  # names of non-prunable groups are accepted and ignored
-            raise ValueError(f"{what} name groups that {topology.model_name} does not have: "
-                             f"{', '.join(map(repr, unknown[:5]))}")
+            raise ValueError(
+                f"{what} name groups that {topology.model_name} does not have: "
+                f"{', '.join(map(repr, unknown[:5]))}"
+            )
         out = np.array([float(values.get(g.name, np.nan)) for g in prunable])
         fill = np.nanmean(out) if np.isfinite(out).any() else 1.0
         out = np.where(np.isfinite(out), out, fill)
     else:
         out = np.asarray(list(values), dtype=np.float64)
         if out.shape != (len(prunable),):
-            raise ValueError(f"{what} has {out.size} entries for {len(prunable)} prunable groups of "
-                             f"{topology.model_name}; pass one per group (topology.prunable_groups order)")
+            raise ValueError(
+                f"{what} has {out.size} entries for {len(prunable)} prunable groups of "
+                f"{topology.model_name}; pass one per group (topology.prunable_groups order)"
+            )
     if not np.all(np.isfinite(out)) or np.any(out <= 0):
         raise ValueError(f"{what} must be positive finite numbers, got min {np.min(out)}")
     return out / out.mean()
 
 
-def plan_for_budget(topology: Topology, budget: Budget | float, *, scores: Mapping[str, float] | Sequence[float] | None = None,
-                    keep_ratios: Mapping[str, float] | Sequence[float] | None = None, min_keep_ratio: float = 0.05,
-                    max_keep_ratio: float = 1.0, round_to: int = 1, criterion: str = "l1",
-                    method: str = "budget", measure: bool = True) -> PruningPlan:
+def plan_for_budget(
+    topology: Topology,
+    budget: Budget | float,
+    *,
+    scores: Mapping[str, float] | Sequence[float] | None = None,
+    keep_ratios: Mapping[str, float] | Sequence[float] | None = None,
+    min_keep_ratio: float = 0.05,
+    max_keep_ratio: float = 1.0,
+    round_to: int = 1,
+    criterion: str = "l1",
+    method: str = "budget",
+    measure: bool = True,
+) -> PruningPlan:
     """Keep counts for every prunable group so the pruned model keeps `budget` of the baseline (within 1%).
 
     A latency budget lands on the attached table's prediction; when the table is bound with its model
@@ -252,8 +273,15 @@ def plan_for_budget(topology: Topology, budget: Budget | float, *, scores: Mappi
         ValueError: both scores and keep_ratios given, or malformed ones.
     """
     spec = Budget.coerce(budget)
-    options = dict(scores=scores, keep_ratios=keep_ratios, min_keep_ratio=min_keep_ratio,
-                   max_keep_ratio=max_keep_ratio, round_to=round_to, criterion=criterion, method=method)
+    options = dict(
+        scores=scores,
+        keep_ratios=keep_ratios,
+        min_keep_ratio=min_keep_ratio,
+        max_keep_ratio=max_keep_ratio,
+        round_to=round_to,
+        criterion=criterion,
+        method=method,
+    )
     plan = _land_on_evaluator(topology, spec, **options)
     table = getattr(topology, LATENCY_ATTR, None) if spec.metric == "latency" else None
     if measure and table is not None and getattr(table, "can_measure", False) and topology.prunable_groups:
@@ -261,7 +289,9 @@ def plan_for_budget(topology: Topology, budget: Budget | float, *, scores: Mappi
     return plan
 
 
-def _land_measured(topology: Topology, spec: Budget, table: Any, first: PruningPlan, **options: Any) -> PruningPlan:
+def _land_measured(
+    topology: Topology, spec: Budget, table: Any, first: PruningPlan, **options: Any
+) -> PruningPlan:
     """Correct a predicted latency landing by measurement: secant steps on the fraction given to the predictor."""
     target = spec.fraction
     tried: list[tuple[float, PruningPlan, Any]] = []
@@ -276,8 +306,11 @@ def _land_measured(topology: Topology, spec: Budget, table: Any, first: PruningP
         else:
             (f0, _, t0), (f1, _, t1) = tried[-2], tried[-1]
             slope = (t1.ratio - t0.ratio) / (f1 - f0)
-            proposal = (f1 + (target - t1.ratio) / slope if np.isfinite(slope) and slope > 1e-3
-                        else f1 * target / max(t1.ratio, 1e-6))  # a flat or inverted secant: rescale instead
+            proposal = (
+                f1 + (target - t1.ratio) / slope
+                if np.isfinite(slope) and slope > 1e-3
+                else f1 * target / max(t1.ratio, 1e-6)
+            )  # a flat or inverted secant: rescale instead
         proposal = float(np.clip(proposal, 0.02, 1.0))
         if abs(proposal - fraction) < 1e-4:
             break
@@ -289,36 +322,67 @@ def _land_measured(topology: Topology, spec: Budget, table: Any, first: PruningP
     fraction, plan, timing = min(tried, key=lambda t: abs(t[2].ratio / target - 1.0))
     predicted = spec.ratio(topology, plan)
     record_budget(plan, spec)
-    plan.meta.update({
-        "budget_ratio": timing.ratio, "latency_measured_ratio": timing.ratio, "latency_predicted_ratio": predicted,
-        "latency_predictor_fraction": fraction, "latency_clock": timing.clock,
-        "on_budget": bool(abs(timing.ratio / target - 1.0) <= LATENCY_TOLERANCE),
-        "latency_landing": [{"predictor_fraction": f, "measured_ratio": t.ratio, "ratio_se": t.ratio_se,
-                             "pairs": t.pairs} for f, _, t in tried]})
+    plan.meta.update(
+        {
+            "budget_ratio": timing.ratio,
+            "latency_measured_ratio": timing.ratio,
+            "latency_predicted_ratio": predicted,
+            "latency_predictor_fraction": fraction,
+            "latency_clock": timing.clock,
+            "on_budget": bool(abs(timing.ratio / target - 1.0) <= LATENCY_TOLERANCE),
+            "latency_landing": [
+                {"predictor_fraction": f, "measured_ratio": t.ratio, "ratio_se": t.ratio_se, "pairs": t.pairs}
+                for f, _, t in tried
+            ],
+        }
+    )
     return plan
 
 
-def _land_on_evaluator(topology: Topology, spec: Budget, *, scores: Any, keep_ratios: Any, min_keep_ratio: float,
-                       max_keep_ratio: float, round_to: int, criterion: str, method: str) -> PruningPlan:
+def _land_on_evaluator(
+    topology: Topology,
+    spec: Budget,
+    *,
+    scores: Any,
+    keep_ratios: Any,
+    min_keep_ratio: float,
+    max_keep_ratio: float,
+    round_to: int,
+    criterion: str,
+    method: str,
+) -> PruningPlan:
     """plan_for_budget on the metric's analytic or predicted value (no measurement)."""
     budget = spec.fraction
     if not 0.0 < min_keep_ratio <= max_keep_ratio <= 1.0:
-        raise BudgetError(f"keep bounds must satisfy 0 < min_keep_ratio <= max_keep_ratio <= 1, "
-                          f"got {min_keep_ratio} and {max_keep_ratio}")
+        raise BudgetError(
+            f"keep bounds must satisfy 0 < min_keep_ratio <= max_keep_ratio <= 1, "
+            f"got {min_keep_ratio} and {max_keep_ratio}"
+        )
     if scores is not None and keep_ratios is not None:
         raise ValueError("pass scores or keep_ratios to plan_for_budget, not both")
     if round_to < 1:
         raise ValueError(f"round_to must be >= 1, got {round_to}")
     if not topology.prunable_groups:
         if budget >= 1.0:
-            plan = PruningPlan(model=topology.model_name, keep={}, criterion=criterion, round_to=round_to,
-                               budget=budget, method=method,
-                               meta={"macs": topology.macs, "macs_ratio": 1.0, "budget_ratio": 1.0})
+            plan = PruningPlan(
+                model=topology.model_name,
+                keep={},
+                criterion=criterion,
+                round_to=round_to,
+                budget=budget,
+                method=method,
+                meta={"macs": topology.macs, "macs_ratio": 1.0, "budget_ratio": 1.0},
+            )
             return record_budget(plan, spec)
-        raise BudgetError(f"budget {budget:.3f} is unreachable for {topology.model_name}: it has no prunable "
-                          "channel groups (see Topology.groups[i].reason)")
-    shape = _shape(topology, scores if scores is not None else keep_ratios,
-                   "scores" if scores is not None else "keep_ratios")
+        raise BudgetError(
+            f"budget {budget:.3f} is unreachable for {topology.model_name}: it has no prunable "
+            "channel groups (see Topology.groups[i].reason)"
+        )
+    shape = _shape(
+        topology,
+        scores if scores is not None else keep_ratios,
+        "scores" if scores is not None else "keep_ratios",
+    )
     prunable = topology.prunable_groups
     index = np.array([g.index for g in prunable], dtype=int)
     channels = np.array([g.channels for g in prunable], dtype=np.float64)
@@ -350,12 +414,14 @@ def _land_on_evaluator(topology: Topology, spec: Budget, *, scores: Any, keep_ra
         raise BudgetError(
             f"budget {budget:.3f} is unreachable for {topology.model_name}: with every prunable group at "
             f"min_keep_ratio={min_keep_ratio} (round_to={round_to}) the model still keeps {low_macs / full:.3f} "
-            f"of its {what}; raise the budget or lower min_keep_ratio")
+            f"of its {what}; raise the budget or lower min_keep_ratio"
+        )
     if high_macs < target * (1 - TOLERANCE):
         raise BudgetError(
             f"budget {budget:.3f} is unreachable for {topology.model_name}: with every prunable group at "
             f"max_keep_ratio={max_keep_ratio} the model keeps only {high_macs / full:.3f} of its {what}; "
-            "lower the budget or raise max_keep_ratio")
+            "lower the budget or raise max_keep_ratio"
+        )
     lo, hi = 0.0, float(np.max(1.0 / shape)) * 1.01 + 1.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
@@ -385,10 +451,20 @@ def _land_on_evaluator(topology: Topology, spec: Budget, *, scores: Any, keep_ra
     vector = base.copy()
     vector[index] = counts
     plan_macs = int(topology.table.macs(vector))
-    plan = PruningPlan(model=topology.model_name, keep=keep, criterion=criterion, round_to=round_to, budget=budget,
-                       method=method, meta={"macs": plan_macs, "macs_ratio": plan_macs / topology.table.full.macs,
-                                            "budget_ratio": macs / full,
-                                            "on_budget": bool(macs >= target * (1 - TOLERANCE))})
+    plan = PruningPlan(
+        model=topology.model_name,
+        keep=keep,
+        criterion=criterion,
+        round_to=round_to,
+        budget=budget,
+        method=method,
+        meta={
+            "macs": plan_macs,
+            "macs_ratio": plan_macs / topology.table.full.macs,
+            "budget_ratio": macs / full,
+            "on_budget": bool(macs >= target * (1 - TOLERANCE)),
+        },
+    )
     return record_budget(plan, spec)
 
 
@@ -399,5 +475,7 @@ def memory_aware_scores(topology: Topology) -> dict[str, float]:
     memory- and overhead-bound, so cutting their channels buys more latency per MAC removed
     (bench/bench_latency.py: CIFAR ResNet-56 at a 50% MACs budget runs at ~0.45x instead of ~0.6x latency).
     """
-    return {g.name: max(1.0, g.macs_per_channel) / max(1.0, g.memory_bytes_per_channel)
-            for g in topology.prunable_groups}
+    return {
+        g.name: max(1.0, g.macs_per_channel) / max(1.0, g.memory_bytes_per_channel)
+        for g in topology.prunable_groups
+    }

@@ -21,8 +21,14 @@ from engine.pruning.plan import PruningPlan
 FORMATS = ("state_dict", "pt2", "onnx")
 
 
-def export_pruned(model: nn.Module, path: str | Path, *, format: str = "state_dict",
-                  example_inputs: torch.Tensor | tuple | None = None, plan: PruningPlan | None = None) -> Path:
+def export_pruned(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    format: str = "state_dict",
+    example_inputs: torch.Tensor | tuple | None = None,
+    plan: PruningPlan | None = None,
+) -> Path:
     """Write `model` to `path` as a state_dict (.pt / .safetensors), a torch.export program (.pt2) or ONNX.
 
     Args:
@@ -88,7 +94,9 @@ def shape_plan(plan: PruningPlan, topology: Topology) -> PruningPlan:
     return plan.with_indices(indices)
 
 
-def load_pruned(model: nn.Module, topology: Topology, plan: PruningPlan, weights: str | Path | dict) -> nn.Module:
+def load_pruned(
+    model: nn.Module, topology: Topology, plan: PruningPlan, weights: str | Path | dict
+) -> nn.Module:
     """Rebuild a pruned model: shrink a fresh `model` of the same architecture by `plan`, load `weights`.
 
     Args:
@@ -117,13 +125,17 @@ def load_pruned(model: nn.Module, topology: Topology, plan: PruningPlan, weights
         except CheckpointError:
             raise
         except Exception as exc:
-            raise CheckpointError(f"cannot read pruned weights {weights}: {type(exc).__name__}: {exc}") from exc
+            raise CheckpointError(
+                f"cannot read pruned weights {weights}: {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(state, dict):
             raise CheckpointError(f"{weights} does not hold a state_dict; write it with export_pruned")
     pruned = apply_plan(model, topology, shape_plan(plan, topology))
     try:
         pruned.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"pruned weights do not fit plan for {plan.model}: {str(exc).splitlines()[0]}; "
-                              "use the plan JSON saved with these weights") from exc
+        raise CheckpointError(
+            f"pruned weights do not fit plan for {plan.model}: {str(exc).splitlines()[0]}; "
+            "use the plan JSON saved with these weights"
+        ) from exc
     return pruned

@@ -30,8 +30,11 @@ def _zero_module(module: nn.Module, out_removed: list[int] | None, in_removed: l
             module.running_var[index] = 1.0
         return
     weight = module.weight
-    depthwise = (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
-                 and module.groups == module.in_channels == module.out_channels)
+    depthwise = (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
     if depthwise:
         out_removed = sorted(set(out_removed or []) | set(in_removed or []))
         in_removed = None
@@ -43,12 +46,14 @@ def _zero_module(module: nn.Module, out_removed: list[int] | None, in_removed: l
         per_in, per_out = module.in_channels // module.groups, module.out_channels // module.groups
         for c in in_removed:  # weight is (out, in / groups, ...): channel c feeds only its own conv group
             group = c // per_in
-            weight[group * per_out:(group + 1) * per_out, c % per_in] = 0.0
+            weight[group * per_out : (group + 1) * per_out, c % per_in] = 0.0
     elif in_removed:
         weight[:, in_removed] = 0.0
 
 
-def mask_model(model: nn.Module, topology: Topology, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
+def mask_model(
+    model: nn.Module, topology: Topology, plan: PruningPlan, *, inplace: bool = False
+) -> nn.Module:
     """A copy of `model` (or `model` itself with inplace=True) with the plan's removed channels zeroed.
 
     Its outputs equal apply_plan(model, topology, plan)'s (same channel choice), in eval and train mode.

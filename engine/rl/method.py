@@ -62,11 +62,23 @@ def _options() -> dict[str, OptionSpec]:
             "std_init", float, 0.5, "initial std of the PPO policy (decays per update)", min=0.01, max=2.0
         ),
         OptionSpec("update_every", int, 4, "PPO update after this many episodes", min=1),
-        OptionSpec("std_schedule", str, "anneal", "exploration: anneal (std_init to 0.05 over the run's length) "
-                   "or decay (x0.95 per update, the earlier fixed clock)", choices=("anneal", "decay")),
-        OptionSpec("join_features", bool, True, "join each group's structural features to its GNN embedding "
-                   "(keeps groups apart; gnnrl only)"),
-        OptionSpec("learn", bool, True, "false = the no-learning control: same sampling and schedule, no update"),
+        OptionSpec(
+            "std_schedule",
+            str,
+            "anneal",
+            "exploration: anneal (std_init to 0.05 over the run's length) "
+            "or decay (x0.95 per update, the earlier fixed clock)",
+            choices=("anneal", "decay"),
+        ),
+        OptionSpec(
+            "join_features",
+            bool,
+            True,
+            "join each group's structural features to its GNN embedding (keeps groups apart; gnnrl only)",
+        ),
+        OptionSpec(
+            "learn", bool, True, "false = the no-learning control: same sampling and schedule, no update"
+        ),
         OptionSpec(
             "score_policy_plan", bool, True, "also score the policy-mean plan at the end (+1 scored plan)"
         ),
@@ -135,8 +147,9 @@ class GnnRlSearch(SearchMethod):
         from engine.rl.search import SearchRun
 
         super().__init__(ctx, options)
-        self.run = SearchRun(ctx.model, ctx.topology, config=search_config_from_options(ctx, options,
-                                                                                       encoder=self.encoder))
+        self.run = SearchRun(
+            ctx.model, ctx.topology, config=search_config_from_options(ctx, options, encoder=self.encoder)
+        )
         self._ended: Any = None  # the StepReport that ended the episode awaiting observe()
 
     @property
@@ -147,8 +160,15 @@ class GnnRlSearch(SearchMethod):
         if self._ended is not None:
             raise RuntimeError("the episode's plan awaits its score; the driver observes it first")
         rep = self.run.step()
-        info = {"episode": rep.episode, "step": rep.step, "action": rep.action, "keep_ratios": rep.keep_ratios,
-                "macs_ratio": rep.macs_ratio, "reward": rep.reward, "done": rep.done}
+        info = {
+            "episode": rep.episode,
+            "step": rep.step,
+            "action": rep.action,
+            "keep_ratios": rep.keep_ratios,
+            "macs_ratio": rep.macs_ratio,
+            "reward": rep.reward,
+            "done": rep.done,
+        }
         proposal = None
         if rep.done:
             self._ended = rep
@@ -161,10 +181,13 @@ class GnnRlSearch(SearchMethod):
     def _meta(self, rep: Any) -> dict[str, Any]:
         ep = self.run._ep
         emb = ep.get("embeddings")
-        return {"step": rep.step, "actions": list(ep.get("actions", [])),
-                "embeddings": emb.numpy().round(5).tolist() if emb is not None else None,
-                "embedding_groups": self.run.group_names,
-                "keep_ratios": {k: round(float(v), 5) for k, v in rep.keep_ratios.items()}}
+        return {
+            "step": rep.step,
+            "actions": list(ep.get("actions", [])),
+            "embeddings": emb.numpy().round(5).tolist() if emb is not None else None,
+            "embedding_groups": self.run.group_names,
+            "keep_ratios": {k: round(float(v), 5) for k, v in rep.keep_ratios.items()},
+        }
 
     def propose(self, n: int = 1) -> list[Proposal]:
         # PPO learns between episodes, so a batch holds one episode (vectorised episodes: a later issue)
@@ -212,7 +235,10 @@ class GnnRlSearch(SearchMethod):
 
     def summary(self) -> dict[str, Any]:
         plan = self.run.policy_plan
-        return {"policy_plan": None if plan is None else plan.to_dict(), "policy_val_acc": self.run.policy_val_acc}
+        return {
+            "policy_plan": None if plan is None else plan.to_dict(),
+            "policy_val_acc": self.run.policy_val_acc,
+        }
 
 
 class GnnRlNoGnnSearch(GnnRlSearch):

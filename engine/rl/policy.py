@@ -56,8 +56,15 @@ class ActorCritic(nn.Module):
         num_layers: stage-2 layers of the GNN.
     """
 
-    def __init__(self, *, encoder_kind: str = "gnn", dim: int = 32, hidden: int = 64, num_layers: int = 2,
-                 join_group_features: bool = False):
+    def __init__(
+        self,
+        *,
+        encoder_kind: str = "gnn",
+        dim: int = 32,
+        hidden: int = 64,
+        num_layers: int = 2,
+        join_group_features: bool = False,
+    ):
         super().__init__()
         self.encoder_kind = encoder_kind
         self.encoder = build_encoder(encoder_kind, dim=dim, num_layers=num_layers)
@@ -79,7 +86,11 @@ class ActorCritic(nn.Module):
         enc = self.encoder(data)
         parts = [enc.group_embeddings, enc.graph_embedding[enc.group_graph]]
         if self.join:
-            parts = [self.norm(enc.group_embeddings), parts[1], self.norm(torch.tanh(self.group_in(data.group_x)))]
+            parts = [
+                self.norm(enc.group_embeddings),
+                parts[1],
+                self.norm(torch.tanh(self.group_in(data.group_x))),
+            ]
         per_group = torch.cat(parts, dim=-1)
         mean = torch.tanh(self.actor(per_group)).squeeze(-1)  # (groups_total,)
         value = self.critic(enc.graph_embedding).squeeze(-1)  # (graphs,)

@@ -142,7 +142,10 @@ class PPOAgent:
         c = self.config
         with private_rng(seed):  # seeded init without touching the process-global RNG
             self.net = ActorCritic(
-                encoder_kind=c.encoder_kind, dim=c.dim, hidden=c.hidden, num_layers=c.num_layers,
+                encoder_kind=c.encoder_kind,
+                dim=c.dim,
+                hidden=c.hidden,
+                num_layers=c.num_layers,
                 join_group_features=c.join_group_features,
             )
         self.log_std = nn.Parameter(torch.tensor(math.log(c.std_init)), requires_grad=c.std_mode == "learned")

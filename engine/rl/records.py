@@ -71,7 +71,9 @@ class SearchConfig:
             self.ddpg = DDPGConfig(**self.ddpg)
         self.ppo.encoder_kind = self.encoder
         self.ddpg.encoder_kind = self.encoder
-        self.env.group_features = self.encoder == "features" or (self.agent == "ppo" and self.ppo.join_group_features)
+        self.env.group_features = self.encoder == "features" or (
+            self.agent == "ppo" and self.ppo.join_group_features
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what the store keeps and `from_dict` reads back)."""

@@ -179,8 +179,10 @@ class SearchRun:
             rep = self.step()
             if rep.done:
                 if rep.episode_report is None:
-                    raise RuntimeError("the episode's plan awaits its score (deferred scoring); score it and "
-                                       "call complete_episode(val_acc)")
+                    raise RuntimeError(
+                        "the episode's plan awaits its score (deferred scoring); score it and "
+                        "call complete_episode(val_acc)"
+                    )
                 return rep.episode_report
 
     def run(self, *, should_stop: Callable[[], bool] | None = None) -> SearchResult:

@@ -52,7 +52,9 @@ class SearchDriver:
     worker processes / Ray actors; only the driver writes the store.
     """
 
-    def __init__(self, spec: Any, ctx: Any, options: dict[str, Any], *, batch_size: int | None = None) -> None:
+    def __init__(
+        self, spec: Any, ctx: Any, options: dict[str, Any], *, batch_size: int | None = None
+    ) -> None:
         self.spec, self.ctx, self.options = spec, ctx, dict(options)
         self.name = spec.name
         self.batch_size = max(1, int(batch_size or getattr(ctx, "batch_size", 1) or 1))
@@ -110,24 +112,37 @@ class SearchDriver:
             raise SearchStateError("re-scoring the top plans needs the dataset (ctx.data); set rescore_top=0")
 
         scorer = self.ctx.get_scorer()
-        config = replace(scorer.config if scorer is not None else ScoringConfig(),
-                         val_size=getattr(self.ctx, "rescore_val_size", None))
+        config = replace(
+            scorer.config if scorer is not None else ScoringConfig(),
+            val_size=getattr(self.ctx, "rescore_val_size", None),
+        )
         big = Scorer(self.ctx.model, self.ctx.topology, self.ctx.data, config)
         pool = sorted(self.history + self.final, key=lambda c: (-c.val_acc, c.index))[:k]
         rows, best = [], None
         for cand in pool:
             acc = float(big.score(cand.plan))
             self.n_scored += 1
-            rows.append({"index": cand.index, "episode": cand.meta.get("episode"), "search_val_acc": cand.val_acc,
-                         "rescore_val_acc": acc})
+            rows.append(
+                {
+                    "index": cand.index,
+                    "episode": cand.meta.get("episode"),
+                    "search_val_acc": cand.val_acc,
+                    "rescore_val_acc": acc,
+                }
+            )
             if best is None or acc > best[0]:
                 best = (acc, cand)
         assert best is not None
         acc, cand = best
         from engine.methods.registry import Candidate
 
-        self.winner = Candidate(index=cand.index, plan=cand.plan, val_acc=acc, macs_ratio=cand.macs_ratio,
-                                meta={**cand.meta, "search_val_acc": cand.val_acc, "rescored": True})
+        self.winner = Candidate(
+            index=cand.index,
+            plan=cand.plan,
+            val_acc=acc,
+            macs_ratio=cand.macs_ratio,
+            meta={**cand.meta, "search_val_acc": cand.val_acc, "rescored": True},
+        )
         return rows
 
     # -- stepping ------------------------------------------------------------------------------------
@@ -138,14 +153,18 @@ class SearchDriver:
             TopoPruneError: the search is finished.
         """
         if self.finished:
-            raise TopoPruneError(f"the {self.name} search finished after {self.episode} episodes; nothing to step")
+            raise TopoPruneError(
+                f"the {self.name} search finished after {self.episode} episodes; nothing to step"
+            )
         proposals = self.method.propose(self.batch_size)
         return self._settle(proposals)
 
     def substep(self) -> SubStep:
         """One inner step of a method with multi-step episodes; settles the episode when the step ends it."""
         if self.finished:
-            raise TopoPruneError(f"the {self.name} search finished after {self.episode} episodes; nothing to step")
+            raise TopoPruneError(
+                f"the {self.name} search finished after {self.episode} episodes; nothing to step"
+            )
         sub = self.method.substep()
         if sub.proposal is not None:
             sub.info["candidate"] = self._settle([sub.proposal])[0]
@@ -182,14 +201,23 @@ class SearchDriver:
             return None
         plan.method = self.name
         macs_ratio = self._macs(plan) / self._base_macs
-        cand = Candidate(index=len(self.history), plan=plan, val_acc=float(scored.val_acc),
-                         macs_ratio=macs_ratio, meta=meta)
+        cand = Candidate(
+            index=len(self.history),
+            plan=plan,
+            val_acc=float(scored.val_acc),
+            macs_ratio=macs_ratio,
+            meta=meta,
+        )
         self.history.append(cand)
         self._add_episode(index, plan, cand.val_acc, meta)
         best = self.best
-        self.ctx.emit(self.name, index + 1, total,
-                      f"episode {index}: val {cand.val_acc:.2f}% at {macs_ratio:.3f} MACs "
-                      f"(best {best.val_acc:.2f}%)", cand)
+        self.ctx.emit(
+            self.name,
+            index + 1,
+            total,
+            f"episode {index}: val {cand.val_acc:.2f}% at {macs_ratio:.3f} MACs (best {best.val_acc:.2f}%)",
+            cand,
+        )
         return cand
 
     def _macs(self, plan: Any) -> int:
@@ -202,9 +230,15 @@ class SearchDriver:
             return
         macs = self._macs(plan) if plan is not None else None
         self.store.add_episode(
-            self.run_id, index=index, reward=val_acc, macs=macs,
-            macs_ratio=None if macs is None else macs / self._base_macs, val_acc=val_acc,
-            plan=None if plan is None else plan.to_dict(), extra=meta, replace=True,
+            self.run_id,
+            index=index,
+            reward=val_acc,
+            macs=macs,
+            macs_ratio=None if macs is None else macs / self._base_macs,
+            val_acc=val_acc,
+            plan=None if plan is None else plan.to_dict(),
+            extra=meta,
+            replace=True,
         )
 
     # -- the run -------------------------------------------------------------------------------------
@@ -235,9 +269,15 @@ class SearchDriver:
             if acc is None:
                 continue
             proposal.plan.method = self.name
-            self.final.append(Candidate(index=len(self.history) + len(self.final), plan=proposal.plan,
-                                        val_acc=acc, macs_ratio=self._macs(proposal.plan) / self._base_macs,
-                                        meta={**proposal.meta, "final": True}))
+            self.final.append(
+                Candidate(
+                    index=len(self.history) + len(self.final),
+                    plan=proposal.plan,
+                    val_acc=acc,
+                    macs_ratio=self._macs(proposal.plan) / self._base_macs,
+                    meta={**proposal.meta, "final": True},
+                )
+            )
         if hasattr(self.method, "observe_final"):
             self.method.observe_final(scored)
         rescored = self._rescore()
@@ -245,11 +285,18 @@ class SearchDriver:
         result.meta["rescored"] = rescored
         self._check_budget(result.plan)
         self._update_run(
-            status="completed", best_score=result.val_acc, best_plan=result.plan,
-            extra={"episodes_done": self.episode, "n_scored": self.n_scored, "seconds": result.seconds,
-                   "macs_ratio": result.macs_ratio, "final": [c.to_dict() for c in self.final],
-                   "rescored": rescored,
-                   **result.meta.get("summary", {})},
+            status="completed",
+            best_score=result.val_acc,
+            best_plan=result.plan,
+            extra={
+                "episodes_done": self.episode,
+                "n_scored": self.n_scored,
+                "seconds": result.seconds,
+                "macs_ratio": result.macs_ratio,
+                "final": [c.to_dict() for c in self.final],
+                "rescored": rescored,
+                **result.meta.get("summary", {}),
+            },
         )
         return result
 
@@ -269,12 +316,27 @@ class SearchDriver:
             )
         best_episode = best.meta.get("episode") if not best.meta.get("final") else None
         summary = self.method.summary()
-        meta = {"run_id": self.run_id, "best_index": best.index, "best_episode": best_episode,
-                "episodes": self.episode, "finished": finished, "summary": summary,
-                "final": [c.to_dict() for c in self.final], **summary}
-        return MethodResult(method=self.name, plan=best.plan, val_acc=best.val_acc, macs_ratio=best.macs_ratio,
-                            candidates=list(self.history), seconds=self.seconds, n_scored=self.n_scored,
-                            options=dict(self.options), meta=meta)
+        meta = {
+            "run_id": self.run_id,
+            "best_index": best.index,
+            "best_episode": best_episode,
+            "episodes": self.episode,
+            "finished": finished,
+            "summary": summary,
+            "final": [c.to_dict() for c in self.final],
+            **summary,
+        }
+        return MethodResult(
+            method=self.name,
+            plan=best.plan,
+            val_acc=best.val_acc,
+            macs_ratio=best.macs_ratio,
+            candidates=list(self.history),
+            seconds=self.seconds,
+            n_scored=self.n_scored,
+            options=dict(self.options),
+            meta=meta,
+        )
 
     @property
     def seconds(self) -> float:
@@ -301,9 +363,14 @@ class SearchDriver:
             return None
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         state = {
-            "version": STATE_VERSION, "method": self.name, "run_id": int(self.run_id),
-            "run_created_at": self._run_created_at(), "episode": self.episode, "n_scored": self.n_scored,
-            "seconds": self.seconds, "method_state": self.method.state_dict(),
+            "version": STATE_VERSION,
+            "method": self.name,
+            "run_id": int(self.run_id),
+            "run_created_at": self._run_created_at(),
+            "episode": self.episode,
+            "n_scored": self.n_scored,
+            "seconds": self.seconds,
+            "method_state": self.method.state_dict(),
         }
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         torch.save(state, tmp)
@@ -317,7 +384,9 @@ class SearchDriver:
     def _restore(self) -> None:
         """Continue from the saved state; a run with no state of its own starts from episode 0."""
         if self.state_path is None:
-            raise SearchStateError(f"method '{self.name}' got resume without a stored run (ctx.store and ctx.run_id)")
+            raise SearchStateError(
+                f"method '{self.name}' got resume without a stored run (ctx.store and ctx.run_id)"
+            )
         state = self._read_state()
         if state is None:
             return  # killed before its first batch was settled: start again from the same seed
@@ -331,9 +400,15 @@ class SearchDriver:
         for e in self.store.episodes(self.run_id):
             if e.index >= self.episode or e.plan is None or e.val_acc is None:
                 continue
-            self.history.append(Candidate(index=len(self.history), plan=PruningPlan.from_dict(e.plan),
-                                          val_acc=float(e.val_acc), macs_ratio=float(e.macs_ratio),
-                                          meta=dict(e.extra)))
+            self.history.append(
+                Candidate(
+                    index=len(self.history),
+                    plan=PruningPlan.from_dict(e.plan),
+                    val_acc=float(e.val_acc),
+                    macs_ratio=float(e.macs_ratio),
+                    meta=dict(e.extra),
+                )
+            )
 
     def _read_state(self) -> dict[str, Any] | None:
         path = self.state_path

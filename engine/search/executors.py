@@ -56,8 +56,14 @@ def _payload(ctx: Any) -> dict[str, Any]:
     val_x, val_y = scorer.val_tensors
     calib = scorer.calibration_inputs if scorer.config.recalibrate_bn else None
     shape = tuple(int(s) for s in val_x.shape[1:])
-    return {"model": ctx.model, "input_shape": shape, "val_x": val_x.cpu(), "val_y": val_y.cpu(),
-            "calib": None if calib is None else calib.cpu(), "scoring": scorer.config.to_dict()}
+    return {
+        "model": ctx.model,
+        "input_shape": shape,
+        "val_x": val_x.cpu(),
+        "val_y": val_y.cpu(),
+        "calib": None if calib is None else calib.cpu(),
+        "scoring": scorer.config.to_dict(),
+    }
 
 
 class _WorkerScorer:
@@ -119,8 +125,12 @@ class ProcessExecutor:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self._payload,))
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self._payload,),
+        )
 
     def score(self, plans: Sequence[Any]) -> list[float]:
         from concurrent.futures.process import BrokenProcessPool
@@ -144,8 +154,10 @@ class ProcessExecutor:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._start()
         if any(r is None for r in results):
-            raise ExecutorError(f"scoring workers died {MAX_RETRIES + 1} times in a row; check memory "
-                                "(`dmesg`), or run with --workers 1")
+            raise ExecutorError(
+                f"scoring workers died {MAX_RETRIES + 1} times in a row; check memory "
+                "(`dmesg`), or run with --workers 1"
+            )
         return [float(r) for r in results]  # type: ignore[arg-type]
 
     def close(self) -> None:
@@ -178,8 +190,13 @@ class RayExecutor:
                 if address:
                     ray.init(address=address, log_to_driver=False, configure_logging=False)
                 else:
-                    ray.init(num_cpus=self.workers, include_dashboard=False, _node_ip_address="127.0.0.1",
-                             log_to_driver=False, configure_logging=False)
+                    ray.init(
+                        num_cpus=self.workers,
+                        include_dashboard=False,
+                        _node_ip_address="127.0.0.1",
+                        log_to_driver=False,
+                        configure_logging=False,
+                    )
             except Exception as exc:  # ConnectionError, timeouts: Ray's own messages are long
                 where = f"the Ray cluster at {address}" if address else "a local Ray"
                 raise ExecutorError(
@@ -211,8 +228,10 @@ class RayExecutor:
             for index in dead:  # replace each dead actor; its plans are rescored on the next pass
                 self._actors[index] = self._actor_cls.remote(self._payload_ref)
         if any(r is None for r in results):
-            raise ExecutorError(f"Ray scoring actors died {MAX_RETRIES + 1} times in a row; check the cluster's "
-                                "memory and logs, or run with --workers 1")
+            raise ExecutorError(
+                f"Ray scoring actors died {MAX_RETRIES + 1} times in a row; check the cluster's "
+                "memory and logs, or run with --workers 1"
+            )
         return [float(r) for r in results]  # type: ignore[arg-type]
 
     def close(self) -> None:
@@ -233,7 +252,9 @@ class _RayScorer:
         return os.getpid()
 
 
-def make_executor(ctx: Any, *, backend: str | None = None, workers: int = 1, address: str | None = None) -> Any:
+def make_executor(
+    ctx: Any, *, backend: str | None = None, workers: int = 1, address: str | None = None
+) -> Any:
     """The executor a run asks for: inline for one worker, else a process pool or Ray.
 
     Raises:

@@ -105,7 +105,9 @@ class Database:
     ) -> None:
         self.path = Path(path) if path is not None else default_store_path()
         self.timeout_s = _default_timeout_s() if timeout_s is None else float(timeout_s)
-        self.retry_s = _env_seconds("TOPOPRUNE_STORE_RETRY_S", DEFAULT_RETRY_S) if retry_s is None else float(retry_s)
+        self.retry_s = (
+            _env_seconds("TOPOPRUNE_STORE_RETRY_S", DEFAULT_RETRY_S) if retry_s is None else float(retry_s)
+        )
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self.read_only = bool(read_only)
@@ -141,11 +143,18 @@ class Database:
     def _open_read_only(self) -> bool:
         """Open ``mode=ro``; False (nothing kept open) when the file needs a migration first."""
         if not self.path.is_file():
-            raise StoreError(f"run store {self.path} does not exist yet; runs are recorded there by "
-                             "`topoprune search` and `prune`")
+            raise StoreError(
+                f"run store {self.path} does not exist yet; runs are recorded there by "
+                "`topoprune search` and `prune`"
+            )
         with self._translate():
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self.timeout_s,
-                                   isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=self.timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
         self._conn = conn
         try:
             with self._translate():

@@ -154,7 +154,9 @@ class RunStore(CandidateTables, Database):
         if config is not None:
             sets.append("config = ?")
             params.append(codec.dumps(config))
-        with self._write(retry=True) as conn:  # a search saves its state here each batch: a held lock delays it
+        with self._write(
+            retry=True
+        ) as conn:  # a search saves its state here each batch: a held lock delays it
             row = conn.execute("SELECT extra FROM runs WHERE id = ?", (int(run_id),)).fetchone()
             if row is None:
                 raise UnknownRunError(self._unknown_run_message(run_id))
@@ -210,9 +212,7 @@ class RunStore(CandidateTables, Database):
         """Mark as ``interrupted`` every ``running`` run of this host whose process is gone; returns their ids."""
         rows = self._read("SELECT id, pid, pid_start, host FROM runs WHERE status = 'running'")
         here = hostname()
-        dead = [
-            r[0] for r in rows if r[3] in (None, here) and not pid_alive(r[1], start_ticks=r[2])
-        ]
+        dead = [r[0] for r in rows if r[3] in (None, here) and not pid_alive(r[1], start_ticks=r[2])]
         if dead:
             marks = ", ".join("?" * len(dead))
             with self._write() as conn:
@@ -263,7 +263,9 @@ class RunStore(CandidateTables, Database):
             if run is None:
                 raise UnknownRunError(self._unknown_run_message(run_id))
             if index is None:
-                last = conn.execute("SELECT MAX(idx) FROM episodes WHERE run_id = ?", (int(run_id),)).fetchone()
+                last = conn.execute(
+                    "SELECT MAX(idx) FROM episodes WHERE run_id = ?", (int(run_id),)
+                ).fetchone()
                 index = 0 if last[0] is None else int(last[0]) + 1
             verb = "INSERT OR REPLACE" if replace else "INSERT"
             now = _now()
@@ -303,8 +305,15 @@ class RunStore(CandidateTables, Database):
         )
         return [
             EpisodeRecord(
-                run_id=r[0], index=r[1], reward=r[2], macs=r[3], macs_ratio=r[4], val_acc=r[5],
-                plan=codec.loads(r[6]), extra=codec.loads(r[7]) or {}, created_at=r[8],
+                run_id=r[0],
+                index=r[1],
+                reward=r[2],
+                macs=r[3],
+                macs_ratio=r[4],
+                val_acc=r[5],
+                plan=codec.loads(r[6]),
+                extra=codec.loads(r[7]) or {},
+                created_at=r[8],
             )  # fmt: skip
             for r in rows
         ]

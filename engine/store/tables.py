@@ -33,9 +33,10 @@ class CandidateTables:
     ) -> int:
         """Record a pruned candidate (plan, metrics, artifact paths); returns its id."""
         with self._write() as conn:
-            if run_id is not None and conn.execute(
-                "SELECT 1 FROM runs WHERE id = ?", (int(run_id),)
-            ).fetchone() is None:
+            if (
+                run_id is not None
+                and conn.execute("SELECT 1 FROM runs WHERE id = ?", (int(run_id),)).fetchone() is None
+            ):
                 raise UnknownRunError(self._unknown_run_message(run_id))
             cur = conn.execute(
                 "INSERT INTO candidates (run_id, method, model, dataset, plan, metrics, artifacts, created_at) "
@@ -79,7 +80,9 @@ class CandidateTables:
 
     def get_candidate(self, candidate_id: int) -> CandidateRecord:
         """The candidate with id ``candidate_id`` (UnknownRunError if none)."""
-        rows = self._read(f"SELECT {self._CANDIDATE_COLUMNS} FROM candidates WHERE id = ?", (int(candidate_id),))
+        rows = self._read(
+            f"SELECT {self._CANDIDATE_COLUMNS} FROM candidates WHERE id = ?", (int(candidate_id),)
+        )
         if not rows:
             raise UnknownRunError(f"no candidate with id {candidate_id} in {self.path}")
         return self._candidate_from_row(rows[0])

@@ -33,7 +33,9 @@ def node_module(attrs: Mapping[str, Any], node: Any) -> str:
 
 
 def _stage_key(stage: Any) -> str:
-    return "stem/head" if stage is None or (isinstance(stage, (int, float)) and stage < 0) else f"stage {stage}"
+    return (
+        "stem/head" if stage is None or (isinstance(stage, (int, float)) and stage < 0) else f"stage {stage}"
+    )
 
 
 def _block_of(attrs: Mapping[str, Any]) -> str | None:
@@ -81,9 +83,17 @@ def collapse_graph(graph: nx.DiGraph, *, level: str = "blocks", expanded: Iterab
         owner[node] = key
         if key not in view:
             view.add_node(
-                key, label=key if kind != "op" else str(attrs.get("name") or node), kind=kind,
-                op=kind if kind != "op" else str(attrs.get("op") or ""), members=[], modules=[], macs=0.0,
-                params=0.0, memory_bytes=0.0, stage=attrs.get("stage"), block=block_for(attrs),
+                key,
+                label=key if kind != "op" else str(attrs.get("name") or node),
+                kind=kind,
+                op=kind if kind != "op" else str(attrs.get("op") or ""),
+                members=[],
+                modules=[],
+                macs=0.0,
+                params=0.0,
+                memory_bytes=0.0,
+                stage=attrs.get("stage"),
+                block=block_for(attrs),
             )
         data = view.nodes[key]
         data["members"].append(str(node))
@@ -181,7 +191,12 @@ def search_nodes(view: nx.DiGraph, query: str) -> list[str]:
         return []
     hits = []
     for node, attrs in view.nodes(data=True):
-        texts = [str(node), str(attrs.get("label", "")), str(attrs.get("op", "")), *map(str, attrs.get("modules", ()))]
+        texts = [
+            str(node),
+            str(attrs.get("label", "")),
+            str(attrs.get("op", "")),
+            *map(str, attrs.get("modules", ())),
+        ]
         if any(q in t.lower() for t in texts):
             hits.append(node)
     return hits
@@ -192,7 +207,8 @@ def group_nodes(view: nx.DiGraph, group_name: str | None, module_to_group: Mappi
     if not group_name:
         return set()
     return {
-        node for node, attrs in view.nodes(data=True)
+        node
+        for node, attrs in view.nodes(data=True)
         if any(module_to_group.get(m) == group_name for m in attrs.get("modules", ()))
     }
 
@@ -206,8 +222,24 @@ def node_details(graph: nx.DiGraph, view: nx.DiGraph, node: str) -> list[dict[st
     for member in view.nodes[node].get("members", ()):
         attrs = graph.nodes[by_id[member]] if member in by_id else {}
         row = {"node": member}
-        for key in ("name", "op", "module", "in_shape", "out_shape", "in_channels", "out_channels", "kernel",
-                    "stride", "groups", "params", "macs", "memory_bytes", "prunable", "stage", "block"):
+        for key in (
+            "name",
+            "op",
+            "module",
+            "in_shape",
+            "out_shape",
+            "in_channels",
+            "out_channels",
+            "kernel",
+            "stride",
+            "groups",
+            "params",
+            "macs",
+            "memory_bytes",
+            "prunable",
+            "stage",
+            "block",
+        ):
             if key in attrs and attrs[key] is not None:
                 value = attrs[key]
                 row[key] = str(value) if isinstance(value, (tuple, list, dict, set)) else value

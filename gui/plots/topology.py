@@ -21,8 +21,22 @@ LABEL_NODE_LIMIT = 120  # draw text labels only when they can be read
 PX_PER_POINT = 1.6  # screen pixels per Graphviz point at the initial zoom
 VISIBLE_WIDTH_PX = 1100.0
 QUALITATIVE = (
-    "#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D",
-    "#BAB0AC", "#1F77B4", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#17BECF",
+    "#4C78A8",
+    "#F58518",
+    "#54A24B",
+    "#E45756",
+    "#72B7B2",
+    "#EECA3B",
+    "#B279A2",
+    "#FF9DA6",
+    "#9D755D",
+    "#BAB0AC",
+    "#1F77B4",
+    "#2CA02C",
+    "#D62728",
+    "#9467BD",
+    "#8C564B",
+    "#17BECF",
 )
 
 
@@ -123,19 +137,26 @@ def topology_figure(
             ex += [pos[u][0], pos[v][0], None]
             ey += [pos[u][1], pos[v][1], None]
     traces: list[Any] = [
-        scatter(x=ex, y=ey, mode="lines", hoverinfo="skip", line={"color": "#b8b8b8", "width": 1}, name="edges")
+        scatter(
+            x=ex, y=ey, mode="lines", hoverinfo="skip", line={"color": "#b8b8b8", "width": 1}, name="edges"
+        )
     ]
     xs = [pos[n][0] for n in nodes]
     ys = [pos[n][1] for n in nodes]
     raw = [values.get(n) for n in nodes]
     numeric = all(v is None or isinstance(v, (int, float)) for v in raw) and any(v is not None for v in raw)
-    marker: dict[str, Any] = {"size": 13 if len(nodes) < 300 else 9, "symbol": "square",
-                              "line": {"width": 0.5, "color": "#444"}}
+    marker: dict[str, Any] = {
+        "size": 13 if len(nodes) < 300 else 9,
+        "symbol": "square",
+        "line": {"width": 0.5, "color": "#444"},
+    }
     missing = [n for n, v in zip(nodes, raw, strict=True) if v is None] if numeric else []
     if numeric:
         low = min(v for v in raw if v is not None)
         marker.update(
-            color=[v if v is not None else low for v in raw], colorscale="Viridis", showscale=True,
+            color=[v if v is not None else low for v in raw],
+            colorscale="Viridis",
+            showscale=True,
             colorbar={"title": {"text": metric, "side": "right"}, "thickness": 12},
             opacity=[0.0 if v is None else 1.0 for v in raw],  # nodes without a value are drawn grey below
         )
@@ -149,36 +170,85 @@ def topology_figure(
     show_text = len(nodes) <= LABEL_NODE_LIMIT
     traces.append(
         scatter(
-            x=xs, y=ys, mode="markers+text" if show_text else "markers", marker=marker,
+            x=xs,
+            y=ys,
+            mode="markers+text" if show_text else "markers",
+            marker=marker,
             text=[short_label(attrs[n], n) for n in nodes] if show_text else None,
             textposition=["top center" if i % 2 == 0 else "bottom center" for i in range(len(nodes))],
             textfont={"size": 10},
-            customdata=[[n] for n in nodes], hovertext=[_hover(n, attrs[n], values.get(n), metric) for n in nodes],
-            hoverinfo="text", name="nodes", unselected={"marker": {"opacity": 1.0}},
+            customdata=[[n] for n in nodes],
+            hovertext=[_hover(n, attrs[n], values.get(n), metric) for n in nodes],
+            hoverinfo="text",
+            name="nodes",
+            unselected={"marker": {"opacity": 1.0}},
         )
     )
-    traces.append(scatter(x=[pos[n][0] for n in missing], y=[pos[n][1] for n in missing], mode="markers",
-                          marker={"symbol": "square", "size": marker["size"], "color": "#d9d9d9",
-                                  "line": {"width": 0.5, "color": "#888"}}, hoverinfo="skip", name="no value"))
+    traces.append(
+        scatter(
+            x=[pos[n][0] for n in missing],
+            y=[pos[n][1] for n in missing],
+            mode="markers",
+            marker={
+                "symbol": "square",
+                "size": marker["size"],
+                "color": "#d9d9d9",
+                "line": {"width": 0.5, "color": "#888"},
+            },
+            hoverinfo="skip",
+            name="no value",
+        )
+    )
     for name, members, style in (
-        ("coupled group", highlight, {"size": 21, "color": "rgba(0,0,0,0)", "line": {"width": 3, "color": "#ff7f0e"}}),
-        ("search", matches, {"size": 25, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "#d62728"},
-                             "symbol": "circle"}),
+        (
+            "coupled group",
+            highlight,
+            {"size": 21, "color": "rgba(0,0,0,0)", "line": {"width": 3, "color": "#ff7f0e"}},
+        ),
+        (
+            "search",
+            matches,
+            {
+                "size": 25,
+                "color": "rgba(0,0,0,0)",
+                "line": {"width": 2, "color": "#d62728"},
+                "symbol": "circle",
+            },
+        ),
     ):
         members = [n for n in members if n in pos]
-        traces.append(scatter(x=[pos[n][0] for n in members], y=[pos[n][1] for n in members], mode="markers",
-                              marker={"symbol": "square", **style}, hoverinfo="skip", name=name))
+        traces.append(
+            scatter(
+                x=[pos[n][0] for n in members],
+                y=[pos[n][1] for n in members],
+                mode="markers",
+                marker={"symbol": "square", **style},
+                hoverinfo="skip",
+                name=name,
+            )
+        )
     sel = [selected] if selected in pos else []
-    traces.append(scatter(x=[pos[n][0] for n in sel], y=[pos[n][1] for n in sel], mode="markers",
-                          marker={"symbol": "star", "size": 20, "color": "#d62728"}, hoverinfo="skip",
-                          name="selected"))
+    traces.append(
+        scatter(
+            x=[pos[n][0] for n in sel],
+            y=[pos[n][1] for n in sel],
+            mode="markers",
+            marker={"symbol": "star", "size": 20, "color": "#d62728"},
+            hoverinfo="skip",
+            name="selected",
+        )
+    )
     fig = go.Figure(traces)
     if height_px is None:
         y_span = (max(ys) - min(ys)) if ys else 0.0
         height_px = int(min(720, max(280, 140 + y_span * PX_PER_POINT)))
     fig.update_layout(
-        clickmode="event+select", dragmode="pan", showlegend=False, height=height_px,
-        margin={"l": 10, "r": 10, "t": 10, "b": 10}, plot_bgcolor="white",
+        clickmode="event+select",
+        dragmode="pan",
+        showlegend=False,
+        height=height_px,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        plot_bgcolor="white",
     )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
@@ -204,15 +274,21 @@ def short_label(attrs: Mapping[str, Any], node: str) -> str:
     return str(modules[0]).split(".")[-1][:12]
 
 
-def sensitivity_curve_figure(keep_ratios: Iterable[float], val_acc: Iterable[float], *, base_acc: float | None,
-                             title: str) -> go.Figure:
+def sensitivity_curve_figure(
+    keep_ratios: Iterable[float], val_acc: Iterable[float], *, base_acc: float | None, title: str
+) -> go.Figure:
     """Val accuracy of one group against its keep ratio, the unpruned accuracy dashed."""
     ks = [1.0, *list(keep_ratios)] if base_acc is not None else list(keep_ratios)
     accs = [base_acc, *list(val_acc)] if base_acc is not None else list(val_acc)
     fig = go.Figure(go.Scatter(x=ks, y=accs, mode="lines+markers", name=title))
     if base_acc is not None:
         fig.add_hline(y=base_acc, line_dash="dash", line_color="#888")
-    fig.update_layout(height=240, margin={"l": 10, "r": 10, "t": 30, "b": 10}, title=title,
-                      xaxis_title="keep ratio", yaxis_title="val top-1 %")
+    fig.update_layout(
+        height=240,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title=title,
+        xaxis_title="keep ratio",
+        yaxis_title="val top-1 %",
+    )
     fig.update_xaxes(autorange="reversed")
     return fig

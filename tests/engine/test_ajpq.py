@@ -35,8 +35,18 @@ def _score_fn(topology, crash_at=None, calls=None):
 
 def _ctx(resnet20, *, budget=0.2, store=None, run_id=None, score_fn=None, resume=False, metric="size"):
     model, topo = resnet20
-    return MethodContext(model=model, topology=topo, data=None, budget=budget, seed=1, store=store, run_id=run_id,
-                         score_fn=score_fn or _score_fn(topo), resume=resume, budget_metric=metric)
+    return MethodContext(
+        model=model,
+        topology=topo,
+        data=None,
+        budget=budget,
+        seed=1,
+        store=store,
+        run_id=run_id,
+        score_fn=score_fn or _score_fn(topo),
+        resume=resume,
+        budget_metric=metric,
+    )
 
 
 @pytest.mark.parametrize("mode", ["joint", "fixed", "quant"])
@@ -61,7 +71,9 @@ def test_ajpq_lands_under_the_size_budget_with_bits_monotone_in_importance(resne
         if name in importance:
             imp = importance[name][list(plan.groups[name].indices)]
             order = np.argsort(imp, kind="stable")
-            assert all(np.diff(np.asarray(widths)[order]) >= 0), f"{name}: fewer bits for more important kernels"
+            assert all(np.diff(np.asarray(widths)[order]) >= 0), (
+                f"{name}: fewer bits for more important kernels"
+            )
             dropped = set(range(topo.group(name).channels)) - set(plan.groups[name].indices)
             if dropped:  # 0 bits go to the least important channels
                 assert max(importance[name][list(dropped)]) <= min(imp) + 1e-12
@@ -70,7 +82,9 @@ def test_ajpq_lands_under_the_size_budget_with_bits_monotone_in_importance(resne
 
 
 def test_a_size_budget_below_what_2_bit_everything_reaches_is_a_clear_error(resnet20):
-    with pytest.raises(BudgetError, match="below what 'quant' AJPQ can reach: every group unpruned at 2 bits"):
+    with pytest.raises(
+        BudgetError, match="below what 'quant' AJPQ can reach: every group unpruned at 2 bits"
+    ):
         run_method("ajpq", _ctx(resnet20, budget=0.05), mode="quant", **FAST)
     with pytest.raises(BudgetError, match="below what 'joint' AJPQ can reach"):
         run_method("ajpq", _ctx(resnet20, budget=0.003), **FAST)
@@ -82,8 +96,14 @@ def test_prune_then_quantize_meets_the_same_size_budget(resnet20, small_shapes10
     from engine.evaluate import ScoringConfig
 
     model, topo = resnet20
-    ctx = MethodContext(model=model, topology=topo, data=small_shapes10, budget=0.1, budget_metric="size",
-                        scoring=ScoringConfig(val_size=32, bn_batches=1, bn_batch_size=32))
+    ctx = MethodContext(
+        model=model,
+        topology=topo,
+        data=small_shapes10,
+        budget=0.1,
+        budget_metric="size",
+        scoring=ScoringConfig(val_size=32, bn_batches=1, bn_batch_size=32),
+    )
     result = run_method("prune-quantize", ctx, bits=8)
     assert 0.099 <= Budget("size").ratio(topo, result.plan) <= 0.1
     assert {b for w in result.plan.bits.values() for b in w} == {8}
@@ -98,13 +118,17 @@ def test_ajpq_crash_then_resume_equals_an_uninterrupted_run(resnet20):
     full = run_method("ajpq", _ctx(resnet20, store=store, run_id=full_id, score_fn=_score_fn(topo)), **FAST)
     crash_id = store.create_run(method="ajpq", model="cifar_resnet20", dataset="shapes10", budget=0.2)
     with pytest.raises(Crash):
-        run_method("ajpq", _ctx(resnet20, store=store, run_id=crash_id, score_fn=_score_fn(topo, crash_at=3)),
-                   **FAST)
+        run_method(
+            "ajpq", _ctx(resnet20, store=store, run_id=crash_id, score_fn=_score_fn(topo, crash_at=3)), **FAST
+        )
     assert len(store.episodes(crash_id)) == 3
     assert (state_dir_for(crash_id) / STATE_FILE).exists()
     calls: list = []
-    resumed = run_method("ajpq", _ctx(resnet20, store=store, run_id=crash_id, resume=True,
-                                      score_fn=_score_fn(topo, calls=calls)), **FAST)
+    resumed = run_method(
+        "ajpq",
+        _ctx(resnet20, store=store, run_id=crash_id, resume=True, score_fn=_score_fn(topo, calls=calls)),
+        **FAST,
+    )
     assert len(calls) == FAST["episodes"] - 3
     plans = lambda run: [(e.index, e.val_acc, e.plan["groups"]) for e in store.episodes(run)]  # noqa: E731
     assert plans(crash_id) == plans(full_id)

@@ -124,7 +124,9 @@ def test_latency_table_is_measured_once_then_read_from_the_cache():
     fresh = build_topology(model, torch.zeros(1, 3, 32, 32))
     table = ensure_latency_table(model, fresh, threads=1, min_run_time_s=0.003, keep_ratios=(0.5,), repeats=1)
     assert not table.from_cache and table.baseline_ms > 0
-    assert len(table.groups) == len(fresh.prunable_groups) and len(table.fitted_rate_per_mac) == len(table.groups)
+    assert len(table.groups) == len(fresh.prunable_groups) and len(table.fitted_rate_per_mac) == len(
+        table.groups
+    )
     assert Budget("latency").baseline(fresh) == pytest.approx(table.baseline_ms)
     again = build_topology(model, torch.zeros(1, 3, 32, 32))
     cached = ensure_latency_table(model, again, threads=1, min_run_time_s=0.003, keep_ratios=(0.5,))
@@ -140,10 +142,21 @@ def _synthetic_table(topology, rates):
     from engine.latency_table import LatencyTable, architecture_hash
 
     names = [g.name for g in topology.prunable_groups]
-    return LatencyTable(model_name=topology.model_name, arch_hash=architecture_hash(topology),
-                        input_shape=(3, 32, 32), batch=1, device="cpu", threads=1, min_run_time_s=1.0,
-                        baseline_ms=10.0, keep_ratios=[0.5], groups=names, measured_ms=[[0.0]] * len(names),
-                        rate_per_mac=[[r] for r in rates], fitted_rate_per_mac=list(rates))
+    return LatencyTable(
+        model_name=topology.model_name,
+        arch_hash=architecture_hash(topology),
+        input_shape=(3, 32, 32),
+        batch=1,
+        device="cpu",
+        threads=1,
+        min_run_time_s=1.0,
+        baseline_ms=10.0,
+        keep_ratios=[0.5],
+        groups=names,
+        measured_ms=[[0.0]] * len(names),
+        rate_per_mac=[[r] for r in rates],
+        fitted_rate_per_mac=list(rates),
+    )
 
 
 def test_latency_budget_lands_on_the_predictor(resnet20):
@@ -248,11 +261,14 @@ def test_a_latency_landing_is_corrected_by_measurement(resnet20, monkeypatch):
     assert table.can_measure
     calls = []
 
-    def measure_ratio(plan, **_):  # a machine whose latency falls slower than predicted: 0.3 + 0.6 x predicted
+    def measure_ratio(
+        plan, **_
+    ):  # a machine whose latency falls slower than predicted: 0.3 + 0.6 x predicted
         calls.append(plan)
         ratio = 0.3 + 0.6 * table.predict_ms(plan) / table.baseline_ms
-        return PairedTiming(ratio=ratio, ratio_se=0.01, a_ms=10.0, b_ms=10.0 * ratio, pairs=9, threads=1,
-                            clock="thread_cpu")
+        return PairedTiming(
+            ratio=ratio, ratio_se=0.01, a_ms=10.0, b_ms=10.0 * ratio, pairs=9, threads=1, clock="thread_cpu"
+        )
 
     monkeypatch.setattr(table, "measure_ratio", measure_ratio)
     budget = Budget("latency", 0.6)
@@ -261,7 +277,11 @@ def test_a_latency_landing_is_corrected_by_measurement(resnet20, monkeypatch):
     assert abs(measured / 0.6 - 1) <= 0.05 and plan.meta["on_budget"]
     assert 2 <= len(calls) <= 3 and len(plan.meta["latency_landing"]) == len(calls)
     assert plan.meta["latency_landing"][0]["measured_ratio"] == pytest.approx(0.3 + 0.6 * 0.6, rel=0.02)
-    assert plan.meta["budget_ratio"] == measured and plan.budget == 0.6 and plan.meta["budget_metric"] == "latency"
+    assert (
+        plan.meta["budget_ratio"] == measured
+        and plan.budget == 0.6
+        and plan.meta["budget_metric"] == "latency"
+    )
     # the predictor was asked for less than the budget, and the analytic metrics are untouched
     assert plan.meta["latency_predictor_fraction"] < 0.6
     assert plan.meta["latency_predicted_ratio"] == pytest.approx(budget.ratio(topology, plan))
@@ -280,13 +300,20 @@ def test_a_measured_table_lands_a_real_plan(monkeypatch, tmp_path):
     model = build_model("cifar_resnet20", width=0.25).eval()
     topology = build_topology(model, torch.zeros(1, 3, 32, 32))
     table = ensure_latency_table(model, topology, min_run_time_s=0.003, keep_ratios=(0.5,))
-    assert table.can_measure and table.clock in ("thread_cpu", "wall") and table.threads == torch.get_num_threads()
+    assert (
+        table.can_measure
+        and table.clock in ("thread_cpu", "wall")
+        and table.threads == torch.get_num_threads()
+    )
     assert all(r > 0 for r in table.fitted_rate_per_mac) and len(table.saving_se) == len(table.groups)
     plan = plan_for_budget(topology, Budget("latency", 0.7))
     tries = plan.meta["latency_landing"]
-    assert 1 <= len(tries) <= 3 and plan.meta["latency_measured_ratio"] in [t["measured_ratio"] for t in tries]
-    assert plan.meta["latency_measured_ratio"] == min((t["measured_ratio"] for t in tries),
-                                                      key=lambda r: abs(r / 0.7 - 1))
+    assert 1 <= len(tries) <= 3 and plan.meta["latency_measured_ratio"] in [
+        t["measured_ratio"] for t in tries
+    ]
+    assert plan.meta["latency_measured_ratio"] == min(
+        (t["measured_ratio"] for t in tries), key=lambda r: abs(r / 0.7 - 1)
+    )
 
 
 # ----------------------------------------------------------------------------------------------- methods
@@ -295,12 +322,19 @@ def _ctx(resnet20, shapes10, metric):
     from engine.methods import MethodContext
 
     model, topology = resnet20
-    return MethodContext(model=model, topology=topology, data=shapes10, budget=0.5, budget_metric=metric,
-                         scoring=ScoringConfig(val_size=8, recalibrate_bn=False))
+    return MethodContext(
+        model=model,
+        topology=topology,
+        data=shapes10,
+        budget=0.5,
+        budget_metric=metric,
+        scoring=ScoringConfig(val_size=8, recalibrate_bn=False),
+    )
 
 
-@pytest.mark.parametrize(("method", "metric"), [("uniform", "params"), ("magnitude", "memory"),
-                                                ("uniform", "size")])
+@pytest.mark.parametrize(
+    ("method", "metric"), [("uniform", "params"), ("magnitude", "memory"), ("uniform", "size")]
+)
 def test_one_shot_methods_land_on_other_metrics(resnet20, shapes10, method, metric):
     from engine.methods import run_method
 
@@ -317,7 +351,9 @@ def test_a_method_refuses_a_metric_it_cannot_honour(resnet20, shapes10):
 
     assert get_method("uniform").budget_metrics == METRICS
     assert get_method("fisher").budget_metrics == ("macs",)
-    with pytest.raises(MethodError, match="method 'fisher' cannot land on a 'params' budget; it supports macs"):
+    with pytest.raises(
+        MethodError, match="method 'fisher' cannot land on a 'params' budget; it supports macs"
+    ):
         run_method("fisher", _ctx(resnet20, shapes10, "params"))
     with pytest.raises(BudgetError, match="unknown budget metric"):
         run_method("uniform", _ctx(resnet20, shapes10, "flops"))
@@ -333,7 +369,9 @@ def _image_folder(root):
             folder = root / split / f"class{c}"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), "RGB").save(folder / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), "RGB").save(
+                    folder / f"{i}.png"
+                )
     return root
 
 
@@ -342,8 +380,20 @@ def test_cli_prune_with_a_params_budget(tmp_path, capsys, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     data = ["--dataset", "imagefolder", "--data-dir", str(_image_folder(tmp_path / "images"))]
-    args = ["prune", "cifar_resnet20", "--width", "0.5", *data, "--method", "uniform", "--budget", "0.5",
-            "--val-size", "4", "--no-latency"]
+    args = [
+        "prune",
+        "cifar_resnet20",
+        "--width",
+        "0.5",
+        *data,
+        "--method",
+        "uniform",
+        "--budget",
+        "0.5",
+        "--val-size",
+        "4",
+        "--no-latency",
+    ]
     assert main([*args, "--budget-metric", "params", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["budget_metric"] == "params" and out["budget"] == 0.5
@@ -354,7 +404,9 @@ def test_cli_prune_with_a_params_budget(tmp_path, capsys, monkeypatch):
 
     assert main([*args, "--budget-metric", "flops"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["topoprune: error: unknown budget metric 'flops'; use one of macs, params, memory, latency, size"]
+    assert err == [
+        "topoprune: error: unknown budget metric 'flops'; use one of macs, params, memory, latency, size"
+    ]
     args[args.index("uniform")] = "fisher"
     assert main([*args, "--budget-metric", "size"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

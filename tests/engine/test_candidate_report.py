@@ -18,9 +18,18 @@ class _CountingModel(nn.Module):
 
 
 def _report(model: nn.Module) -> CandidateReport:
-    return CandidateReport(plan={"keep": {"g0": 0.5}}, val_acc=80.0, test_acc=79.0, test_acc_before_finetune=70.0,
-                           baseline_test_acc=90.0, macs_before=200, macs_after=100, params_before=10,
-                           params_after=5, pruned_model=model)
+    return CandidateReport(
+        plan={"keep": {"g0": 0.5}},
+        val_acc=80.0,
+        test_acc=79.0,
+        test_acc_before_finetune=70.0,
+        baseline_test_acc=90.0,
+        macs_before=200,
+        macs_after=100,
+        params_before=10,
+        params_after=5,
+        pruned_model=model,
+    )
 
 
 def test_to_dict_and_item_access_never_copy_the_pruned_model():

@@ -22,8 +22,16 @@ from engine.zoo import build_model
 @pytest.fixture
 def saved(tmp_path):
     model = build_model("cifar_resnet20", width=0.25)
-    path = save_checkpoint(tmp_path / "r20.pt", model, arch="cifar_resnet20", dataset="shapes10", num_classes=10,
-                           width=0.25, metrics={"test_acc": 12.5}, recipe={"epochs": 1})
+    path = save_checkpoint(
+        tmp_path / "r20.pt",
+        model,
+        arch="cifar_resnet20",
+        dataset="shapes10",
+        num_classes=10,
+        width=0.25,
+        metrics={"test_acc": 12.5},
+        recipe={"epochs": 1},
+    )
     return model, path
 
 

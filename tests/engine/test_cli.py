@@ -38,8 +38,9 @@ def home(tmp_path, monkeypatch):
     return path
 
 
-def make_image_folder(root: Path, *, classes: int = 3, train: int = 6, test: int = 3, size: int = 32,
-                      mode: str = "RGB") -> Path:
+def make_image_folder(
+    root: Path, *, classes: int = 3, train: int = 6, test: int = 3, size: int = 32, mode: str = "RGB"
+) -> Path:
     """A tiny ImageFolder tree (train/<class>/, test/<class>/) of random images."""
     import numpy as np
     from PIL import Image
@@ -84,8 +85,14 @@ def assert_one_line_error(code: int, err: str, pattern: str) -> None:
 
 def subprocess_cli(args: list[str], env_home: Path, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "TOPOPRUNE_HOME": str(env_home)}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=120, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kwargs,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -96,7 +103,9 @@ def test_help_and_usage_errors(home, capsys):
     assert main(["prune"]) == 2  # MODEL missing
     assert main(["info", "cifar_resnet20", "--dataset", "mnist"]) == 2
     assert main(["search", "cifar_resnet20", "--method", "random", "--budget", "half"]) == 2
-    assert main(["train", "cifar_resnet20", "--epochs", "0", "--out", "x.pt"]) == 1  # a range error: 1, as everywhere
+    assert (
+        main(["train", "cifar_resnet20", "--epochs", "0", "--out", "x.pt"]) == 1
+    )  # a range error: 1, as everywhere
     err = capsys.readouterr().err
     assert "invalid choice: 'mnist'" in err and "expected a number >= 1, got 0" in err
 
@@ -120,10 +129,14 @@ def test_runs_lists_and_shows_one(home, capsys):
         a = store.create_run(method="amc", model="cifar_resnet20", dataset="shapes10", budget=0.5)
         store.add_episode(a, reward=-20.0, val_acc=80.0, macs_ratio=0.5, plan={"keep": {}})
         store.update_run(a, status="completed")
-        b = store.create_run(method="random", model="cifar_vgg16", dataset="shapes10", budget=0.3, status="paused")
+        b = store.create_run(
+            method="random", model="cifar_vgg16", dataset="shapes10", budget=0.3, status="paused"
+        )
     listing = run_json(["runs"], capsys)
     assert [(r["id"], r["status"], r["episodes"], r["best_score"]) for r in listing["runs"]] == [
-        (b, "paused", 0, None), (a, "completed", 1, 80.0)]
+        (b, "paused", 0, None),
+        (a, "completed", 1, 80.0),
+    ]
     assert {"id", "method", "model", "status", "best_score"} <= set(listing["runs"][0])
     assert [r["id"] for r in run_json(["runs", "--status", "paused"], capsys)["runs"]] == [b]
     shown = run_json(["runs", str(a)], capsys)
@@ -143,27 +156,45 @@ def test_resume_refuses_completed_and_non_resumable_runs(home, capsys):
     with RunStore() as store:
         done = store.create_run(method="gnnrl", model="m", dataset="shapes10", budget=0.5)
         store.update_run(done, status="completed")
-        amc = store.create_run(method="uniform", model="m", dataset="shapes10", budget=0.5, status="interrupted")
+        amc = store.create_run(
+            method="uniform", model="m", dataset="shapes10", budget=0.5, status="interrupted"
+        )
     code, _, err = run_cli(["resume", str(done)], capsys)
-    assert_one_line_error(code, err, f"run {done} is completed; only paused or interrupted runs can be resumed")
+    assert_one_line_error(
+        code, err, f"run {done} is completed; only paused or interrupted runs can be resumed"
+    )
     code, _, err = run_cli(["resume", str(amc)], capsys)
-    assert_one_line_error(code, err, f"run {amc} used the one-shot method 'uniform', which has nothing to resume")
+    assert_one_line_error(
+        code, err, f"run {amc} used the one-shot method 'uniform', which has nothing to resume"
+    )
     with RunStore() as store:
         assert store.get_run(done).status == "completed" and store.get_run(amc).status == "interrupted"
 
 
 def test_resume_of_a_gui_run_asks_for_its_weights(home, capsys):
     with RunStore() as store:
-        run_id = store.create_run(method="gnnrl", model="cifar_resnet20", dataset="shapes10", budget=0.5,
-                                  status="paused", config={"options": {"episodes": 4}, "scoring": {"val_size": 64}})
+        run_id = store.create_run(
+            method="gnnrl",
+            model="cifar_resnet20",
+            dataset="shapes10",
+            budget=0.5,
+            status="paused",
+            config={"options": {"episodes": 4}, "scoring": {"val_size": 64}},
+        )
     code, _, err = run_cli(["resume", str(run_id)], capsys)
-    assert_one_line_error(code, err, f"run {run_id} was not started by the CLI and did not record its weights; "
-                                     f"pass the weights it started from: `topoprune resume {run_id} --checkpoint")
+    assert_one_line_error(
+        code,
+        err,
+        f"run {run_id} was not started by the CLI and did not record its weights; "
+        f"pass the weights it started from: `topoprune resume {run_id} --checkpoint",
+    )
     with RunStore() as store:
         assert store.get_run(run_id).status == "paused"  # left as it was
         store.add_episode(run_id, reward=-50.0, val_acc=50.0, plan={"model": "cifar_resnet20", "keep": {}})
     code, _, err = run_cli(["export", str(run_id)], capsys)
-    assert_one_line_error(code, err, f"run {run_id} was not started by the CLI and did not record its weights")
+    assert_one_line_error(
+        code, err, f"run {run_id} was not started by the CLI and did not record its weights"
+    )
 
 
 def test_search_rejects_bad_arguments_before_creating_a_run(home, capsys):
@@ -178,11 +209,14 @@ def test_search_rejects_bad_arguments_before_creating_a_run(home, capsys):
 
 
 def test_prune_option_syntax_and_plan_file_errors(home, capsys, tmp_path):
-    code, _, err = run_cli(["prune", "cifar_resnet20", "--method", "uniform", "--budget", "0.5",
-                            "--option", "oops"], capsys)
+    code, _, err = run_cli(
+        ["prune", "cifar_resnet20", "--method", "uniform", "--budget", "0.5", "--option", "oops"], capsys
+    )
     assert_one_line_error(code, err, "--option 'oops' must look like KEY=VALUE")
-    code, _, err = run_cli(["prune", "cifar_resnet20", "--method", "uniform", "--budget", "0.5",
-                            "--option", "colour=red"], capsys)
+    code, _, err = run_cli(
+        ["prune", "cifar_resnet20", "--method", "uniform", "--budget", "0.5", "--option", "colour=red"],
+        capsys,
+    )
     assert_one_line_error(code, err, "method 'uniform' has no option 'colour'")
     code, _, err = run_cli(["prune", "cifar_resnet20"], capsys)
     assert_one_line_error(code, err, "prune needs --method M")
@@ -197,8 +231,11 @@ def _has(module: str, name: str) -> bool:
 
 
 needs_graph = pytest.mark.skipif(
-    not (_has("engine.cost", "count_costs") and _has("engine.graph", "build_topology")
-         and _has("engine.pruning", "apply_plan")),
+    not (
+        _has("engine.cost", "count_costs")
+        and _has("engine.graph", "build_topology")
+        and _has("engine.pruning", "apply_plan")
+    ),
     reason="waiting for engine.graph / engine.cost / engine.pruning (issue 3)",
 )
 
@@ -239,18 +276,61 @@ def test_info_lists_models_and_methods(home, capsys):
 def test_train_prune_export_roundtrip(home, capsys, tmp_path):
     data = ["--dataset", "imagefolder", "--data-dir", str(make_image_folder(tmp_path / "images"))]
     ckpt = tmp_path / "tiny.pt"
-    trained = run_json(["train", "cifar_resnet20", *TINY, *data, "--epochs", "1", "--max-batches-per-epoch", "2",
-                        "--batch-size", "8", "--out", str(ckpt)], capsys)
+    trained = run_json(
+        [
+            "train",
+            "cifar_resnet20",
+            *TINY,
+            *data,
+            "--epochs",
+            "1",
+            "--max-batches-per-epoch",
+            "2",
+            "--batch-size",
+            "8",
+            "--out",
+            str(ckpt),
+        ],
+        capsys,
+    )
     assert trained["path"] == str(ckpt.resolve()) and ckpt.is_file() and 0.0 <= trained["test_acc"] <= 100.0
     meta = torch.load(ckpt, weights_only=True)["meta"]
-    assert meta["arch"] == "cifar_resnet20" and meta["recipe"]["command"].startswith("topoprune train cifar_resnet20")
+    assert meta["arch"] == "cifar_resnet20" and meta["recipe"]["command"].startswith(
+        "topoprune train cifar_resnet20"
+    )
     assert meta["metrics"]["test_acc"] == trained["test_acc"] and len(trained["epoch_losses"]) == 1
 
     out_dir = tmp_path / "pruned"
-    pruned = run_json(["prune", "cifar_resnet20", *data, "--checkpoint", str(ckpt), "--method", "uniform",
-                       "--budget", "0.5", "--val-size", "8", "--no-latency", "--out", str(out_dir)], capsys)
-    for key in ("macs_before", "macs_after", "params_before", "params_after", "latency_ms_before",
-                "latency_ms_after", "val_acc", "test_acc", "plan"):
+    pruned = run_json(
+        [
+            "prune",
+            "cifar_resnet20",
+            *data,
+            "--checkpoint",
+            str(ckpt),
+            "--method",
+            "uniform",
+            "--budget",
+            "0.5",
+            "--val-size",
+            "8",
+            "--no-latency",
+            "--out",
+            str(out_dir),
+        ],
+        capsys,
+    )
+    for key in (
+        "macs_before",
+        "macs_after",
+        "params_before",
+        "params_after",
+        "latency_ms_before",
+        "latency_ms_after",
+        "val_acc",
+        "test_acc",
+        "plan",
+    ):
         assert key in pruned
     assert abs(pruned["macs_after"] / pruned["macs_before"] - 0.5) <= 0.01
     assert pruned["params_after"] < pruned["params_before"]
@@ -260,29 +340,93 @@ def test_train_prune_export_roundtrip(home, capsys, tmp_path):
         assert cand.id == pruned["candidate_id"] and cand.method == "uniform" and cand.plan == pruned["plan"]
         assert cand.artifacts["plan"] == str((out_dir / "plan.json").resolve())
 
-    again = run_json(["prune", "cifar_resnet20", *data, "--checkpoint", str(ckpt), "--plan",
-                      str(out_dir / "plan.json"), "--val-size", "8", "--no-latency"], capsys)
-    assert again["macs_after"] == pruned["macs_after"] and again["val_acc"] == pytest.approx(pruned["val_acc"])
+    again = run_json(
+        [
+            "prune",
+            "cifar_resnet20",
+            *data,
+            "--checkpoint",
+            str(ckpt),
+            "--plan",
+            str(out_dir / "plan.json"),
+            "--val-size",
+            "8",
+            "--no-latency",
+        ],
+        capsys,
+    )
+    assert again["macs_after"] == pruned["macs_after"] and again["val_acc"] == pytest.approx(
+        pruned["val_acc"]
+    )
 
-    code, _, err = run_cli(["prune", "cifar_resnet20", *data, "--num-classes", "7", "--method", "uniform",
-                            "--budget", "0.5"], capsys)
-    assert_one_line_error(code, err, "--num-classes 7 does not match dataset imagefolder, which has 3 classes")
-    code, _, err = run_cli(["prune", "cifar_resnet32", *TINY, *data, "--plan", str(out_dir / "plan.json")], capsys)
+    code, _, err = run_cli(
+        ["prune", "cifar_resnet20", *data, "--num-classes", "7", "--method", "uniform", "--budget", "0.5"],
+        capsys,
+    )
+    assert_one_line_error(
+        code, err, "--num-classes 7 does not match dataset imagefolder, which has 3 classes"
+    )
+    code, _, err = run_cli(
+        ["prune", "cifar_resnet32", *TINY, *data, "--plan", str(out_dir / "plan.json")], capsys
+    )
     assert_one_line_error(code, err, r"plan .*plan\.json is for model 'cifar_resnet20', not 'cifar_resnet32'")
-    exported = run_json(["export", "--plan", str(out_dir / "plan.json"),
-                         "--checkpoint", str(ckpt), "--num-classes", "3", "--format", "state_dict",
-                         "--out", str(tmp_path / "x.pt")], capsys)
+    exported = run_json(
+        [
+            "export",
+            "--plan",
+            str(out_dir / "plan.json"),
+            "--checkpoint",
+            str(ckpt),
+            "--num-classes",
+            "3",
+            "--format",
+            "state_dict",
+            "--out",
+            str(tmp_path / "x.pt"),
+        ],
+        capsys,
+    )
     assert exported["path"] == str((tmp_path / "x.pt").resolve()) and (tmp_path / "x.pt").is_file()
-    code, out, _ = run_cli(["prune", "cifar_resnet20", *data, "--checkpoint", str(ckpt), "--method", "uniform",
-                            "--budget", "0.5", "--val-size", "8", "--no-latency"], capsys)
+    code, out, _ = run_cli(
+        [
+            "prune",
+            "cifar_resnet20",
+            *data,
+            "--checkpoint",
+            str(ckpt),
+            "--method",
+            "uniform",
+            "--budget",
+            "0.5",
+            "--val-size",
+            "8",
+            "--no-latency",
+        ],
+        capsys,
+    )
     assert code == 0 and "MACs" in out and "candidate" in out
 
 
 @needs_graph
 def test_search_records_every_episode_and_exports(home, capsys, tmp_path):
     data = ["--dataset", "imagefolder", "--data-dir", str(make_image_folder(tmp_path / "images"))]
-    result = run_json(["search", "cifar_resnet20", *TINY, *data, "--method", "random", "--budget", "0.5",
-                       "--episodes", "3", "--val-size", "8"], capsys)
+    result = run_json(
+        [
+            "search",
+            "cifar_resnet20",
+            *TINY,
+            *data,
+            "--method",
+            "random",
+            "--budget",
+            "0.5",
+            "--episodes",
+            "3",
+            "--val-size",
+            "8",
+        ],
+        capsys,
+    )
     for key in ("run_id", "episodes", "best_val_acc", "best_plan", "macs_ratio", "seconds"):
         assert key in result
     assert result["episodes"] == 3 and result["status"] == "completed"
@@ -295,7 +439,9 @@ def test_search_records_every_episode_and_exports(home, capsys, tmp_path):
         assert run.best_score == pytest.approx(max(e.val_acc for e in episodes))
     exported = run_json(["export", str(result["run_id"]), "--format", "state_dict"], capsys)
     assert Path(exported["path"]).is_file() and Path(exported["path"]).parent == tmp_path
-    onnx = run_json(["export", str(result["run_id"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")], capsys)
+    onnx = run_json(
+        ["export", str(result["run_id"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")], capsys
+    )
     assert onnx["path"] == str(tmp_path / "m.onnx") and (tmp_path / "m.onnx").stat().st_size > 1000
     assert json.loads(Path(onnx["plan_path"]).read_text()) == run.best_plan
 
@@ -309,8 +455,22 @@ def test_ctrl_c_marks_the_run_interrupted(home, capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine.methods, "run_method", interrupted)
     data = ["--dataset", "imagefolder", "--data-dir", str(make_image_folder(tmp_path / "images"))]
-    code, out, err = run_cli(["search", "cifar_resnet20", *TINY, *data, "--method", "random", "--budget", "0.5",
-                              "--episodes", "3", "--json"], capsys)
+    code, out, err = run_cli(
+        [
+            "search",
+            "cifar_resnet20",
+            *TINY,
+            *data,
+            "--method",
+            "random",
+            "--budget",
+            "0.5",
+            "--episodes",
+            "3",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 130 and out == ""
     with RunStore() as store:
         (run,) = store.list_runs()
@@ -321,21 +481,44 @@ def test_ctrl_c_marks_the_run_interrupted(home, capsys, tmp_path, monkeypatch):
 @needs_graph
 def test_sensitivity_and_finetuned_prune(home, capsys, tmp_path):
     data = ["--dataset", "imagefolder", "--data-dir", str(make_image_folder(tmp_path / "images"))]
-    table = run_json(["sensitivity", "cifar_resnet20", *TINY, *data, "--keep-ratios", "0.5,0.25",
-                      "--val-size", "8"], capsys)
+    table = run_json(
+        ["sensitivity", "cifar_resnet20", *TINY, *data, "--keep-ratios", "0.5,0.25", "--val-size", "8"],
+        capsys,
+    )
     assert table["keep_ratios"] == [0.5, 0.25] and len(table["groups"]) == 12
     for group in table["groups"]:
-        assert len(group["drop"]) == 2 and group["drop"][0] == pytest.approx(table["base_acc"] - group["val_acc"][0])
+        assert len(group["drop"]) == 2 and group["drop"][0] == pytest.approx(
+            table["base_acc"] - group["val_acc"][0]
+        )
     with RunStore() as store:
         assert store.load_sensitivity(table["key"]).table["groups"] == table["groups"]
-    code, out, _ = run_cli(["sensitivity", "cifar_resnet20", *TINY, *data, "--keep-ratios", "0.5,0.25",
-                            "--val-size", "8"], capsys)
+    code, out, _ = run_cli(
+        ["sensitivity", "cifar_resnet20", *TINY, *data, "--keep-ratios", "0.5,0.25", "--val-size", "8"],
+        capsys,
+    )
     assert code == 0 and "accuracy drop" in out and "layer1.0.conv1" in out
     code, _, err = run_cli(["sensitivity", "cifar_resnet20", "--keep-ratios", "0.5,1.5"], capsys)
     assert_one_line_error(code, err, r"each must be in \(0, 1\]")
 
-    pruned = run_json(["prune", "cifar_resnet20", *TINY, *data, "--method", "magnitude", "--budget", "0.6",
-                       "--finetune-epochs", "1", "--distill", "--val-size", "8", "--no-latency"], capsys)
+    pruned = run_json(
+        [
+            "prune",
+            "cifar_resnet20",
+            *TINY,
+            *data,
+            "--method",
+            "magnitude",
+            "--budget",
+            "0.6",
+            "--finetune-epochs",
+            "1",
+            "--distill",
+            "--val-size",
+            "8",
+            "--no-latency",
+        ],
+        capsys,
+    )
     assert pruned["finetune_epochs"] == 1 and abs(pruned["macs_ratio"] - 0.6) <= 0.01
 
 
@@ -351,7 +534,9 @@ def test_sigterm_marks_the_run_interrupted(home, capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine.methods, "run_method", terminated)
     data = ["--dataset", "imagefolder", "--data-dir", str(make_image_folder(tmp_path / "images"))]
-    code, _, err = run_cli(["search", "cifar_resnet20", *TINY, *data, "--method", "random", "--budget", "0.5"], capsys)
+    code, _, err = run_cli(
+        ["search", "cifar_resnet20", *TINY, *data, "--method", "random", "--budget", "0.5"], capsys
+    )
     assert code == 130 and "marked interrupted" in err
     with RunStore() as store:
         assert store.list_runs()[0].status == "interrupted"
@@ -387,17 +572,32 @@ def test_cuda_request_without_cuda_is_one_clear_error(home, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    code, _, err = run_cli(["train", "cifar_resnet20", "--device", "cuda", "--epochs", "1", "--out", "x.pt"], capsys)
-    assert_one_line_error(code, err, "--device cuda was given but no CUDA device is available; use --device cpu")
+    code, _, err = run_cli(
+        ["train", "cifar_resnet20", "--device", "cuda", "--epochs", "1", "--out", "x.pt"], capsys
+    )
+    assert_one_line_error(
+        code, err, "--device cuda was given but no CUDA device is available; use --device cpu"
+    )
 
 
 def test_resume_refuses_other_weights_than_the_run_was_searched_on(home, capsys):
     with RunStore() as store:
-        run_id = store.create_run(method="random", model="cifar_resnet20", dataset="shapes10", budget=0.5,
-                                  status="paused", config={"checkpoint": "shipped", "options": {"episodes": 2},
-                                                           "weights_sha256": "0" * 64, "val_size": 16})
+        run_id = store.create_run(
+            method="random",
+            model="cifar_resnet20",
+            dataset="shapes10",
+            budget=0.5,
+            status="paused",
+            config={
+                "checkpoint": "shipped",
+                "options": {"episodes": 2},
+                "weights_sha256": "0" * 64,
+                "val_size": 16,
+            },
+        )
     code, _, err = run_cli(["resume", str(run_id)], capsys)
-    assert_one_line_error(code, err.splitlines()[-1], f"run {run_id} was searched on weights 000000000000, but "
-                                                      "shipped holds")
+    assert_one_line_error(
+        code, err.splitlines()[-1], f"run {run_id} was searched on weights 000000000000, but shipped holds"
+    )
     with RunStore() as store:
         assert store.get_run(run_id).status == "paused" and store.get_run(run_id).n_episodes == 0

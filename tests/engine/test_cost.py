@@ -24,10 +24,12 @@ def _one_thread():
 
 @pytest.mark.parametrize(
     ("name", "size", "macs", "params"),
-    [("resnet50", 224, 4.09e9, 25.56e6), ("mobilenet_v2", 224, 0.301e9, 3.50e6),
-     ("cifar_resnet56", 32, 125e6, 0.85e6)],
+    [
+        ("resnet50", 224, 4.09e9, 25.56e6),
+        ("mobilenet_v2", 224, 0.301e9, 3.50e6),
+        ("cifar_resnet56", 32, 125e6, 0.85e6),
+    ],
 )
-
 def test_published_figures_within_one_percent(name, size, macs, params):
     from engine.zoo import build_model
 
@@ -48,7 +50,9 @@ def test_toy_costs_and_per_layer_rows():
     assert analytic.macs == counted.macs == 67664
     assert analytic.params == counted.params == 1213
     assert analytic.memory_bytes == counted.memory_bytes
-    assert {k: vars(v) for k, v in analytic.per_layer.items()} == {k: vars(v) for k, v in counted.per_layer.items()}
+    assert {k: vars(v) for k, v in analytic.per_layer.items()} == {
+        k: vars(v) for k, v in counted.per_layer.items()
+    }
     assert analytic.per_layer["dw"].macs == 9 * 64 * 8
 
 
@@ -56,8 +60,9 @@ def test_plan_macs_follows_keep_counts_exactly():
     model, x = Toy(), torch.randn(1, 3, 8, 8)
     topology = build_topology(model, x)
     keep = {"stem": 5, "b": 1, "c": 3, "head": 9}
-    pruned = apply_plan(model, topology, plan_from_ratios(topology, {"stem": 5 / 8, "b": 0.25, "c": 0.75,
-                                                                     "head": 9 / 16}))
+    pruned = apply_plan(
+        model, topology, plan_from_ratios(topology, {"stem": 5 / 8, "b": 0.25, "c": 0.75, "head": 9 / 16})
+    )
     counted = count_costs(pruned, x)
     # stem 27*64*5, a 9*64*5*5, dw 9*64*5, b 9... : hand-computed
     expected = 27 * 64 * 5 + 9 * 64 * 25 + 9 * 64 * 5 + 64 * 5 * 1 + 64 * 5 * 3 + 64 * 4 * 9 + 9 * 5
@@ -90,8 +95,11 @@ def test_analytic_equals_counted_for_random_plans(ratios):
     plan = plan_from_ratios(topology, ratios)
     counted = count_costs(apply_plan(model, topology, plan), x)
     analytic = plan_costs(topology, plan)
-    assert (analytic.macs, analytic.params, analytic.memory_bytes) == (counted.macs, counted.params,
-                                                                       counted.memory_bytes)
+    assert (analytic.macs, analytic.params, analytic.memory_bytes) == (
+        counted.macs,
+        counted.params,
+        counted.memory_bytes,
+    )
 
 
 def test_measure_latency_reports_median_and_iqr():
@@ -113,5 +121,8 @@ def test_analytic_equals_counted_on_pruned_torchvision_models(name):
     ratios = (torch.rand(len(topology.prunable_groups), generator=generator) * 0.9 + 0.1).tolist()
     plan = plan_from_ratios(topology, ratios)
     counted, analytic = count_costs(apply_plan(model, topology, plan), x), plan_costs(topology, plan)
-    assert (counted.macs, counted.params, counted.memory_bytes) == (analytic.macs, analytic.params,
-                                                                    analytic.memory_bytes)
+    assert (counted.macs, counted.params, counted.memory_bytes) == (
+        analytic.macs,
+        analytic.params,
+        analytic.memory_bytes,
+    )

@@ -27,9 +27,11 @@ def test_some_shapes10_images_are_hidden_by_design():
     """A few images show the shape at near-zero contrast: the noise there is far above the clean images'."""
     images, _ = generate_shapes10(1000, seed=2, hidden_fraction=0.5)
     clean, _ = generate_shapes10(1000, seed=2, hidden_fraction=0.0)
+
     # High-frequency energy (pixel-to-pixel differences) is larger for the heavily-noised hidden images.
     def roughness(x):
         return np.abs(np.diff(x.astype(np.float32), axis=-1)).mean()
+
     assert roughness(images) > 1.3 * roughness(clean)
 
 

@@ -104,10 +104,26 @@ def test_val_carve_out_follows_the_seed(tiny_dir):
 @pytest.mark.parametrize(
     ("stem", "blob", "pattern"),
     [
-        ("train-images-idx3-ubyte", b"\x12\x34\x08\x03" + b"\x00" * 12, r"train-images.*bad magic number 1234"),
-        ("t10k-labels-idx1-ubyte", idx_bytes(np.zeros(20), dtype_code=0x0D), r"t10k-labels.*float.*unsigned bytes"),
-        ("train-labels-idx1-ubyte", idx_bytes(np.zeros((60, 28, 28))), r"train-labels.*3 dimensions, expected 1"),
-        ("t10k-images-idx3-ubyte", idx_bytes(np.ones((20, 28, 28)))[:-100], r"t10k-images.*truncated.*reinstall"),
+        (
+            "train-images-idx3-ubyte",
+            b"\x12\x34\x08\x03" + b"\x00" * 12,
+            r"train-images.*bad magic number 1234",
+        ),
+        (
+            "t10k-labels-idx1-ubyte",
+            idx_bytes(np.zeros(20), dtype_code=0x0D),
+            r"t10k-labels.*float.*unsigned bytes",
+        ),
+        (
+            "train-labels-idx1-ubyte",
+            idx_bytes(np.zeros((60, 28, 28))),
+            r"train-labels.*3 dimensions, expected 1",
+        ),
+        (
+            "t10k-images-idx3-ubyte",
+            idx_bytes(np.ones((20, 28, 28)))[:-100],
+            r"t10k-images.*truncated.*reinstall",
+        ),
         ("t10k-images-idx3-ubyte", idx_bytes(np.ones((20, 28, 28))) + b"x", r"longer than its header says"),
         ("t10k-images-idx3-ubyte", b"\x00\x00\x08\x03\x00", r"truncated inside its header"),
         ("train-labels-idx1-ubyte", idx_bytes(np.zeros(59)), r"60 images but train-labels.* 59 labels"),
@@ -164,9 +180,27 @@ def test_cli_trains_on_fashion_mnist_from_data_dir(tiny_dir, tmp_path, capsys, m
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     folder, _ = tiny_dir
     out = tmp_path / "w.pt"
-    code = main(["train", "cifar_resnet20", "--width", "0.25", "--dataset", "fashion-mnist", "--data-dir",
-                 str(folder), "--epochs", "1", "--max-batches-per-epoch", "1", "--eval-limit", "8", "--out",
-                 str(out), "--json"])
+    code = main(
+        [
+            "train",
+            "cifar_resnet20",
+            "--width",
+            "0.25",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(folder),
+            "--epochs",
+            "1",
+            "--max-batches-per-epoch",
+            "1",
+            "--eval-limit",
+            "8",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     stdout, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads(stdout)
@@ -182,14 +216,24 @@ def fake_assets(tmp_path, monkeypatch):
     """An assets folder with a shapes10 and a fashion-mnist baseline of cifar_resnet20 (tiny width)."""
     assets = tmp_path / "assets"
     models = {}
-    for dataset, file in (("shapes10", "cifar_resnet20.pt"), ("fashion-mnist", "fashion-mnist/cifar_resnet20.pt")):
+    for dataset, file in (
+        ("shapes10", "cifar_resnet20.pt"),
+        ("fashion-mnist", "fashion-mnist/cifar_resnet20.pt"),
+    ):
         model = build_model("cifar_resnet20", num_classes=10, width=0.25)
         with torch.no_grad():
             next(model.parameters()).fill_(1.0 if dataset == "shapes10" else 2.0)  # tell the two apart
-        save_checkpoint(assets / file, model, arch="cifar_resnet20", dataset=dataset, num_classes=10, width=0.25)
+        save_checkpoint(
+            assets / file, model, arch="cifar_resnet20", dataset=dataset, num_classes=10, width=0.25
+        )
         models[manifest_key("cifar_resnet20", dataset)] = {
-            "file": file, "sha256": sha256_file(assets / file), "arch": "cifar_resnet20", "dataset": dataset,
-            "test_acc": 50.0, "command": "x", "train_seconds": 1.0,
+            "file": file,
+            "sha256": sha256_file(assets / file),
+            "arch": "cifar_resnet20",
+            "dataset": dataset,
+            "test_acc": 50.0,
+            "command": "x",
+            "train_seconds": 1.0,
         }
     (assets / "manifest.json").write_text(json.dumps({"models": models}))
     monkeypatch.setattr(checkpoints, "assets_dir", lambda: assets)
@@ -209,10 +253,15 @@ def test_shipped_lookup_picks_the_dataset_baseline(fake_assets):
 
 
 def test_no_shipped_baseline_for_the_dataset_is_a_clear_error(fake_assets, capsys):
-    with pytest.raises(CheckpointError, match=r"no shipped baseline for 'cifar_resnet56' on fashion-mnist "
-                                              r"\(shipped for fashion-mnist: cifar_resnet20\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no shipped baseline for 'cifar_resnet56' on fashion-mnist "
+        r"\(shipped for fashion-mnist: cifar_resnet20\)",
+    ):
         load_shipped("cifar_resnet56", dataset="fashion-mnist")
-    with pytest.raises(CheckpointError, match=r"on cifar10 .*none; cifar_resnet20 has one for fashion-mnist, shapes10"):
+    with pytest.raises(
+        CheckpointError, match=r"on cifar10 .*none; cifar_resnet20 has one for fashion-mnist, shapes10"
+    ):
         load_shipped("cifar_resnet20", dataset="cifar10")
     code = main(["info", "cifar_resnet56", "--dataset", "fashion-mnist", "--checkpoint", "shipped"])
     err = capsys.readouterr().err
@@ -230,8 +279,11 @@ def test_tampered_fashion_baseline_fails_its_sha256(fake_assets):
 
 # --- the real files (Debian's dataset-fashion-mnist) --------------------------------------------------------
 
-requires_debian = pytest.mark.skipif(not idx.available(), reason="dataset-fashion-mnist is not installed "
-                                     f"({idx.DEBIAN_DIR}); `apt-get install dataset-fashion-mnist`")
+requires_debian = pytest.mark.skipif(
+    not idx.available(),
+    reason="dataset-fashion-mnist is not installed "
+    f"({idx.DEBIAN_DIR}); `apt-get install dataset-fashion-mnist`",
+)
 
 
 @requires_debian

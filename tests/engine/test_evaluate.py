@@ -144,9 +144,19 @@ def test_report_candidate_fine_tunes_with_distillation_and_reads_test(resnet20, 
     seen = _accessed(data)
     progress = []
     try:
-        report = report_candidate(model, topology, plan_for_budget(topology, 0.5), data, finetune_epochs=1,
-                                  finetune_max_batches=1, distill=True, scoring=TINY, latency=False,
-                                  test_before_finetune=False, callback=progress.append)
+        report = report_candidate(
+            model,
+            topology,
+            plan_for_budget(topology, 0.5),
+            data,
+            finetune_epochs=1,
+            finetune_max_batches=1,
+            distill=True,
+            scoring=TINY,
+            latency=False,
+            test_before_finetune=False,
+            callback=progress.append,
+        )
     finally:
         data.on_access = None
     assert report.finetune_epochs == 1 and report.distill

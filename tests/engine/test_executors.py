@@ -31,12 +31,15 @@ def _plans(ctx, n):
 
 
 def test_a_search_over_two_workers_one_of_which_dies_records_the_serial_runs_episodes(
-        resnet20, small_shapes10, tmp_path, monkeypatch):
+    resnet20, small_shapes10, tmp_path, monkeypatch
+):
     """One pool (worker start-up is the slow part): scores equal the in-process ones bit for bit, and the worker
     killed mid-run loses only its plan in flight, which is rescored."""
     store = RunStore()
     serial_id = store.create_run(method="random", model="cifar_resnet20", dataset="shapes10", budget=0.5)
-    run_method("random", _ctx(resnet20, small_shapes10, store=store, run_id=serial_id, batch_size=2), episodes=4)
+    run_method(
+        "random", _ctx(resnet20, small_shapes10, store=store, run_id=serial_id, batch_size=2), episodes=4
+    )
     fault = tmp_path / "kill-one-worker"
     fault.touch()
     monkeypatch.setenv(FAULT_FILE_ENV, str(fault))  # inherited by the workers: the first to score dies
@@ -50,7 +53,9 @@ def test_a_search_over_two_workers_one_of_which_dies_records_the_serial_runs_epi
         assert ctx.executor.score(plans) == InlineExecutor(_ctx(resnet20, small_shapes10)).score(plans)
     finally:
         ctx.executor.close()
-    rows = [[(e.index, e.val_acc, e.plan["groups"]) for e in store.episodes(r)] for r in (serial_id, pooled_id)]
+    rows = [
+        [(e.index, e.val_acc, e.plan["groups"]) for e in store.episodes(r)] for r in (serial_id, pooled_id)
+    ]
     assert rows[0] == rows[1] and len(rows[0]) == 4
 
 
@@ -72,7 +77,9 @@ def test_without_ray_workers_name_the_extra(resnet20, small_shapes10):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is an optional extra: pip install -e '.[ray]'")
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="Ray is an optional extra: pip install -e '.[ray]'"
+)
 def test_ray_actors_score_as_inline_and_replace_a_killed_actor(resnet20, small_shapes10):
     import ray
 

@@ -22,8 +22,28 @@ def _one_thread():
     yield
     torch.set_num_threads(threads)
 
-EXPECTED_NODES = ["x", "stem", "bn", "relu", "a", "bn_a", "add", "relu_1", "dw", "bn_dw", "relu_2", "b", "c",
-                  "cat", "head", "pool", "flatten", "fc", "output"]
+
+EXPECTED_NODES = [
+    "x",
+    "stem",
+    "bn",
+    "relu",
+    "a",
+    "bn_a",
+    "add",
+    "relu_1",
+    "dw",
+    "bn_dw",
+    "relu_2",
+    "b",
+    "c",
+    "cat",
+    "head",
+    "pool",
+    "flatten",
+    "fc",
+    "output",
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +70,25 @@ def test_toy_node_attributes(toy_topology):
     assert nodes["head"]["in_channels"] == 8 and nodes["head"]["out_channels"] == 16
     assert nodes["stem"]["prunable"] and not nodes["fc"]["prunable"]
     assert nodes["dw"]["group_ids"] == [0] and set(nodes["head"]["group_ids"]) == {1, 2, 3}
-    for key in ("name", "op", "module", "in_shape", "out_shape", "in_channels", "out_channels", "kernel", "stride",
-                "groups", "params", "macs", "memory_bytes", "prunable", "group_ids", "stage", "block"):
+    for key in (
+        "name",
+        "op",
+        "module",
+        "in_shape",
+        "out_shape",
+        "in_channels",
+        "out_channels",
+        "kernel",
+        "stride",
+        "groups",
+        "params",
+        "macs",
+        "memory_bytes",
+        "prunable",
+        "group_ids",
+        "stage",
+        "block",
+    ):
         assert all(key in data for _, data in toy_topology.graph.nodes(data=True)), key
 
 
@@ -60,8 +97,17 @@ def test_toy_groups_are_exact(toy_topology):
     assert [g.name for g in groups] == ["stem", "b", "c", "head"]
     assert [g.channels for g in groups] == [8, 4, 4, 16]
     assert all(g.prunable for g in groups)
-    assert set(groups[0].members) == {("stem", "out"), ("bn", "out"), ("a", "in"), ("a", "out"), ("bn_a", "out"),
-                                      ("dw", "out"), ("bn_dw", "out"), ("b", "in"), ("c", "in")}
+    assert set(groups[0].members) == {
+        ("stem", "out"),
+        ("bn", "out"),
+        ("a", "in"),
+        ("a", "out"),
+        ("bn_a", "out"),
+        ("dw", "out"),
+        ("bn_dw", "out"),
+        ("b", "in"),
+        ("c", "in"),
+    }
     assert groups[1].members == [("b", "out"), ("head", "in")]
     # concat: each branch maps onto its own slice of head's inputs
     head_in = {g.name: m.channels for g in groups for m in g.maps if m.module == "head" and m.dim == "in"}
@@ -91,7 +137,9 @@ def test_hierarchy_of_cifar_resnet56():
     assert "layer2.0.shortcut.0" in topology.blocks[9].layers
     tree = topology.hierarchy()
     assert nx.is_tree(tree) and set(tree.successors("network")) == {"stage0", "stage1", "stage2", "stage3"}
-    assert topology.group("layer2.0.conv1").stage == 1 and topology.group("layer2.0.conv1").block == "layer2.0"
+    assert (
+        topology.group("layer2.0.conv1").stage == 1 and topology.group("layer2.0.conv1").block == "layer2.0"
+    )
     assert len(topology.layers) == 58 and topology.layers[0] == "conv1" and topology.layers[-1] == "fc"
 
 
@@ -111,8 +159,10 @@ def test_topology_motif_uses_current_width(toy_topology):
         toy_topology.motif("bn")
 
 
-@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_vgg16", "cifar_mobilenet_v1", "cifar_mobilenet_v2",
-                                  "cifar_shufflenet_v2"])
+@pytest.mark.parametrize(
+    "name",
+    ["cifar_resnet20", "cifar_vgg16", "cifar_mobilenet_v1", "cifar_mobilenet_v2", "cifar_shufflenet_v2"],
+)
 def test_zoo_models_build(name):
     from engine.zoo import build_model
 
@@ -124,11 +174,20 @@ def test_zoo_models_build(name):
     if name == "cifar_shufflenet_v2":  # channel shuffle: block-internal chains only
         assert topology.group_method == "chains" and len(topology.groups) == 18
         assert topology.groups[0].members == [
-            ("stem.0", "out"), ("stem.1", "out"), ("stage2.0.branch1.0", "out"), ("stage2.0.branch1.1", "out"),
-            ("stage2.0.branch1.2", "in"), ("stage2.0.branch2.0", "in")]  # the stem fans out into both branches
+            ("stem.0", "out"),
+            ("stem.1", "out"),
+            ("stage2.0.branch1.0", "out"),
+            ("stage2.0.branch1.1", "out"),
+            ("stage2.0.branch1.2", "in"),
+            ("stage2.0.branch2.0", "in"),
+        ]  # the stem fans out into both branches
         assert topology.group("stage2.0.branch2.0").members == [
-            ("stage2.0.branch2.0", "out"), ("stage2.0.branch2.1", "out"), ("stage2.0.branch2.3", "out"),
-            ("stage2.0.branch2.4", "out"), ("stage2.0.branch2.5", "in")]
+            ("stage2.0.branch2.0", "out"),
+            ("stage2.0.branch2.1", "out"),
+            ("stage2.0.branch2.3", "out"),
+            ("stage2.0.branch2.4", "out"),
+            ("stage2.0.branch2.5", "in"),
+        ]
     else:
         assert topology.group_method == "depgraph"
 

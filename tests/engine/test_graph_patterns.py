@@ -25,8 +25,9 @@ def _one_thread():
 
 
 def cbr(c_in: int, c_out: int, k: int = 1, groups: int = 1, act: type[nn.Module] = nn.SiLU) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(c_out), act())
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out), act()
+    )
 
 
 class Bottleneck(nn.Module):
@@ -86,8 +87,9 @@ class ChunkOnly(nn.Module):
 
 
 def classifier(body: nn.Module, c: int, c_in: int = 3, classes: int = 10) -> nn.Module:
-    return nn.Sequential(cbr(c_in, body_in(body), 3), body, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(c, classes))
+    return nn.Sequential(
+        cbr(c_in, body_in(body), 3), body, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes)
+    )
 
 
 def body_in(body: nn.Module) -> int:
@@ -127,15 +129,17 @@ class PartialResidual(nn.Module):
         self.stem = cbr(3, c, 3)
         self.expand, self.dw = cbr(c, 4 * c), cbr(4 * c, 4 * c, 3, groups=4 * c)
         self.project = nn.Sequential(nn.Conv2d(4 * c, c + extra, 1, bias=False), nn.BatchNorm2d(c + extra))
-        self.head = nn.Sequential(cbr(c + extra, 24), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+        self.head = nn.Sequential(
+            cbr(c + extra, 24), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10)
+        )
 
     def forward(self, x):
         x = self.stem(x)
         y = self.project(self.dw(self.expand(x)))
         if self.inplace:
-            y[:, 0:self.c] += x
+            y[:, 0 : self.c] += x
         else:
-            y = torch.cat([y[:, 0:self.c] + x, y[:, self.c:]], dim=1)
+            y = torch.cat([y[:, 0 : self.c] + x, y[:, self.c :]], dim=1)
         return self.head(y)
 
 
@@ -146,8 +150,10 @@ class MixConv(nn.Module):
         super().__init__()
         self.stem = cbr(3, 24, 3)
         self.splits = [8, 16]
-        self.mix = nn.ModuleList(nn.Conv2d(s, s, k, padding=k // 2, groups=s, bias=False)
-                                 for s, k in zip(self.splits, (3, 5), strict=True))
+        self.mix = nn.ModuleList(
+            nn.Conv2d(s, s, k, padding=k // 2, groups=s, bias=False)
+            for s, k in zip(self.splits, (3, 5), strict=True)
+        )
         self.bn = nn.BatchNorm2d(24)
         self.head = nn.Sequential(cbr(24, 32), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
 
@@ -177,8 +183,9 @@ class SEBlock(nn.Module):
         self.dw = cbr(48, 48, 3, groups=48, act=nn.Hardswish)
         self.se = SqueezeExcite(48)
         self.project = nn.Sequential(nn.Conv2d(48, 16, 1, bias=False), nn.BatchNorm2d(16))
-        self.head = nn.Sequential(cbr(16, 32, act=nn.Hardswish), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(32, 10))
+        self.head = nn.Sequential(
+            cbr(16, 32, act=nn.Hardswish), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)
+        )
 
     def forward(self, x):
         x = self.stem(x)
@@ -337,10 +344,13 @@ class ConvAttention(nn.Module):
         return self.fc(y.mean(1))
 
 
-@pytest.mark.parametrize("cls, frozen, reason, budget", [
-    (UpNet, "down", "ConvTranspose2d, whose channels the pruner does not edit", 0.7),
-    (ConvAttention, "proj.0", "MultiheadAttention, whose channels the pruner does not edit", 0.95),
-])
+@pytest.mark.parametrize(
+    "cls, frozen, reason, budget",
+    [
+        (UpNet, "down", "ConvTranspose2d, whose channels the pruner does not edit", 0.7),
+        (ConvAttention, "proj.0", "MultiheadAttention, whose channels the pruner does not edit", 0.95),
+    ],
+)
 def test_convtranspose_and_attention_costs_are_exact(cls, frozen, reason, budget):
     torch.manual_seed(0)
     model, x = randomize_bn(cls()).eval(), torch.randn(2, 3, 16, 16)
@@ -351,7 +361,9 @@ def test_convtranspose_and_attention_costs_are_exact(cls, frozen, reason, budget
     plan = plan_for_budget(topology, budget)
     pruned = apply_plan(model, topology, plan).eval()
     with torch.no_grad():
-        torch.testing.assert_close(mask_model(model, topology, plan).eval()(x), pruned(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            mask_model(model, topology, plan).eval()(x), pruned(x), atol=1e-4, rtol=1e-4
+        )
         assert pruned(x).shape == model(x).shape
     assert count_costs(pruned, x).macs == plan_macs(topology, plan) < topology.macs
 

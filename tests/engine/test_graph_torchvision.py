@@ -9,8 +9,21 @@ from engine.cost import count_costs, plan_costs
 from engine.graph import build_topology
 from engine.pruning import apply_plan, mask_model, plan_for_budget
 
-TORCHVISION = ["resnet18", "resnet50", "resnet101", "resnet152", "vgg16_bn", "mobilenet_v2", "mobilenet_v3_large",
-               "shufflenet_v2_x1_0", "densenet121", "efficientnet_b0", "regnet_y_400mf", "mnasnet1_0", "googlenet"]
+TORCHVISION = [
+    "resnet18",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "vgg16_bn",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "shufflenet_v2_x1_0",
+    "densenet121",
+    "efficientnet_b0",
+    "regnet_y_400mf",
+    "mnasnet1_0",
+    "googlenet",
+]
 
 
 @pytest.mark.slow

@@ -62,8 +62,13 @@ def seed_store() -> int:
         store.add_episode(run_id, reward=-30.0, val_acc=70.0, macs_ratio=0.5, plan={"keep": {"conv1": 8}})
         store.add_episode(run_id, reward=-25.0, val_acc=75.0, macs_ratio=0.5, plan={"keep": {"conv1": 9}})
         store.update_run(run_id, status="completed")
-        store.add_candidate(method="uniform", model="cifar_resnet20", dataset="shapes10", plan={"keep": {}},
-                            metrics={"val_acc": 70.0})
+        store.add_candidate(
+            method="uniform",
+            model="cifar_resnet20",
+            dataset="shapes10",
+            plan={"keep": {}},
+            metrics={"val_acc": 70.0},
+        )
     return run_id
 
 
@@ -81,8 +86,9 @@ def _save_tiny_checkpoint(path: Path, arch: str = "cifar_resnet20") -> Path:
     from engine.checkpoints import save_checkpoint
     from engine.zoo import build_model
 
-    return save_checkpoint(path, build_model(arch, width=0.25), arch=arch, dataset="shapes10", num_classes=10,
-                           width=0.25)
+    return save_checkpoint(
+        path, build_model(arch, width=0.25), arch=arch, dataset="shapes10", num_classes=10, width=0.25
+    )
 
 
 def _refused(args: list[str], capsys, pattern: str, *protected: Path) -> None:
@@ -100,30 +106,55 @@ def _refused(args: list[str], capsys, pattern: str, *protected: Path) -> None:
 def test_checkpoint_that_is_not_a_checkpoint(home, capsys, tmp_path):
     bogus = tmp_path / "notes.pt"
     bogus.write_text("these are my notes, not weights\n")
-    _refused(["info", "cifar_resnet20", "--checkpoint", str(bogus), "--json"], capsys,
-             r"notes\.pt is not a readable PyTorch checkpoint", bogus)
+    _refused(
+        ["info", "cifar_resnet20", "--checkpoint", str(bogus), "--json"],
+        capsys,
+        r"notes\.pt is not a readable PyTorch checkpoint",
+        bogus,
+    )
     empty = tmp_path / "empty.safetensors"
     empty.write_bytes(b"")
-    _refused(["info", "cifar_resnet20", "--checkpoint", str(empty)], capsys, r"not a valid \.safetensors file", empty)
-    _refused(["info", "cifar_resnet20", "--checkpoint", str(tmp_path / "missing.pt")], capsys,
-             r"missing\.pt does not exist", tmp_path)
+    _refused(
+        ["info", "cifar_resnet20", "--checkpoint", str(empty)],
+        capsys,
+        r"not a valid \.safetensors file",
+        empty,
+    )
+    _refused(
+        ["info", "cifar_resnet20", "--checkpoint", str(tmp_path / "missing.pt")],
+        capsys,
+        r"missing\.pt does not exist",
+        tmp_path,
+    )
 
 
 def test_truncated_checkpoint(home, capsys, tmp_path):
     path = _save_tiny_checkpoint(tmp_path / "tiny.pt")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    _refused(["info", "cifar_resnet20", *TINY, "--checkpoint", str(path)], capsys,
-             r"tiny\.pt is not a readable PyTorch checkpoint \(it looks truncated or corrupt", path)
+    _refused(
+        ["info", "cifar_resnet20", *TINY, "--checkpoint", str(path)],
+        capsys,
+        r"tiny\.pt is not a readable PyTorch checkpoint \(it looks truncated or corrupt",
+        path,
+    )
 
 
 def test_checkpoint_of_another_architecture(home, capsys, tmp_path):
     path = _save_tiny_checkpoint(tmp_path / "resnet.pt")
-    _refused(["info", "cifar_vgg16", "--checkpoint", str(path)], capsys,
-             r"was saved for 'cifar_resnet20', not 'cifar_vgg16'", path)
+    _refused(
+        ["info", "cifar_vgg16", "--checkpoint", str(path)],
+        capsys,
+        r"was saved for 'cifar_resnet20', not 'cifar_vgg16'",
+        path,
+    )
     # Same architecture name but other width: the keys match, the shapes do not.
-    _refused(["info", "cifar_resnet20", "--width", "0.5", "--checkpoint", str(path)], capsys,
-             r"does not fit this architecture: .*shape mismatches", path)
+    _refused(
+        ["info", "cifar_resnet20", "--width", "0.5", "--checkpoint", str(path)],
+        capsys,
+        r"does not fit this architecture: .*shape mismatches",
+        path,
+    )
 
 
 class _RunsCode:
@@ -141,8 +172,12 @@ def test_pickle_that_would_run_code_is_refused(home, capsys, tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "payload": _RunsCode(str(marker))}, evil)
     assert not marker.exists()
-    _refused(["info", "cifar_resnet20", "--checkpoint", str(evil)], capsys,
-             r"evil\.pt was refused: it holds Python objects that could run code", evil)
+    _refused(
+        ["info", "cifar_resnet20", "--checkpoint", str(evil)],
+        capsys,
+        r"evil\.pt was refused: it holds Python objects that could run code",
+        evil,
+    )
     assert not marker.exists()
 
 
@@ -172,8 +207,12 @@ def test_untraceable_model(home, capsys, monkeypatch):
     seed_store()
     rows = store_rows()
     code, out, err = run_cli(["info", "cifar_resnet20"], capsys)
-    assert_one_line_error(code, err, r"forward pass fails on example inputs of shape \[\(1, 3, 32, 32\)\] "
-                                     r"in module 'fc' \(Linear\)")
+    assert_one_line_error(
+        code,
+        err,
+        r"forward pass fails on example inputs of shape \[\(1, 3, 32, 32\)\] "
+        r"in module 'fc' \(Linear\)",
+    )
     assert out == "" and store_rows() == rows
 
 
@@ -181,17 +220,42 @@ def test_untraceable_model(home, capsys, monkeypatch):
 def test_budget_outside_zero_one(home, capsys, tmp_path):
     for budget in ("0", "1.01", "-0.5", "nan"):
         for command in ("prune", "search"):
-            args = [command, "cifar_resnet20", "--method", "uniform" if command == "prune" else "random",
-                    f"--budget={budget}"]
-            _refused(args, capsys, rf"budget {re.escape(format(float(budget), 'g'))} is outside \(0, 1\]",
-                     tmp_path / "home" / "runs.sqlite")
+            args = [
+                command,
+                "cifar_resnet20",
+                "--method",
+                "uniform" if command == "prune" else "random",
+                f"--budget={budget}",
+            ]
+            _refused(
+                args,
+                capsys,
+                rf"budget {re.escape(format(float(budget), 'g'))} is outside \(0, 1\]",
+                tmp_path / "home" / "runs.sqlite",
+            )
 
 
 @needs_graph
 def test_unreachable_budget(home, capsys, tmp_path):
     images = make_image_folder(tmp_path / "images")
-    args = ["prune", "cifar_resnet20", *TINY, "--dataset", "imagefolder", "--data-dir", str(images),
-            "--method", "uniform", "--budget", "0.001", "--val-size", "8", "--no-latency", "--out", str(tmp_path / "o")]
+    args = [
+        "prune",
+        "cifar_resnet20",
+        *TINY,
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        str(images),
+        "--method",
+        "uniform",
+        "--budget",
+        "0.001",
+        "--val-size",
+        "8",
+        "--no-latency",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     _refused(args, capsys, r"(?i)budget 0\.001 .*(unreachable|cannot be reached|min)", images)
     assert not (tmp_path / "o").exists()
 
@@ -218,8 +282,23 @@ def test_bad_data_folder(home, capsys, tmp_path, case):
         (root / "test").mkdir()
     out = tmp_path / "ck.pt"
     protected = root if root.exists() else tmp_path
-    _refused(["train", "cifar_resnet20", "--dataset", "imagefolder", "--data-dir", str(root), "--epochs", "1",
-              "--out", str(out)], capsys, pattern, protected)
+    _refused(
+        [
+            "train",
+            "cifar_resnet20",
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            str(root),
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capsys,
+        pattern,
+        protected,
+    )
     assert not out.exists()
     assert root.exists() == (case != "missing")
 
@@ -242,13 +321,20 @@ def test_store_locked_by_another_process(home, capsys, monkeypatch):
     rows = store_rows()
     path = home / "runs.sqlite"
     monkeypatch.setenv("TOPOPRUNE_STORE_TIMEOUT_S", "0.5")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         # Reading still works while another process writes (WAL) ...
         listing = run_json(["runs"], capsys)
-        assert [(r["id"], r["status"]) for r in listing["runs"]] == [(paused, "paused"), (run_id, "completed")]
+        assert [(r["id"], r["status"]) for r in listing["runs"]] == [
+            (paused, "paused"),
+            (run_id, "completed"),
+        ]
         # ... and a write waits for the timeout, then says who holds the lock.
         with RunStore() as store:
             start = time.monotonic()
@@ -257,8 +343,11 @@ def test_store_locked_by_another_process(home, capsys, monkeypatch):
             assert 0.4 <= time.monotonic() - start < 5
         code, out, err = run_cli(["resume", str(paused)], capsys)  # resuming must claim the run: a write
         assert_one_line_error(
-            code, err, rf"runs\.sqlite is locked by another process \(pid {holder.pid}\) for more than 0\.5 s; "
-                       r"wait for it to finish or point TOPOPRUNE_HOME elsewhere")
+            code,
+            err,
+            rf"runs\.sqlite is locked by another process \(pid {holder.pid}\) for more than 0\.5 s; "
+            r"wait for it to finish or point TOPOPRUNE_HOME elsewhere",
+        )
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
@@ -285,8 +374,12 @@ def test_corrupt_store_is_reported_and_moved_aside_only_on_request(home, capsys,
     for args in (["runs"], ["runs", "--json"], ["resume", "1"]):
         code, out, err = run_cli(args, capsys)
         assert out == ""
-        assert_one_line_error(code, err, r"runs\.sqlite is corrupt \(.*\); nothing in it was changed\. Move it "
-                                         r"aside with `topoprune runs --move-corrupt-store`")
+        assert_one_line_error(
+            code,
+            err,
+            r"runs\.sqlite is corrupt \(.*\); nothing in it was changed\. Move it "
+            r"aside with `topoprune runs --move-corrupt-store`",
+        )
     with pytest.raises(StoreCorruptError):
         RunStore(path)
     assert snapshot(path) == before  # never modified, never deleted
@@ -323,13 +416,42 @@ def test_gui_and_cli_write_the_same_store_at_once(home, tmp_path):
     images = make_image_folder(tmp_path / "images")
     env = {**os.environ, "TOPOPRUNE_HOME": str(home)}
     with RunStore(path) as gui_store:
-        gui_runs = [gui_store.create_run(method="gnnrl", model=f"gui{i}", dataset="shapes10") for i in range(2)]
+        gui_runs = [
+            gui_store.create_run(method="gnnrl", model=f"gui{i}", dataset="shapes10") for i in range(2)
+        ]
         cli = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "search", "cifar_resnet20", *TINY, "--dataset", "imagefolder",
-             "--data-dir", str(images), "--method", "random", "--budget", "0.5", "--episodes", "4",
-             "--val-size", "8", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        writer = subprocess.Popen([sys.executable, "-c", _CLI_WRITER, str(path)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "search",
+                "cifar_resnet20",
+                *TINY,
+                "--dataset",
+                "imagefolder",
+                "--data-dir",
+                str(images),
+                "--method",
+                "random",
+                "--budget",
+                "0.5",
+                "--episodes",
+                "4",
+                "--val-size",
+                "8",
+                "--json",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _CLI_WRITER, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         errors: list[BaseException] = []
         written = dict.fromkeys(gui_runs, 0)
 
@@ -377,9 +499,27 @@ def test_search_killed_with_sigkill_then_resumed_loses_no_episode(home, tmp_path
     images = make_image_folder(tmp_path / "images")
     env = {**os.environ, "TOPOPRUNE_HOME": str(home)}
     episodes = 6
-    cmd = [sys.executable, "-m", "engine.cli", "search", "cifar_resnet20", *TINY, "--dataset", "imagefolder",
-           "--data-dir", str(images), "--method", method, "--budget", "0.5", "--episodes", str(episodes),
-           "--val-size", "8", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "search",
+        "cifar_resnet20",
+        *TINY,
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        str(images),
+        "--method",
+        method,
+        "--budget",
+        "0.5",
+        "--episodes",
+        str(episodes),
+        "--val-size",
+        "8",
+        "--json",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store_path = home / "runs.sqlite"
     deadline = time.monotonic() + 240
@@ -409,13 +549,22 @@ def test_search_killed_with_sigkill_then_resumed_loses_no_episode(home, tmp_path
     # A resume that fails (its data folder moved away) says why and leaves the run resumable, episodes intact.
     images.rename(tmp_path / "moved")
     code, _, err = run_cli(["resume", str(run.id)], capsys)
-    assert_one_line_error(code, err.splitlines()[-1], r"data folder .*images does not exist")  # after progress logs
+    assert_one_line_error(
+        code, err.splitlines()[-1], r"data folder .*images does not exist"
+    )  # after progress logs
     with RunStore(store_path) as store:
         assert store.get_run(run.id).status == "interrupted"
-        assert [(e.index, e.reward, e.plan, e.val_acc, e.created_at) for e in store.episodes(run.id)] == before
+        assert [
+            (e.index, e.reward, e.plan, e.val_acc, e.created_at) for e in store.episodes(run.id)
+        ] == before
     (tmp_path / "moved").rename(images)
-    resumed = subprocess.run([sys.executable, "-m", "engine.cli", "resume", str(run.id), "--json"], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "resume", str(run.id), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads(resumed.stdout)
     assert result["run_id"] == run.id and result["status"] == "completed" and result["episodes"] == episodes

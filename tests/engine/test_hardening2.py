@@ -34,8 +34,9 @@ def _save_tiny(path: Path, arch: str = "cifar_resnet20", **kw) -> Path:
     from engine.checkpoints import save_checkpoint
     from engine.zoo import build_model
 
-    return save_checkpoint(path, build_model(arch, width=0.25), arch=arch, dataset="shapes10", num_classes=10,
-                           width=0.25, **kw)
+    return save_checkpoint(
+        path, build_model(arch, width=0.25), arch=arch, dataset="shapes10", num_classes=10, width=0.25, **kw
+    )
 
 
 def _plan_file(path: Path, model: str = "cifar_resnet20") -> Path:
@@ -54,7 +55,9 @@ def _full_disk(tmp: Path) -> None:
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_partial(tmp_path):
     target = tmp_path / "model.pt"
     target.write_bytes(b"the previous model")
-    with pytest.raises(OutputError, match=r"^cannot write .*model\.pt: no space left on the device; free some"):
+    with pytest.raises(
+        OutputError, match=r"^cannot write .*model\.pt: no space left on the device; free some"
+    ):
         write_atomic(target, _full_disk)
     assert target.read_bytes() == b"the previous model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
@@ -72,12 +75,20 @@ def test_save_checkpoint_is_atomic_when_torch_save_fails(tmp_path, monkeypatch):
         try:
             raise OSError(errno.EROFS, "Read-only file system")
         except OSError as exc:
-            raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed writing") from exc
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc] PytorchStreamWriter failed writing"
+            ) from exc
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OutputError, match=r"cannot write .*ck\.pt: the file system is read-only"):
-        save_checkpoint(target, build_model("cifar_resnet20", width=0.25), arch="cifar_resnet20",
-                        dataset="shapes10", num_classes=10, width=0.25)
+        save_checkpoint(
+            target,
+            build_model("cifar_resnet20", width=0.25),
+            arch="cifar_resnet20",
+            dataset="shapes10",
+            num_classes=10,
+            width=0.25,
+        )
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
 
@@ -104,8 +115,10 @@ def test_export_on_a_full_disk_is_one_line_and_keeps_the_old_file(home, capsys, 
     out.write_bytes(b"keep me")
     weights = _save_tiny(tmp_path / "w.pt")
     monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: _full_disk(Path(f)))
-    code, _, err = run_cli(["export", "--plan", str(plan), *TINY, "--checkpoint", str(weights), "--out", str(out),
-                            "--force"], capsys)
+    code, _, err = run_cli(
+        ["export", "--plan", str(plan), *TINY, "--checkpoint", str(weights), "--out", str(out), "--force"],
+        capsys,
+    )
     assert_one_line_error(code, err, r"cannot write .*m\.pt: no space left on the device; free some space")
     assert out.read_bytes() == b"keep me" and not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
@@ -121,7 +134,9 @@ def test_train_checks_its_output_before_any_training(home, capsys, tmp_path, mon
     out.write_bytes(b"yesterday's model")
     code, _, err = run_cli(["train", "cifar_resnet20", *TINY, "--epochs", "1", "--out", str(out)], capsys)
     assert_one_line_error(code, err, r"--out .*ck\.pt already exists; pass --force")
-    code, _, err = run_cli(["train", "cifar_resnet20", *TINY, "--epochs", "1", "--out", str(tmp_path)], capsys)
+    code, _, err = run_cli(
+        ["train", "cifar_resnet20", *TINY, "--epochs", "1", "--out", str(tmp_path)], capsys
+    )
     assert_one_line_error(code, err, r"is a folder")
     assert out.read_bytes() == b"yesterday's model"
 
@@ -185,10 +200,15 @@ def test_weights_with_nan_or_inf_are_refused_unless_allowed(home, capsys, tmp_pa
     ck = tmp_path / "diverged.pt"
     torch.save(state, ck)
     code, _, err = run_cli(["info", "cifar_resnet20", *TINY, "--checkpoint", str(ck)], capsys)
-    assert_one_line_error(code, err, r"holds NaN or Inf values in 2 tensors \(conv1\.weight, fc\.weight\); .*"
-                                     r"pass --allow-nonfinite to load it anyway")
-    code, out, err = run_cli(["info", "cifar_resnet20", *TINY, "--checkpoint", str(ck), "--allow-nonfinite",
-                              "--json"], capsys)
+    assert_one_line_error(
+        code,
+        err,
+        r"holds NaN or Inf values in 2 tensors \(conv1\.weight, fc\.weight\); .*"
+        r"pass --allow-nonfinite to load it anyway",
+    )
+    code, out, err = run_cli(
+        ["info", "cifar_resnet20", *TINY, "--checkpoint", str(ck), "--allow-nonfinite", "--json"], capsys
+    )
     assert code == 0 and json.loads(out)["params"] > 0
     assert err.strip().splitlines() == [err.strip()] and err.startswith("topoprune: warning: ")
     assert "NaN or Inf values in 2 tensors" in err
@@ -205,7 +225,9 @@ def test_integer_or_bool_tensors_where_floats_belong_are_refused_naming_the_dtyp
     ck = tmp_path / "ints.pt"
     torch.save(state, ck)
     name = str(dtype).removeprefix("torch.")
-    with pytest.raises(CheckpointError, match=rf"tensor conv1\.weight is {name}, but the model holds float32"):
+    with pytest.raises(
+        CheckpointError, match=rf"tensor conv1\.weight is {name}, but the model holds float32"
+    ):
         load_checkpoint(ck, arch="cifar_resnet20", width=0.25)
 
 
@@ -235,8 +257,11 @@ def test_a_compressed_checkpoint_is_refused_before_it_inflates(tmp_path, monkeyp
         raise AssertionError("torch.load ran on an inflating archive")
 
     monkeypatch.setattr(torch, "load", no_load)
-    with pytest.raises(CheckpointError, match=r"bomb\.pt was refused: its archive declares [\d,]+ bytes of "
-                                              r"content in a [\d,]+-byte file"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"bomb\.pt was refused: its archive declares [\d,]+ bytes of "
+        r"content in a [\d,]+-byte file",
+    ):
         load_checkpoint(bomb, arch="cifar_resnet20", width=0.25)
 
 
@@ -257,14 +282,29 @@ def test_a_large_stored_checkpoint_is_mapped_not_read_before_its_shapes_are_chec
 
 
 # ----------------------------------------------------------------------------------------------- no raw errors
-@pytest.mark.parametrize(("args", "pattern"), [
-    (["info", "cifar_resnet20", "--input-size", "100000"], r"--input-size: 100000 is outside 8\.\.1024 pixels"),
-    (["info", "cifar_resnet20", "--input-size", "2"], r"--input-size: 2 is outside 8\.\.1024 pixels"),
-    (["info", "cifar_resnet20", "--width", "1e9"], r"--width: width multiplier 1e\+09 is above the limit of 8"),
-    (["info", "cifar_resnet20", "--width", "inf"], r"--width: expected a finite number > 0, got inf"),
-    (["train", "cifar_resnet20", "--epochs", "0", "--out", "x.pt"], r"--epochs: expected a number >= 1, got 0"),
-    (["search", "cifar_resnet20", "--method", "random", "--budget", "1.5"], r"budget 1\.5 is outside \(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (
+            ["info", "cifar_resnet20", "--input-size", "100000"],
+            r"--input-size: 100000 is outside 8\.\.1024 pixels",
+        ),
+        (["info", "cifar_resnet20", "--input-size", "2"], r"--input-size: 2 is outside 8\.\.1024 pixels"),
+        (
+            ["info", "cifar_resnet20", "--width", "1e9"],
+            r"--width: width multiplier 1e\+09 is above the limit of 8",
+        ),
+        (["info", "cifar_resnet20", "--width", "inf"], r"--width: expected a finite number > 0, got inf"),
+        (
+            ["train", "cifar_resnet20", "--epochs", "0", "--out", "x.pt"],
+            r"--epochs: expected a number >= 1, got 0",
+        ),
+        (
+            ["search", "cifar_resnet20", "--method", "random", "--budget", "1.5"],
+            r"budget 1\.5 is outside \(0, 1\]",
+        ),
+    ],
+)
 def test_range_errors_exit_1_in_one_line_before_any_model_is_built(home, capsys, monkeypatch, args, pattern):
     import engine.zoo
 
@@ -288,11 +328,14 @@ def test_run_ids_beyond_sqlites_range(home, capsys):
         store.get_run(2**70)
 
 
-@pytest.mark.parametrize(("text", "pattern"), [
-    ("[" * 100_000 + "]" * 100_000, r"is nested too deeply to be a TopoPrune plan"),
-    ('{"keep": {"conv1": 8', r"is not valid JSON"),
-    ("\udcff", r"is not a TopoPrune plan"),
-])
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("[" * 100_000 + "]" * 100_000, r"is nested too deeply to be a TopoPrune plan"),
+        ('{"keep": {"conv1": 8', r"is not valid JSON"),
+        ("\udcff", r"is not a TopoPrune plan"),
+    ],
+)
 def test_malformed_and_deeply_nested_plan_files(home, capsys, tmp_path, text, pattern):
     plan = tmp_path / "plan.json"
     plan.write_text(text, errors="surrogateescape")
@@ -301,7 +344,9 @@ def test_malformed_and_deeply_nested_plan_files(home, capsys, tmp_path, text, pa
     assert_one_line_error(code, err, pattern)
 
 
-@pytest.mark.parametrize("limit", [300, 600])  # 32x32 = 1024 pixels: over 2x the limit (error), over it (warning)
+@pytest.mark.parametrize(
+    "limit", [300, 600]
+)  # 32x32 = 1024 pixels: over 2x the limit (error), over it (warning)
 def test_decompression_bomb_images_are_refused(tmp_path, monkeypatch, limit):
     from PIL import Image
     from test_cli import make_image_folder
@@ -315,11 +360,14 @@ def test_decompression_bomb_images_are_refused(tmp_path, monkeypatch, limit):
         load_data("imagefolder", data_dir=root)
 
 
-@pytest.mark.parametrize(("args", "pattern"), [
-    (["prune", "cifar_resnet20", "--method", "unifrom", "--budget", "0.5"], r"did you mean 'uniform'\?"),
-    (["search", "cifar_resnet20", "--method", "randon", "--budget", "0.5"], r"did you mean 'random'\?"),
-    (["info", "cifar_vgg61"], r"unknown model 'cifar_vgg61': did you mean 'cifar_vgg16'\?"),
-])
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["prune", "cifar_resnet20", "--method", "unifrom", "--budget", "0.5"], r"did you mean 'uniform'\?"),
+        (["search", "cifar_resnet20", "--method", "randon", "--budget", "0.5"], r"did you mean 'random'\?"),
+        (["info", "cifar_vgg61"], r"unknown model 'cifar_vgg61': did you mean 'cifar_vgg16'\?"),
+    ],
+)
 def test_near_miss_names_get_a_suggestion(home, capsys, args, pattern):
     code, _, err = run_cli(args, capsys)
     assert_one_line_error(code, err, pattern)
@@ -350,7 +398,9 @@ def test_runs_reads_the_store_without_writing_it(home, capsys):
     import subprocess
     import sys
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     with RunStore() as store:
         run_id = store.create_run(method="random", model="cifar_resnet20", dataset="shapes10")
     con = sqlite3.connect(str(home / "runs.sqlite"))
@@ -377,8 +427,12 @@ def test_a_torchscript_archive_is_refused_by_name(home, capsys, tmp_path):
     path = tmp_path / "scripted.pt"
     torch.jit.save(scripted, str(path))
     code, _, err = run_cli(["info", "cifar_resnet20", *TINY, "--checkpoint", str(path)], capsys)
-    assert_one_line_error(code, err, r"scripted\.pt was refused: it is a TorchScript archive, which runs code when "
-                                     r"loaded and cannot be pruned; save the weights with torch\.save")
+    assert_one_line_error(
+        code,
+        err,
+        r"scripted\.pt was refused: it is a TorchScript archive, which runs code when "
+        r"loaded and cannot be pruned; save the weights with torch\.save",
+    )
 
 
 def test_a_shipped_checkpoint_that_still_loads_but_differs_fails_its_sha256(tmp_path, monkeypatch):
@@ -396,9 +450,13 @@ def test_a_shipped_checkpoint_that_still_loads_but_differs_fails_its_sha256(tmp_
     saved["state_dict"]["conv1.weight"].mul_(-1.0)  # a valid checkpoint, other weights: only the sha256 tells
     torch.save(saved, fake / entry["file"])
     monkeypatch.setattr(checkpoints, "assets_dir", lambda: fake)
-    with pytest.raises(CheckpointError, match=r"cifar_resnet20\.pt does not match its sha256 in the manifest"):
+    with pytest.raises(
+        CheckpointError, match=r"cifar_resnet20\.pt does not match its sha256 in the manifest"
+    ):
         checkpoints.load_shipped("cifar_resnet20")
-    assert checkpoints.load_shipped("cifar_resnet20", verify=False).model is not None  # it does load otherwise
+    assert (
+        checkpoints.load_shipped("cifar_resnet20", verify=False).model is not None
+    )  # it does load otherwise
 
 
 def test_a_read_waits_for_a_write_in_flight_on_the_shared_connection(tmp_path):
@@ -408,8 +466,11 @@ def test_a_read_waits_for_a_write_in_flight_on_the_shared_connection(tmp_path):
 
         def write_then_roll_back():
             with pytest.raises(RuntimeError), store._write() as conn:
-                conn.execute("INSERT INTO episodes (run_id, idx, plan, extra, created_at) VALUES (?, 0, 'null', "
-                             "'{}', 'now')", (run_id,))
+                conn.execute(
+                    "INSERT INTO episodes (run_id, idx, plan, extra, created_at) VALUES (?, 0, 'null', "
+                    "'{}', 'now')",
+                    (run_id,),
+                )
                 inside.set()
                 time.sleep(0.4)
                 raise RuntimeError("the write fails")
@@ -417,7 +478,9 @@ def test_a_read_waits_for_a_write_in_flight_on_the_shared_connection(tmp_path):
         writer = threading.Thread(target=write_then_roll_back)
         writer.start()
         inside.wait(5)
-        seen.append(len(store.episodes(run_id)))  # must not see the uncommitted row through the shared connection
+        seen.append(
+            len(store.episodes(run_id))
+        )  # must not see the uncommitted row through the shared connection
         writer.join()
         assert seen == [0] and store.episodes(run_id) == []
 
@@ -434,7 +497,7 @@ def test_a_store_damaged_inside_a_table_is_refused_on_open(tmp_path):
     page = 4096
     pages = len(data) // page
     for n in range(pages - 8, pages - 2):  # episode pages only: opening reads the schema and the runs table
-        data[n * page: n * page + 16] = b"\xff" * 16
+        data[n * page : n * page + 16] = b"\xff" * 16
     path.write_bytes(bytes(data))
     detail = r"(integrity check|database disk image is malformed)"  # quick_check's rows, or its own error
     with pytest.raises(StoreCorruptError, match=rf"runs\.sqlite is corrupt \({detail}"):
@@ -453,7 +516,9 @@ def test_load_pruned_refuses_an_inflating_archive(tmp_path):
     torch.save(state, plain)
     bomb = _deflated_copy(plain, tmp_path / "pruned.pt")
     with pytest.raises(CheckpointError, match=r"pruned\.pt was refused: its archive declares"):
-        load_pruned(model, None, PruningPlan(model="cifar_resnet20", keep={}), bomb)  # refused before the topology
+        load_pruned(
+            model, None, PruningPlan(model="cifar_resnet20", keep={}), bomb
+        )  # refused before the topology
 
 
 def test_a_long_lock_delays_a_run_update_too(tmp_path):

@@ -144,8 +144,9 @@ def test_random_search_returns_its_best_candidate(data):
 
 
 def test_sensitivity_knapsack_allocation_lands_on_budget(data):
-    result = run_method("sensitivity", _ctx("cifar_resnet20", data), grid_step=0.25, allocation="knapsack",
-                        use_cache=False)
+    result = run_method(
+        "sensitivity", _ctx("cifar_resnet20", data), grid_step=0.25, allocation="knapsack", use_cache=False
+    )
     assert abs(result.macs_ratio / 0.5 - 1.0) <= 0.01
 
 
@@ -196,9 +197,17 @@ def test_sensitivity_allocation_spares_the_sensitive_group(allocation):
     groups = [g for g in topology.groups if g.prunable]
     sensitive = groups[0].name
     rows = [
-        GroupSensitivity(name=g.name, index=g.index, channels=g.channels, stage=g.stage, macs_share=0.0,
-                         params_share=0.0, memory_share=0.0, val_acc=[0.0] * 3,
-                         drop=[50.0, 60.0, 70.0] if g.name == sensitive else [1.0, 2.0, 3.0])
+        GroupSensitivity(
+            name=g.name,
+            index=g.index,
+            channels=g.channels,
+            stage=g.stage,
+            macs_share=0.0,
+            params_share=0.0,
+            memory_share=0.0,
+            val_acc=[0.0] * 3,
+            drop=[50.0, 60.0, 70.0] if g.name == sensitive else [1.0, 2.0, 3.0],
+        )
         for g in groups
     ]
     table = SensitivityTable(model_name="m", dataset="d", keep_ratios=grid, base_acc=90.0, groups=rows)

@@ -22,7 +22,10 @@ TARGET = [0.3, 0.8, 0.5, 0.9]
 
 def _tiny_data(n: int = 64) -> DataSplits:
     g = torch.Generator().manual_seed(5)
-    images = {s: torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g) for s in ("train", "val", "test")}
+    images = {
+        s: torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g)
+        for s in ("train", "val", "test")
+    }
     labels = {s: torch.randint(0, 4, (n,), generator=g) for s in ("train", "val", "test")}
     return DataSplits("tiny", 4, 8, ("a", "b", "c", "d"), images, labels, (0.5,) * 3, (0.25,) * 3)
 
@@ -31,12 +34,18 @@ def _train_with_dropout(seed: int) -> torch.Tensor:
     """Build (seeded init), then train a small net whose forward draws dropout masks; returns its weights."""
     with private_rng(seed):
         model = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 4))
-    train_model(model, _tiny_data(), TrainConfig(epochs=2, batch_size=16, seed=seed, augment=True), validate=False)
+    train_model(
+        model, _tiny_data(), TrainConfig(epochs=2, batch_size=16, seed=seed, augment=True), validate=False
+    )
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
 def _ppo_rewards(seed: int) -> list[float]:
-    env, agent, rewards = SyntheticEnv(TARGET), PPOAgent(PPOConfig(update_every_episodes=2, epochs=1), seed=seed), []
+    env, agent, rewards = (
+        SyntheticEnv(TARGET),
+        PPOAgent(PPOConfig(update_every_episodes=2, epochs=1), seed=seed),
+        [],
+    )
     for _ in range(4):
         s, done = env.reset(), False
         while not done:
@@ -58,7 +67,9 @@ def _same(a, b) -> bool:
     return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
-@pytest.mark.parametrize(("job_a", "job_b"), [(_train_with_dropout, _ppo_rewards), (_resnet_and_ddpg, _train_with_dropout)])
+@pytest.mark.parametrize(
+    ("job_a", "job_b"), [(_train_with_dropout, _ppo_rewards), (_resnet_and_ddpg, _train_with_dropout)]
+)
 def test_two_seeded_jobs_in_two_threads_equal_their_serial_results(job_a, job_b):
     serial_a, serial_b = job_a(1), job_b(2)
     threads, initial = torch.get_num_threads(), torch.get_rng_state()
@@ -76,7 +87,10 @@ def test_two_seeded_jobs_in_two_threads_equal_their_serial_results(job_a, job_b)
         except BaseException as exc:  # surfaced in the main thread below
             errors.append(exc)
 
-    workers = [threading.Thread(target=run, args=("a", job_a, 1)), threading.Thread(target=run, args=("b", job_b, 2))]
+    workers = [
+        threading.Thread(target=run, args=("a", job_a, 1)),
+        threading.Thread(target=run, args=("b", job_b, 2)),
+    ]
     for w in workers:
         w.start()
     torch.rand(3)  # the main thread drawing from the global RNG meanwhile must not disturb the workers

@@ -34,6 +34,7 @@ def _one_thread():
     yield
     torch.set_num_threads(threads)
 
+
 ZOO = list(CIFAR_MODELS)
 _CACHE: dict = {}
 
@@ -43,7 +44,9 @@ def _zoo(name):
         from engine.zoo import build_model
 
         torch.manual_seed(0)
-        model = randomize_bn(build_model(name)).eval()  # float32: float64 depthwise convs are very slow on CPU
+        model = randomize_bn(
+            build_model(name)
+        ).eval()  # float32: float64 depthwise convs are very slow on CPU
         x = torch.randn(2, 3, 32, 32)
         _CACHE[name] = (model, x, build_topology(model, x, model_name=name))
     return _CACHE[name]
@@ -66,8 +69,13 @@ def _check_plan(model, x, topology, plan):
 @given(data=st.data())
 def test_random_plans_on_zoo_models(name, data):
     model, x, topology = _zoo(name)
-    ratios = data.draw(st.lists(st.floats(0.05, 1.0), min_size=len(topology.prunable_groups),
-                                max_size=len(topology.prunable_groups)))
+    ratios = data.draw(
+        st.lists(
+            st.floats(0.05, 1.0),
+            min_size=len(topology.prunable_groups),
+            max_size=len(topology.prunable_groups),
+        )
+    )
     _check_plan(model, x, topology, plan_from_ratios(topology, ratios))
 
 
@@ -206,8 +214,11 @@ def test_memory_aware_scores_shape_a_budget_plan():
 
 
 @settings(max_examples=8, deadline=None)
-@given(budget=st.floats(0.2, 1.0), scores=st.lists(st.floats(0.1, 10.0), min_size=10, max_size=10),
-       round_to=st.sampled_from([1, 4, 8]))
+@given(
+    budget=st.floats(0.2, 1.0),
+    scores=st.lists(st.floats(0.1, 10.0), min_size=10, max_size=10),
+    round_to=st.sampled_from([1, 4, 8]),
+)
 def test_plan_for_budget_random_scores_stay_on_budget(budget, scores, round_to):
     _, _, topology = _zoo("cifar_resnet20")
     per_group = [scores[i % len(scores)] for i in range(len(topology.prunable_groups))]
@@ -218,8 +229,9 @@ def test_plan_for_budget_random_scores_stay_on_budget(budget, scores, round_to):
         assert ratio >= budget * 0.99
     for group in topology.prunable_groups:
         count = plan.keep.get(group.name, group.channels)
-        assert count >= min(group.channels, 0.1 * group.channels) and (count % round_to == 0 or
-                                                                        count == group.channels)
+        assert count >= min(group.channels, 0.1 * group.channels) and (
+            count % round_to == 0 or count == group.channels
+        )
 
 
 @pytest.mark.slow

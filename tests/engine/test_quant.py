@@ -131,7 +131,9 @@ def test_size_and_bitops_of_a_plan_equal_the_counted_figures_of_the_built_model(
     uniform = plan_quant_cost(topology, uniform_bits(plan, topology, 8))
     params = dict(apply_plan(model, topology, plan).named_parameters())
     conv = sum(p.numel() for n, p in params.items() if n.endswith("weight") and p.dim() == 4)
-    assert uniform.weight_bits == 8 * conv + 32 * params["fc.weight"].numel()  # the classifier has no group: fp32
+    assert (
+        uniform.weight_bits == 8 * conv + 32 * params["fc.weight"].numel()
+    )  # the classifier has no group: fp32
 
 
 def test_scorer_scores_a_plan_with_bits_fake_quantized(resnet20, small_shapes10):
@@ -139,7 +141,9 @@ def test_scorer_scores_a_plan_with_bits_fake_quantized(resnet20, small_shapes10)
 
     model, topology = resnet20
     plan = plan_for_budget(topology, Budget("macs", 0.5))
-    scorer = Scorer(model, topology, small_shapes10, ScoringConfig(val_size=64, bn_batches=1, bn_batch_size=64))
+    scorer = Scorer(
+        model, topology, small_shapes10, ScoringConfig(val_size=64, bn_batches=1, bn_batch_size=64)
+    )
     two = uniform_bits(plan, topology, 2)
     built = quantize_model(model, topology, two, calibration=scorer.calibration_inputs)
     assert scorer.score(two) == scorer.score_model(built)
@@ -164,7 +168,9 @@ def test_int8_onnx_runs_in_onnxruntime_with_the_same_top1_and_sub8_is_refused_or
         ref = q8(x).numpy()
     got = onnx_logits(result.path, x)
     assert (got.argmax(1) == ref.argmax(1)).all()
-    assert result.container == "int8" and result.packed_weight_bytes == count_quant_cost(q8, x).weight_bits / 8
+    assert (
+        result.container == "int8" and result.packed_weight_bytes == count_quant_cost(q8, x).weight_bits / 8
+    )
     q4 = quantize_model(model, topology, uniform_bits(plan, topology, 4), calibration=x)
     with pytest.raises(QuantError, match="ONNX has no 4-bit integer type"):
         export_quantized_onnx(q4, tmp_path / "q4.onnx", x)

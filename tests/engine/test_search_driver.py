@@ -39,13 +39,24 @@ def _score_fn(topology, crash_at=None, calls=None):
 
 def _ctx(resnet20, store, run_id, score_fn, *, resume=False, data=None):
     model, topo = resnet20
-    return MethodContext(model=model, topology=topo, data=data, budget=0.5, seed=3, store=store, run_id=run_id,
-                         score_fn=score_fn, resume=resume)
+    return MethodContext(
+        model=model,
+        topology=topo,
+        data=data,
+        budget=0.5,
+        seed=3,
+        store=store,
+        run_id=run_id,
+        score_fn=score_fn,
+        resume=resume,
+    )
 
 
 def _episodes(store, run_id):
-    return [(e.index, e.val_acc, None if e.plan is None else e.plan.get("groups", e.plan.get("keep")))
-            for e in store.episodes(run_id)]
+    return [
+        (e.index, e.val_acc, None if e.plan is None else e.plan.get("groups", e.plan.get("keep")))
+        for e in store.episodes(run_id)
+    ]
 
 
 def test_every_search_method_runs_on_the_driver():
@@ -69,8 +80,9 @@ def test_crash_then_resume_equals_an_uninterrupted_run(resnet20, method):
     assert (state_dir_for(crash_id) / STATE_FILE).exists()
     before = [(e.index, e.created_at) for e in store.episodes(crash_id)]
     calls: list = []
-    resumed = run_method(method, _ctx(resnet20, store, crash_id, _score_fn(topo, calls=calls), resume=True),
-                         **FAST[method])
+    resumed = run_method(
+        method, _ctx(resnet20, store, crash_id, _score_fn(topo, calls=calls), resume=True), **FAST[method]
+    )
     # the saved state was used: only the episodes after the crash were scored, the recorded ones left alone
     final = 1 if method.startswith("gnnrl") else 0  # GNN-RL also scores its policy-mean plan at the end
     assert len(calls) == FAST[method]["episodes"] - 3 + final
@@ -139,13 +151,19 @@ def test_state_of_another_run_with_the_same_id_is_never_loaded(resnet20):
     new = fresh.create_run(method="random", model="cifar_resnet20", dataset="shapes10", budget=0.5)
     assert new == old
     result = run_method("random", _ctx(resnet20, fresh, new, _score_fn(resnet20[1]), resume=True), episodes=3)
-    assert [e.index for e in fresh.episodes(new)] == [0, 1, 2]  # started from episode 0, not from the foreign 3
+    assert [e.index for e in fresh.episodes(new)] == [
+        0,
+        1,
+        2,
+    ]  # started from episode 0, not from the foreign 3
     assert result.meta["episodes"] == 3
 
 
 def test_stepping_a_finished_search_is_a_clear_error(resnet20):
     spec = get_method("random")
-    driver = SearchDriver(spec, _ctx(resnet20, None, None, _score_fn(resnet20[1])), spec.validate({"episodes": 1}))
+    driver = SearchDriver(
+        spec, _ctx(resnet20, None, None, _score_fn(resnet20[1])), spec.validate({"episodes": 1})
+    )
     driver.run()
     with pytest.raises(TopoPruneError, match="finished"):
         driver.step()
@@ -158,8 +176,14 @@ def test_real_scorer_never_reads_test(resnet20, small_shapes10):
     accessed = []
     small_shapes10.on_access = accessed.append
     try:
-        ctx = MethodContext(model=model, topology=topo, data=small_shapes10, budget=0.5, seed=0,
-                            scoring=ScoringConfig(val_size=32, bn_batches=1, bn_batch_size=32))
+        ctx = MethodContext(
+            model=model,
+            topology=topo,
+            data=small_shapes10,
+            budget=0.5,
+            seed=0,
+            scoring=ScoringConfig(val_size=32, bn_batches=1, bn_batch_size=32),
+        )
         result = run_method("random", ctx, episodes=2)
     finally:
         small_shapes10.on_access = None
@@ -174,12 +198,25 @@ def test_rescore_of_the_top_plans_picks_the_winner_on_a_larger_val_subset(resnet
     scoring = ScoringConfig(val_size=8, bn_batches=1, bn_batch_size=16)
     store = RunStore()
     run_id = store.create_run(method="random", model="cifar_resnet20", dataset="shapes10", budget=0.5)
-    ctx = MethodContext(model=model, topology=topo, data=small_shapes10, budget=0.5, seed=1, scoring=scoring,
-                        store=store, run_id=run_id, rescore_top=3, rescore_val_size=32)
+    ctx = MethodContext(
+        model=model,
+        topology=topo,
+        data=small_shapes10,
+        budget=0.5,
+        seed=1,
+        scoring=scoring,
+        store=store,
+        run_id=run_id,
+        rescore_top=3,
+        rescore_val_size=32,
+    )
     result = run_method("random", ctx, episodes=5)
     rows = result.meta["rescored"]
-    assert len(rows) == 3 and [r["search_val_acc"] for r in rows] == sorted(
-        [c.val_acc for c in result.candidates], reverse=True)[:3]
+    assert (
+        len(rows) == 3
+        and [r["search_val_acc"] for r in rows]
+        == sorted([c.val_acc for c in result.candidates], reverse=True)[:3]
+    )
     big = Scorer(model, topo, small_shapes10, ScoringConfig(val_size=32, bn_batches=1, bn_batch_size=16))
     assert result.val_acc == max(r["rescore_val_acc"] for r in rows) == big.score(result.plan)
     assert store.get_run(run_id).best_score == result.val_acc

@@ -43,8 +43,15 @@ def test_table_rows_shares_and_callback(resnet20, data):
     model, topology = resnet20
     names = _two_groups(topology)
     calls = []
-    table = analyze_sensitivity(model, topology, data, keep_ratios=(0.5, 0.25), scoring=TINY, groups=names,
-                                callback=lambda done, total, msg: calls.append((done, total)))
+    table = analyze_sensitivity(
+        model,
+        topology,
+        data,
+        keep_ratios=(0.5, 0.25),
+        scoring=TINY,
+        groups=names,
+        callback=lambda done, total, msg: calls.append((done, total)),
+    )
     assert [g.name for g in table.groups] == names
     assert calls[-1] == (5, 5)
     assert table.n_scored == 5
@@ -70,8 +77,12 @@ def test_cache_is_keyed_by_weights_and_settings(resnet20, data, tmp_path):
     with torch.no_grad():
         other.fc.bias[0] += 1.0
     assert weights_sha256(other) != weights_sha256(model)
-    assert sensitivity_cache_key(other, data, (0.1,), TINY) != sensitivity_cache_key(model, data, (0.1,), TINY)
-    assert sensitivity_cache_key(model, data, (0.2,), TINY) != sensitivity_cache_key(model, data, (0.1,), TINY)
+    assert sensitivity_cache_key(other, data, (0.1,), TINY) != sensitivity_cache_key(
+        model, data, (0.1,), TINY
+    )
+    assert sensitivity_cache_key(model, data, (0.2,), TINY) != sensitivity_cache_key(
+        model, data, (0.1,), TINY
+    )
 
 
 def test_bad_keep_ratios_and_groups_are_rejected(resnet20, data):
@@ -87,7 +98,9 @@ def test_sensitivity_never_reads_the_test_split(resnet20, data):
     seen: list[str] = []
     data.on_access = seen.append
     try:
-        analyze_sensitivity(model, topology, data, keep_ratios=(0.5,), scoring=TINY, groups=_two_groups(topology))
+        analyze_sensitivity(
+            model, topology, data, keep_ratios=(0.5,), scoring=TINY, groups=_two_groups(topology)
+        )
     finally:
         data.on_access = None
     assert "test" not in seen

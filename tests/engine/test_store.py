@@ -124,8 +124,12 @@ def test_failed_write_is_rolled_back(store):
 
 def test_candidates(store):
     run_id = store.create_run(method="gnnrl", model="m", dataset="d")
-    c1 = store.add_candidate(method="uniform", model="m", dataset="d", plan={"keep": {"a": 3}}, metrics={"val_acc": 80})
-    c2 = store.add_candidate(method="gnnrl", model="m", dataset="d", run_id=run_id, artifacts={"state_dict": "/x.pt"})
+    c1 = store.add_candidate(
+        method="uniform", model="m", dataset="d", plan={"keep": {"a": 3}}, metrics={"val_acc": 80}
+    )
+    c2 = store.add_candidate(
+        method="gnnrl", model="m", dataset="d", run_id=run_id, artifacts={"state_dict": "/x.pt"}
+    )
     store.update_candidate(c1, metrics={"test_acc": 79.5})
     cand = store.get_candidate(c1)
     assert cand.metrics == {"val_acc": 80, "test_acc": 79.5} and cand.plan == {"keep": {"a": 3}}
@@ -146,7 +150,9 @@ def test_sensitivity_tables(store):
     assert key == sensitivity_key("abc123", "shapes10", {"keep_ratios": [0.9, 0.5]})
     assert key != sensitivity_key("abc124", "shapes10", {"keep_ratios": [0.9, 0.5]})
     assert store.load_sensitivity(key) is None
-    store.save_sensitivity(key, model="m", dataset="shapes10", settings={"val_size": 64}, table={"g": [1.0, 2.0]})
+    store.save_sensitivity(
+        key, model="m", dataset="shapes10", settings={"val_size": 64}, table={"g": [1.0, 2.0]}
+    )
     store.save_sensitivity(key, model="m", dataset="shapes10", settings={"val_size": 64}, table={"g": [3.0]})
     rec = store.load_sensitivity(key)
     assert rec.table == {"g": [3.0]} and rec.settings == {"val_size": 64} and rec.model == "m"
@@ -163,7 +169,9 @@ def test_json_columns_accept_engine_objects(store):
         def to_dict(self):
             return {"model": "m", "keep": {"g": 2}}
 
-    run_id = store.create_run(method="m", model="m", dataset="d", config={"path": __import__("pathlib").Path("/a")})
+    run_id = store.create_run(
+        method="m", model="m", dataset="d", config={"path": __import__("pathlib").Path("/a")}
+    )
     store.add_episode(run_id, reward=1.0, val_acc=1.0, plan=Plan("m", {"g": (1, 2)}))
     store.add_episode(run_id, reward=1.0, plan=WithToDict())
     eps = store.episodes(run_id)
@@ -180,7 +188,9 @@ def test_dead_runs_are_marked_interrupted_on_open(store):
     remote = store.create_run(method="m", model="x", dataset="d")
     paused = store.create_run(method="m", model="x", dataset="d", status="paused")
     conn = _raw(store.path)
-    conn.execute("UPDATE runs SET pid = ?, pid_start = NULL WHERE id IN (?, ?, ?)", (_dead_pid(), dead, remote, paused))
+    conn.execute(
+        "UPDATE runs SET pid = ?, pid_start = NULL WHERE id IN (?, ?, ?)", (_dead_pid(), dead, remote, paused)
+    )
     conn.execute("UPDATE runs SET host = 'elsewhere' WHERE id = ?", (remote,))
     conn.close()
     with RunStore(store.path) as again:
@@ -191,7 +201,9 @@ def test_dead_runs_are_marked_interrupted_on_open(store):
 def test_reused_pid_counts_as_dead(store):
     run_id = store.create_run(method="m", model="x", dataset="d")
     conn = _raw(store.path)
-    conn.execute("UPDATE runs SET pid_start = pid_start + 1 WHERE id = ?", (run_id,))  # same pid, other process
+    conn.execute(
+        "UPDATE runs SET pid_start = pid_start + 1 WHERE id = ?", (run_id,)
+    )  # same pid, other process
     conn.close()
     if store.get_run(run_id).host == socket.gethostname() and os.path.exists("/proc/self/stat"):
         assert store.mark_interrupted() == [run_id]

@@ -25,8 +25,9 @@ def test_evaluate_gives_the_exact_accuracy():
 def test_short_training_lowers_the_loss(small_shapes10):
     model = build_model("cifar_resnet20", width=0.5)
     before = evaluate(model, small_shapes10, "val").loss
-    result = train_model(model, small_shapes10, TrainConfig(epochs=2, lr=0.05, batch_size=64, augment=False),
-                         validate=False)
+    result = train_model(
+        model, small_shapes10, TrainConfig(epochs=2, lr=0.05, batch_size=64, augment=False), validate=False
+    )
     after = evaluate(model, small_shapes10, "val").loss
     assert result.epoch_losses[1] < result.epoch_losses[0]
     assert after < before
@@ -37,8 +38,12 @@ def test_training_is_deterministic_and_reports_progress(small_shapes10):
         torch.manual_seed(123)
         model = build_model("cifar_resnet20", width=0.25)
         events = []
-        train_model(model, small_shapes10, TrainConfig(epochs=1, max_batches_per_epoch=3, batch_size=32),
-                    callback=events.append)
+        train_model(
+            model,
+            small_shapes10,
+            TrainConfig(epochs=1, max_batches_per_epoch=3, batch_size=32),
+            callback=events.append,
+        )
         return model, events
 
     a, events = run()

@@ -14,8 +14,10 @@ def test_cifar_models_output_shape(name, num_classes):
     assert out.shape == (2, num_classes)
 
 
-@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_vgg16", "cifar_mobilenet_v2", "cifar_shufflenet_v2",
-                                  "cifar_mobilenet_v1"])
+@pytest.mark.parametrize(
+    "name",
+    ["cifar_resnet20", "cifar_vgg16", "cifar_mobilenet_v2", "cifar_shufflenet_v2", "cifar_mobilenet_v1"],
+)
 def test_width_multiplier_shrinks_the_model(name):
     full = sum(p.numel() for p in build_model(name).parameters())
     half = sum(p.numel() for p in build_model(name, width=0.5).parameters())

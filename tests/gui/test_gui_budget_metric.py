@@ -65,7 +65,12 @@ def test_the_selector_offers_the_metrics_the_method_supports():
     at.selectbox(key="agent_method").set_value("uniform").run()
     picker = at.selectbox(key="agent_budget_metric")
     assert picker.value == "macs" and picker.options == [
-        "MACs (multiply-accumulates)", "parameters", "activation memory", "latency (measured here)", "weight size"]
+        "MACs (multiply-accumulates)",
+        "parameters",
+        "activation memory",
+        "latency (measured here)",
+        "weight size",
+    ]
     assert len(picker.options) == len(METRICS)
     assert "MACs" in at.slider(key="agent_budget").label
     picker.set_value("params").run()

@@ -99,8 +99,9 @@ def test_pause_is_pausing_until_the_worker_reaches_a_boundary_then_step_runs_one
     job = jobs.Job(kind="t").start(work)
     job.pause()
     assert job.snapshot().status == "pausing" and job.snapshot().done == 0
-    assert job.snapshot().controls == jobs.JobControls(can_launch=False, toggle="resume", can_step=False,
-                                                       can_stop=True)
+    assert job.snapshot().controls == jobs.JobControls(
+        can_launch=False, toggle="resume", can_step=False, can_stop=True
+    )
     gate.set()  # the unit in flight finishes, then the worker parks
     wait_for(lambda: job.snapshot().status == "paused")
     assert job.snapshot().done == 1 and job.snapshot().controls.can_step
@@ -194,8 +195,13 @@ def fake_run_method(name, ctx, **options):
     from engine.methods import Candidate, MethodEvent
 
     for i in range(options["episodes"]):
-        cand = Candidate(index=i, plan=FakePlan(0.5 + 0.1 * i), val_acc=50.0 + i, macs_ratio=0.5,
-                         meta={"episode": i, "reward": 0.1 * i})
+        cand = Candidate(
+            index=i,
+            plan=FakePlan(0.5 + 0.1 * i),
+            val_acc=50.0 + i,
+            macs_ratio=0.5,
+            meta={"episode": i, "reward": 0.1 * i},
+        )
         ctx.callback(MethodEvent(name, i + 1, options["episodes"], f"episode {i + 1}", cand))
         if ctx.stopped():
             break
@@ -204,9 +210,18 @@ def fake_run_method(name, ctx, **options):
 
 def test_start_method_records_events_and_candidate():
     store = FakeStore()
-    job = search_jobs.start_method(method="uniform", model=None, topology=SimpleNamespace(groups=[]), data=None,
-                                   budget=0.5, options={"episodes": 3}, model_name="m", dataset="d",
-                                   run_method=fake_run_method, store_factory=lambda: store)
+    job = search_jobs.start_method(
+        method="uniform",
+        model=None,
+        topology=SimpleNamespace(groups=[]),
+        data=None,
+        budget=0.5,
+        options={"episodes": 3},
+        model_name="m",
+        dataset="d",
+        run_method=fake_run_method,
+        store_factory=lambda: store,
+    )
     assert job.wait(10)
     snap = job.snapshot()
     assert snap.status == "done", snap.error
@@ -234,10 +249,19 @@ def _search_job(resnet20, small_shapes10, **kwargs):
 
     model, topo = resnet20
     store = RunStore()
-    job = search_jobs.start_search(method="random", model=model, topology=topo, data=small_shapes10, budget=0.5,
-                                   options={"episodes": 3}, model_name="cifar_resnet20", dataset="shapes10",
-                                   scoring=ScoringConfig(val_size=16, bn_batches=1, bn_batch_size=16),
-                                   store_factory=lambda: store, **kwargs)
+    job = search_jobs.start_search(
+        method="random",
+        model=model,
+        topology=topo,
+        data=small_shapes10,
+        budget=0.5,
+        options={"episodes": 3},
+        model_name="cifar_resnet20",
+        dataset="shapes10",
+        scoring=ScoringConfig(val_size=16, bn_batches=1, bn_batch_size=16),
+        store_factory=lambda: store,
+        **kwargs,
+    )
     return job, store
 
 
@@ -263,8 +287,17 @@ def test_search_job_stop_leaves_a_resumable_run_and_its_best_candidate(resnet20,
     assert job.wait(30) and job.snapshot().status == "stopped"
     run_id = job.snapshot().info["run_id"]
     assert store.get_run(run_id).status == "interrupted" and job.snapshot().info["candidate_id"] >= 1
-    resumed = search_jobs.start_search(method="random", model=resnet20[0], topology=resnet20[1],
-                                       data=small_shapes10, budget=0.5, options={}, model_name="cifar_resnet20",
-                                       dataset="shapes10", store_factory=lambda: store, resume_run_id=run_id)
+    resumed = search_jobs.start_search(
+        method="random",
+        model=resnet20[0],
+        topology=resnet20[1],
+        data=small_shapes10,
+        budget=0.5,
+        options={},
+        model_name="cifar_resnet20",
+        dataset="shapes10",
+        store_factory=lambda: store,
+        resume_run_id=run_id,
+    )
     assert resumed.wait(60) and resumed.snapshot().status == "done", resumed.snapshot().error
     assert store.get_run(run_id).n_episodes == 3  # the recorded options (3 episodes), not the defaults

@@ -61,8 +61,19 @@ def wait_job(at: AppTest, key: str, *, status: tuple[str, ...] = ("done",), time
 
 def test_model_page_default_summary_and_measure(monkeypatch):
     monkeypatch.setattr(cache, "test_accuracy", lambda ref: 87.5)
-    monkeypatch.setattr(cache, "latency_stats", lambda ref, measurement=0: {
-        "median_ms": 1.25, "p25_ms": 1.2, "p75_ms": 1.3, "min_ms": 1.1, "max_ms": 1.4, "repeats": 5, "noisy": False})
+    monkeypatch.setattr(
+        cache,
+        "latency_stats",
+        lambda ref, measurement=0: {
+            "median_ms": 1.25,
+            "p25_ms": 1.2,
+            "p75_ms": 1.3,
+            "min_ms": 1.1,
+            "max_ms": 1.4,
+            "repeats": 5,
+            "noisy": False,
+        },
+    )
     at = app()
     assert at.selectbox(key="arch").value == "cifar_resnet20"
     assert at.selectbox(key="dataset").value == "shapes10"
@@ -90,12 +101,17 @@ def test_model_page_trains_a_baseline_in_background(monkeypatch):
 
     def fake_train(model, data, config, *, callback=None, **_):
         for epoch in range(config.epochs):
-            callback(engine.train.TrainProgress(epoch=epoch, epochs=config.epochs, step=1, steps_per_epoch=1,
-                                                loss=1.0, lr=0.1))
+            callback(
+                engine.train.TrainProgress(
+                    epoch=epoch, epochs=config.epochs, step=1, steps_per_epoch=1, loss=1.0, lr=0.1
+                )
+            )
         return engine.train.TrainResult(config=config)
 
     monkeypatch.setattr(engine.train, "train_model", fake_train)
-    monkeypatch.setattr(engine.train, "evaluate", lambda model, data, split="test", **_: SimpleNamespace(top1=12.5, top5=50.0))
+    monkeypatch.setattr(
+        engine.train, "evaluate", lambda model, data, split="test", **_: SimpleNamespace(top1=12.5, top5=50.0)
+    )
     at = app()
     at.radio(key="weights_source").set_value("train").run()
     at.number_input(key="train_epochs").set_value(2).run()
@@ -110,8 +126,9 @@ def test_model_page_trains_a_baseline_in_background(monkeypatch):
     assert {m.label: m.value for m in at.metric}["Test top-1"] == "12.50 %"  # recorded with the checkpoint
 
 
-@pytest.mark.parametrize("content, expected", [("garbage", "not a readable PyTorch checkpoint"),
-                                                ("wrong_shapes", "conv1.weight")])
+@pytest.mark.parametrize(
+    "content, expected", [("garbage", "not a readable PyTorch checkpoint"), ("wrong_shapes", "conv1.weight")]
+)
 def test_bad_checkpoint_shows_error_not_traceback(tmp_path, content, expected):
     import torch
 
@@ -142,7 +159,14 @@ def test_missing_dataset_folder_is_a_clear_error(tmp_path):
 def test_topology_page_graph_levels_colour_and_details():
     at = goto(app(), "topology")
     spec = charts(at)[0]
-    assert [t["name"] for t in spec["data"]] == ["edges", "nodes", "no value", "coupled group", "search", "selected"]
+    assert [t["name"] for t in spec["data"]] == [
+        "edges",
+        "nodes",
+        "no value",
+        "coupled group",
+        "search",
+        "selected",
+    ]
     blocks = len(spec["data"][1]["x"])
     at.radio(key="topo_level").set_value("layers").run()
     layers = len(charts(at)[0]["data"][1]["x"])
@@ -186,12 +210,28 @@ def fake_analyze(model, topology, data, *, keep_ratios, callback=None, **_):
     for i, _g in enumerate(groups):
         if callback:
             callback(i + 1, len(groups), f"group {i + 1}")
-    return {"model_name": "m", "dataset": "shapes10", "keep_ratios": list(keep_ratios), "base_acc": 90.0,
-            "seconds": 0.1, "n_scored": len(groups) * len(keep_ratios),
-            "groups": [{"name": g.name, "index": g.index, "channels": g.channels, "stage": g.stage,
-                        "macs_share": 0.1, "params_share": 0.1, "memory_share": 0.1,
-                        "val_acc": [90.0 - k * i for k in range(len(keep_ratios))],
-                        "drop": [float(k * i) for k in range(len(keep_ratios))]} for i, g in enumerate(groups)]}
+    return {
+        "model_name": "m",
+        "dataset": "shapes10",
+        "keep_ratios": list(keep_ratios),
+        "base_acc": 90.0,
+        "seconds": 0.1,
+        "n_scored": len(groups) * len(keep_ratios),
+        "groups": [
+            {
+                "name": g.name,
+                "index": g.index,
+                "channels": g.channels,
+                "stage": g.stage,
+                "macs_share": 0.1,
+                "params_share": 0.1,
+                "memory_share": 0.1,
+                "val_acc": [90.0 - k * i for k in range(len(keep_ratios))],
+                "drop": [float(k * i) for k in range(len(keep_ratios))],
+            }
+            for i, g in enumerate(groups)
+        ],
+    }
 
 
 def test_sensitivity_page_runs_in_background(monkeypatch):
@@ -235,9 +275,18 @@ def fake_run_method(name, ctx, **options):
     best = None
     for i in range(episodes):
         plan = FakePlan({"conv1": 16 - i, "layer1.0.conv1": 8})
-        cand = Candidate(index=i, plan=plan, val_acc=40.0 + i, macs_ratio=0.5,
-                         meta={"episode": i, "reward": 0.1 * i, "embeddings": [[i, 1.0], [0.0, i], [1.0, 1.0]],
-                               "embedding_groups": ["conv1", "layer1.0.conv1", "layer2.0.conv1"]})
+        cand = Candidate(
+            index=i,
+            plan=plan,
+            val_acc=40.0 + i,
+            macs_ratio=0.5,
+            meta={
+                "episode": i,
+                "reward": 0.1 * i,
+                "embeddings": [[i, 1.0], [0.0, i], [1.0, 1.0]],
+                "embedding_groups": ["conv1", "layer1.0.conv1", "layer2.0.conv1"],
+            },
+        )
         best = cand
         ctx.callback(MethodEvent(name, i + 1, episodes, f"episode {i + 1}", cand))
         if ctx.stopped():
@@ -328,14 +377,26 @@ class FakeSteppable:
                 self.t += 1
                 ratio = 1.0 - 0.2 * self.t
                 keep = dict.fromkeys(self.groups, ratio)
-                info = {"episode": self.episode, "step": self.t, "action": [0.1] * len(self.groups),
-                        "keep_ratios": keep, "macs_ratio": 0.6, "reward": 0.0, "done": self.t == 2}
+                info = {
+                    "episode": self.episode,
+                    "step": self.t,
+                    "action": [0.1] * len(self.groups),
+                    "keep_ratios": keep,
+                    "macs_ratio": 0.6,
+                    "reward": 0.0,
+                    "done": self.t == 2,
+                }
                 proposal = None
                 if self.t == 2:
                     plan = fit_ratios_to_budget(self.ctx, keep, method="gnnrl")
-                    proposal = Proposal(plan, {
-                        "embeddings": [[float(i), float(i % 3)] for i in range(len(self.groups))],
-                        "embedding_groups": self.groups, "actions": [[0.1] * len(self.groups)] * 2})
+                    proposal = Proposal(
+                        plan,
+                        {
+                            "embeddings": [[float(i), float(i % 3)] for i in range(len(self.groups))],
+                            "embedding_groups": self.groups,
+                            "actions": [[0.1] * len(self.groups)] * 2,
+                        },
+                    )
                 return SubStep(self.episode, self.t, info, proposal)
 
             def propose(self, n=1):
@@ -362,7 +423,9 @@ def fake_gnnrl(monkeypatch):
 
     from engine.methods import get_method, registry
 
-    monkeypatch.setitem(registry._REGISTRY, "gnnrl", dataclasses.replace(get_method("gnnrl"), searcher=FakeSteppable))
+    monkeypatch.setitem(
+        registry._REGISTRY, "gnnrl", dataclasses.replace(get_method("gnnrl"), searcher=FakeSteppable)
+    )
 
 
 def test_agent_gnnrl_steps_one_env_step_at_a_time(monkeypatch):
@@ -388,7 +451,9 @@ def test_agent_gnnrl_steps_one_env_step_at_a_time(monkeypatch):
     assert any(t.get("name") == "stage 0" for c in charts(at) for t in c["data"])  # embeddings PCA by stage
     assert cache.run_store().candidates()[-1].method == "gnnrl"
     run = cache.run_store().get_run(snap.info["run_id"])
-    assert run.status == "completed" and run.config["checkpoint"] == "shipped"  # `topoprune resume` needs no flag
+    assert (
+        run.status == "completed" and run.config["checkpoint"] == "shipped"
+    )  # `topoprune resume` needs no flag
 
 
 def test_agent_resumes_a_paused_gnnrl_run(monkeypatch):
@@ -397,15 +462,28 @@ def test_agent_resumes_a_paused_gnnrl_run(monkeypatch):
 
     fake_gnnrl(monkeypatch)
     store = cache.run_store()
-    run_id = store.create_run(method="gnnrl", model="cifar_resnet20", dataset="shapes10", budget=0.5,
-                              status="paused", config={"scoring": {"val_size": 32}, "options": {"episodes": 3}})
+    run_id = store.create_run(
+        method="gnnrl",
+        model="cifar_resnet20",
+        dataset="shapes10",
+        budget=0.5,
+        status="paused",
+        config={"scoring": {"val_size": 32}, "options": {"episodes": 3}},
+    )
     from gui.state import ModelRef
 
     ref = ModelRef()
     loaded = cache.load_model(ref)
     topology = cache.get_topology(ref)
-    ctx = MethodContext(model=loaded.model, topology=topology, data=cache.dataset_for(ref), budget=0.5,
-                        store=store, run_id=run_id, score_fn=lambda plan: 30.0)
+    ctx = MethodContext(
+        model=loaded.model,
+        topology=topology,
+        data=cache.dataset_for(ref),
+        budget=0.5,
+        store=store,
+        run_id=run_id,
+        score_fn=lambda plan: 30.0,
+    )
     spec = get_method("gnnrl")
     driver = SearchDriver(spec, ctx, spec.validate({"episodes": 3}))
     driver.step()  # one episode recorded, with its saved state
@@ -427,13 +505,24 @@ def test_agent_resumes_a_paused_gnnrl_run(monkeypatch):
 
 def seed_store() -> tuple[int, int]:
     store = cache.run_store()
-    run_id = store.create_run(method="random", model="cifar_resnet20", dataset="shapes10", budget=0.5,
-                              status="completed")
-    store.add_episode(run_id, reward=0.2, macs_ratio=0.5, val_acc=41.0,
-                      plan={"keep": {"conv1": 8}, "model": "cifar_resnet20", "method": "random"})
-    cid = store.add_candidate(method="random", model="cifar_resnet20", dataset="shapes10", run_id=run_id,
-                              plan={"keep": {"conv1": 8, "layer1.0.conv1": 8}, "model": "cifar_resnet20",
-                                    "method": "random"}, metrics={"val_acc": 41.0, "macs_ratio": 0.5})
+    run_id = store.create_run(
+        method="random", model="cifar_resnet20", dataset="shapes10", budget=0.5, status="completed"
+    )
+    store.add_episode(
+        run_id,
+        reward=0.2,
+        macs_ratio=0.5,
+        val_acc=41.0,
+        plan={"keep": {"conv1": 8}, "model": "cifar_resnet20", "method": "random"},
+    )
+    cid = store.add_candidate(
+        method="random",
+        model="cifar_resnet20",
+        dataset="shapes10",
+        run_id=run_id,
+        plan={"keep": {"conv1": 8, "layer1.0.conv1": 8}, "model": "cifar_resnet20", "method": "random"},
+        metrics={"val_acc": 41.0, "macs_ratio": 0.5},
+    )
     store.update_run(run_id, best_score=41.0)
     return run_id, cid
 
@@ -450,13 +539,17 @@ def test_compare_page_lists_candidates_and_downloads_plan(monkeypatch):
     assert [t["name"] for t in pareto["data"]][0] == "random"
     base_macs_m = cache.model_summary(at.session_state["model_ref"])["macs"] / 1e6
     assert 0 < pareto["data"][0]["x"][0] < base_macs_m  # analytic MACs of the plan
-    assert pareto["data"][-1]["name"] == "baseline" and pareto["data"][-1]["x"][0] == pytest.approx(base_macs_m)
+    assert pareto["data"][-1]["name"] == "baseline" and pareto["data"][-1]["x"][0] == pytest.approx(
+        base_macs_m
+    )
     assert len(at.get("download_button")) >= 1
     at.button(key="cmp_use_plan").click().run()
     assert at.session_state[SELECTED_PLAN]["keep"]["conv1"] == 8
     at.button(key="cmp_export").click().run()  # real apply_plan + export_pruned (state_dict)
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert any(b.proto.label.startswith("Download cifar_resnet20-candidate") for b in at.get("download_button"))
+    assert any(
+        b.proto.label.startswith("Download cifar_resnet20-candidate") for b in at.get("download_button")
+    )
 
 
 def test_compare_measure_updates_candidate(monkeypatch):
@@ -466,8 +559,15 @@ def test_compare_measure_updates_candidate(monkeypatch):
     _, cid = seed_store()
 
     def fake_report(model, topology, plan, data, *, finetune_epochs=0, distill=False, callback=None, **_):
-        return {"val_acc": 41.0, "test_acc": 40.0, "latency_ms_after": 0.5, "latency_ms_before": 1.0,
-                "macs_after": 20_000_000, "params_after": 100_000, "finetune_epochs": finetune_epochs}
+        return {
+            "val_acc": 41.0,
+            "test_acc": 40.0,
+            "latency_ms_after": 0.5,
+            "latency_ms_before": 1.0,
+            "macs_after": 20_000_000,
+            "params_after": 100_000,
+            "finetune_epochs": finetune_epochs,
+        }
 
     monkeypatch.setattr(engine.evaluate, "report_candidate", fake_report)
     at = goto(app(), "compare")

@@ -41,7 +41,9 @@ def test_pca_projects_onto_main_axes():
 
 
 def test_embedding_pca_colours_by_stage():
-    fig = ap.embedding_pca_figure([[0, 1], [1, 0], [2, 2], [3, 1]], names=["a", "b", "c", "d"], stages=[0, 0, 1, 2])
+    fig = ap.embedding_pca_figure(
+        [[0, 1], [1, 0], [2, 2], [3, 1]], names=["a", "b", "c", "d"], stages=[0, 0, 1, 2]
+    )
     assert [t.name for t in fig.data] == ["stage 0", "stage 1", "stage 2"]
     assert list(fig.data[0].text) == ["a", "b"]
 
@@ -59,9 +61,11 @@ def test_pareto_front():
 
 
 def test_pareto_figure_marks_baseline_and_methods():
-    cands = [{"id": 1, "method": "uniform", "macs": 2e6, "acc": 80.0},
-             {"id": 2, "method": "gnnrl", "macs": 1.5e6, "acc": 82.0},
-             {"id": 3, "method": "gnnrl", "macs": None, "acc": 70.0}]
+    cands = [
+        {"id": 1, "method": "uniform", "macs": 2e6, "acc": 80.0},
+        {"id": 2, "method": "gnnrl", "macs": 1.5e6, "acc": 82.0},
+        {"id": 3, "method": "gnnrl", "macs": None, "acc": 70.0},
+    ]
     fig = cp.pareto_figure(cands, baseline={"macs": 4e6, "acc": 90.0})
     names = [t.name for t in fig.data]
     assert names == ["gnnrl", "uniform", "Pareto front", "baseline"]
@@ -70,7 +74,10 @@ def test_pareto_figure_marks_baseline_and_methods():
 
 
 def test_metric_and_kept_channel_bars():
-    cands = [{"id": 1, "label": "#1", "latency_ms": 2.0, "keep": {"g1": 8}}, {"id": 2, "label": "#2", "latency_ms": None}]
+    cands = [
+        {"id": 1, "label": "#1", "latency_ms": 2.0, "keep": {"g1": 8}},
+        {"id": 2, "label": "#2", "latency_ms": None},
+    ]
     fig = cp.metric_bars_figure(cands, "latency_ms", title="lat", baseline=3.0)
     assert list(fig.data[0].x) == ["#1"]
     kept = cp.kept_channels_figure(cands, baseline_channels={"g1": 16, "g2": 32})
@@ -78,10 +85,14 @@ def test_metric_and_kept_channel_bars():
     assert list(kept.data[1].y) == [8, 32] and list(kept.data[2].y) == [16, 32]
 
 
-TABLE = {"keep_ratios": [0.75, 0.5], "base_acc": 90.0, "groups": [
-    {"name": "g1", "stage": 0, "macs_share": 0.25, "val_acc": [89.0, 80.0], "drop": [1.0, 10.0]},
-    {"name": "g2", "stage": 1, "macs_share": 0.5, "val_acc": [90.0, 88.0], "drop": [0.0, 2.0]},
-]}
+TABLE = {
+    "keep_ratios": [0.75, 0.5],
+    "base_acc": 90.0,
+    "groups": [
+        {"name": "g1", "stage": 0, "macs_share": 0.25, "val_acc": [89.0, 80.0], "drop": [1.0, 10.0]},
+        {"name": "g2", "stage": 1, "macs_share": 0.5, "val_acc": [90.0, 88.0], "drop": [0.0, 2.0]},
+    ],
+}
 
 
 def test_sensitivity_figures():

@@ -25,10 +25,29 @@ def tiny_graph() -> nx.DiGraph:
         ("output", "output", None, 2, None, 0, 0),
     ]
     for name, op, module, stage, block, macs, params in rows:
-        g.add_node(name, name=name, op=op, module=module, stage=stage, block=block, macs=macs, params=params,
-                   memory_bytes=macs // 10, scope="b1" if name == "add" else module)
-    g.add_edges_from([("x", "conv1"), ("conv1", "conv_a"), ("conv_a", "conv_b"), ("conv_b", "add"),
-                      ("conv1", "add"), ("add", "fc"), ("fc", "output")])
+        g.add_node(
+            name,
+            name=name,
+            op=op,
+            module=module,
+            stage=stage,
+            block=block,
+            macs=macs,
+            params=params,
+            memory_bytes=macs // 10,
+            scope="b1" if name == "add" else module,
+        )
+    g.add_edges_from(
+        [
+            ("x", "conv1"),
+            ("conv1", "conv_a"),
+            ("conv_a", "conv_b"),
+            ("conv_b", "add"),
+            ("conv1", "add"),
+            ("add", "fc"),
+            ("fc", "output"),
+        ]
+    )
     return g
 
 
@@ -88,12 +107,18 @@ def test_module_groups_and_metric_values():
     mg = gv.module_groups(GROUPS)
     assert mg == {"conv1": "conv1", "b1.conv_b": "conv1", "b1.conv_a": "b1.conv_a"}
     view = gv.collapse_graph(tiny_graph(), level="layers")
-    keep = tp.node_values(view, "keep ratio", module_to_group=mg, group_values={"conv1": 0.5, "b1.conv_a": 0.25})
+    keep = tp.node_values(
+        view, "keep ratio", module_to_group=mg, group_values={"conv1": 0.5, "b1.conv_a": 0.25}
+    )
     assert keep["conv1"] == 0.5 and keep["conv_a"] == 0.25 and keep["x"] is None
     blocks = gv.collapse_graph(tiny_graph(), level="blocks")
-    keep_b = tp.node_values(blocks, "keep ratio", module_to_group=mg, group_values={"conv1": 0.5, "b1.conv_a": 0.25})
+    keep_b = tp.node_values(
+        blocks, "keep ratio", module_to_group=mg, group_values={"conv1": 0.5, "b1.conv_a": 0.25}
+    )
     assert keep_b["b1"] == 0.25  # min over a collapsed block
-    sens = tp.node_values(blocks, "sensitivity", module_to_group=mg, group_values={"conv1": 3.0, "b1.conv_a": 1.0})
+    sens = tp.node_values(
+        blocks, "sensitivity", module_to_group=mg, group_values={"conv1": 3.0, "b1.conv_a": 1.0}
+    )
     assert sens["b1"] == 3.0  # max over a collapsed block
     assert tp.node_values(view, "MACs")["conv_b"] == 300.0
     assert tp.node_values(view, "coupled group", module_to_group=mg)["conv_b"] == "conv1"
@@ -121,8 +146,9 @@ def test_figure_traces_and_click_payload():
     view = gv.collapse_graph(tiny_graph(), level="layers")
     pos = gv.layout_positions(view)
     values = tp.node_values(view, "MACs")
-    fig = tp.topology_figure(view, pos, values=values, metric="MACs", highlight={"conv1"}, matches=["fc"],
-                             selected="conv_a")
+    fig = tp.topology_figure(
+        view, pos, values=values, metric="MACs", highlight={"conv1"}, matches=["fc"], selected="conv_a"
+    )
     assert isinstance(fig, go.Figure)
     names = [t.name for t in fig.data]
     assert names == ["edges", "nodes", "no value", "coupled group", "search", "selected"]
@@ -157,7 +183,9 @@ def test_short_labels_and_adaptive_height():
     blocks = gv.collapse_graph(tiny_graph(), level="blocks")
     assert tp.short_label(blocks.nodes["b1"], "b1") == "b1"
     assert tp.short_label({"kind": "block", "label": "layer1.0"}, "x") == "layer1.0"
-    assert tp.short_label({"kind": "block", "label": "features.denseblock1.denselayer2"}, "x") == "denselayer2"
+    assert (
+        tp.short_label({"kind": "block", "label": "features.denseblock1.denselayer2"}, "x") == "denselayer2"
+    )
     layers = gv.collapse_graph(tiny_graph(), level="layers")
     assert tp.short_label(layers.nodes["conv_a"], "conv_a") == "conv_a"  # module b1.conv_a -> its tail
     assert tp.short_label(layers.nodes["add"], "add") == "add"
@@ -168,19 +196,25 @@ def test_short_labels_and_adaptive_height():
 
 def test_nodes_without_a_value_are_grey_not_dark():
     view = gv.collapse_graph(tiny_graph(), level="layers")
-    values = tp.node_values(view, "keep ratio", module_to_group=gv.module_groups(GROUPS), group_values={"conv1": 0.5})
+    values = tp.node_values(
+        view, "keep ratio", module_to_group=gv.module_groups(GROUPS), group_values={"conv1": 0.5}
+    )
     fig = tp.topology_figure(view, gv.layout_positions(view), values=values, metric="keep ratio")
     nodes, grey = fig.data[1], fig.data[2]
     missing = {n for n, v in values.items() if v is None}
     assert len(grey.x) == len(missing) > 0 and grey.marker.color == "#d9d9d9"
-    assert [o for o, c in zip(nodes.marker.opacity, nodes.customdata, strict=True) if c[0] in missing] == [0.0] * len(missing)
+    assert [o for o, c in zip(nodes.marker.opacity, nodes.customdata, strict=True) if c[0] in missing] == [
+        0.0
+    ] * len(missing)
     assert fig.data[1].marker.cmin == 0.0 and fig.data[1].marker.cmax == 1.0
 
 
 def test_dense_graphs_are_laid_out_on_their_transitive_reduction():
     dense = nx.DiGraph()
     nodes = ["a", "b", "c", "d", "e"]
-    dense.add_edges_from((u, v) for i, u in enumerate(nodes) for v in nodes[i + 1:])  # DenseNet-like: 10 edges
+    dense.add_edges_from(
+        (u, v) for i, u in enumerate(nodes) for v in nodes[i + 1 :]
+    )  # DenseNet-like: 10 edges
     skeleton = gv.layout_skeleton(dense)
     assert set(skeleton.edges) == {("a", "b"), ("b", "c"), ("c", "d"), ("d", "e")}
     pos = gv.layout_positions(dense)

@@ -22,8 +22,11 @@ def _spread(net, state):
         enc = net.encoder(batch_states([state]))
         parts = [enc.group_embeddings, enc.graph_embedding[enc.group_graph]]
         if net.join:
-            parts = [net.norm(enc.group_embeddings), parts[1],
-                     net.norm(torch.tanh(net.group_in(batch_states([state]).group_x)))]
+            parts = [
+                net.norm(enc.group_embeddings),
+                parts[1],
+                net.norm(torch.tanh(net.group_in(batch_states([state]).group_x))),
+            ]
         x = torch.cat(parts, -1)
     return float(torch.cdist(x, x).mean())
 
@@ -50,11 +53,18 @@ def test_anneal_follows_the_runs_length_not_the_update_clock():
 def test_no_learning_control_never_updates_and_arms_draw_independent_noise(resnet20):
     model, topo = resnet20
     cfg = dict(episodes=4, score_policy_plan=False)
-    frozen = SearchRun(model, topo, config=SearchConfig(ppo={"update_every_episodes": 1, "learn": False}, **cfg),
-                       score_fn=_score(topo))
+    frozen = SearchRun(
+        model,
+        topo,
+        config=SearchConfig(ppo={"update_every_episodes": 1, "learn": False}, **cfg),
+        score_fn=_score(topo),
+    )
     before = {k: v.clone() for k, v in frozen.agent.net.state_dict().items()}
     frozen.run()
     assert all(torch.equal(before[k], v) for k, v in frozen.agent.net.state_dict().items())
-    seeds = {arm_seed(SearchConfig(seed=3, encoder=e, ppo={"learn": learn}))
-             for e in ("gnn", "features") for learn in (True, False)}
+    seeds = {
+        arm_seed(SearchConfig(seed=3, encoder=e, ppo={"learn": learn}))
+        for e in ("gnn", "features")
+        for learn in (True, False)
+    }
     assert len(seeds) == 4 and arm_seed(SearchConfig(seed=3)) == 3

@@ -83,8 +83,17 @@ def test_pause_mid_episode_then_resume_replays_the_run(resnet20):
     store = RunStore()
 
     def ctx(run_id, resume=False):
-        return MethodContext(model=model, topology=topo, data=None, budget=0.5, seed=4, store=store, run_id=run_id,
-                             score_fn=_score(topo), resume=resume)
+        return MethodContext(
+            model=model,
+            topology=topo,
+            data=None,
+            budget=0.5,
+            seed=4,
+            store=store,
+            run_id=run_id,
+            score_fn=_score(topo),
+            resume=resume,
+        )
 
     full_id = store.create_run(method="gnnrl", model="cifar_resnet20", dataset="shapes10", budget=0.5)
     full = run_method("gnnrl", ctx(full_id), **opts)
@@ -152,8 +161,9 @@ def test_missing_budget_without_wall_is_penalised(resnet20):
 def test_transfer_freezes_a_trained_encoder(resnet20, tmp_path):
     model, topo = resnet20
     fast = {"update_every_episodes": 1, "epochs": 2}
-    trained = SearchRun(model, topo, config=SearchConfig(episodes=2, score_policy_plan=False, ppo=fast),
-                        score_fn=_score(topo))
+    trained = SearchRun(
+        model, topo, config=SearchConfig(episodes=2, score_policy_plan=False, ppo=fast), score_fn=_score(topo)
+    )
     trained.run()
     (tmp_path / "src").mkdir()
     torch.save(trained.agent.encoder_state_dict(), tmp_path / "src" / "encoder.pt")
