@@ -107,8 +107,14 @@ def load_model(ref: ModelRef) -> LoadedModel:
     Raises:
         TopoPruneError: unknown model, checkpoint that does not fit (CheckpointError), ...
     """
-    request = services.ModelRequest(ref.arch, weights=ref.weights, dataset=ref.dataset, num_classes=ref.num_classes,
-                                    input_size=ref.input_size, shipped_fallback=True)
+    request = services.ModelRequest(
+        ref.arch,
+        weights=ref.weights,
+        dataset=ref.dataset,
+        num_classes=ref.num_classes,
+        input_size=ref.input_size,
+        shipped_fallback=True,
+    )
     loaded = services.load_model(request)
     return LoadedModel(loaded.model, ref, loaded.provenance)
 
@@ -197,8 +203,15 @@ def method_specs() -> list[dict[str, Any]]:
                 "choices": list(opt.choices) if getattr(opt, "choices", None) else None,
                 "type": getattr(getattr(opt, "type", None), "__name__", str(getattr(opt, "type", ""))),
             }
-        out.append({"name": spec.name, "description": spec.description, "kind": spec.kind, "options": options,
-                    "budget_metrics": list(spec.budget_metrics)})
+        out.append(
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "kind": spec.kind,
+                "options": options,
+                "budget_metrics": list(spec.budget_metrics),
+            }
+        )
     return out
 
 

@@ -19,15 +19,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 
 
 def pytest_collection_modifyitems(config, items):
     if Path(CHROMIUM).exists():
         return
-    skip = pytest.mark.skip(reason=f"{CHROMIUM} is missing: install Debian's browser with "
-                                   "`apt-get update && apt-get install -y chromium` to run the e2e tests")
+    skip = pytest.mark.skip(
+        reason=f"{CHROMIUM} is missing: install Debian's browser with "
+        "`apt-get update && apt-get install -y chromium` to run the e2e tests"
+    )
     for item in items:
         if "e2e" in item.keywords:
             item.add_marker(skip)
@@ -47,10 +57,24 @@ def app_url(tmp_path_factory):
     log = open(home / "streamlit.log", "w")  # noqa: SIM115 (closed at teardown)
     env = {**os.environ, "TOPOPRUNE_HOME": str(home)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless=true",
-         "--server.address=127.0.0.1", f"--server.port={port}", "--browser.gatherUsageStats=false",
-         "--server.fileWatcherType=none", "--server.runOnSave=false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "app.py"),
+            "--server.headless=true",
+            "--server.address=127.0.0.1",
+            f"--server.port={port}",
+            "--browser.gatherUsageStats=false",
+            "--server.fileWatcherType=none",
+            "--server.runOnSave=false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -61,7 +85,9 @@ def app_url(tmp_path_factory):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"streamlit did not start; log: {(home / 'streamlit.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"streamlit did not start; log: {(home / 'streamlit.log').read_text()[-2000:]}"
+            )
         time.sleep(0.3)
     yield url
     proc.terminate()

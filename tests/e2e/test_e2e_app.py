@@ -22,7 +22,8 @@ def wait_idle(page, timeout_ms: int = LOAD_MS) -> None:
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
     page.wait_for_timeout(300)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms
+    )
 
 
 def open_page(page, title: str) -> None:
@@ -34,7 +35,8 @@ def open_page(page, title: str) -> None:
 
 def no_exception(page) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
-        '[data-testid="stException"]').first.inner_text()
+        '[data-testid="stException"]'
+    ).first.inner_text()
 
 
 def test_every_page_and_a_gnnrl_search(page, app_url, artifacts):
@@ -52,7 +54,9 @@ def test_every_page_and_a_gnnrl_search(page, app_url, artifacts):
     # click a node: plotly's drag layer covers the SVG points, so force the click
     points = page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').nth(1).locator(".point")
     points.nth(4).click(force=True)  # the first residual block, layer1.0
-    expect(page.get_by_text(re.compile(r"Coupled group \S+: \d+ channels")).first).to_be_visible(timeout=LOAD_MS)
+    expect(page.get_by_text(re.compile(r"Coupled group \S+: \d+ channels")).first).to_be_visible(
+        timeout=LOAD_MS
+    )
     wait_idle(page)
     no_exception(page)
     page.screenshot(path=str(artifacts / "02-topology.png"), full_page=True)
@@ -102,11 +106,15 @@ def test_every_page_and_a_gnnrl_search(page, app_url, artifacts):
     page.screenshot(path=str(artifacts / "06-compare.png"), full_page=True)
 
     open_page(page, "Runs")
-    expect(page.get_by_text(re.compile(rf"Run #\d+: {re.escape(METHOD)} on cifar_resnet20")).first).to_be_visible()
+    expect(
+        page.get_by_text(re.compile(rf"Run #\d+: {re.escape(METHOD)} on cifar_resnet20")).first
+    ).to_be_visible()
     no_exception(page)
     page.screenshot(path=str(artifacts / "07-runs.png"), full_page=True)
     page.get_by_role("button", name="Open on the Agent page").click()
-    expect(page.get_by_role("heading", name=re.compile(rf"Run \d+: {re.escape(METHOD)}"))).to_be_visible(timeout=LOAD_MS)
+    expect(page.get_by_role("heading", name=re.compile(rf"Run \d+: {re.escape(METHOD)}"))).to_be_visible(
+        timeout=LOAD_MS
+    )
     wait_idle(page)
     no_exception(page)
     page.screenshot(path=str(artifacts / "08-agent-reopened.png"), full_page=True)
@@ -130,13 +138,19 @@ def test_upload_weights_checked_and_used(page, app_url, artifacts, tmp_path):
     page.get_by_text("Upload weights", exact=True).click()
     wait_idle(page)
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(bad))
-    expect(page.get_by_text(re.compile("vgg-weights|does not fit|missing", re.I)).first).to_be_visible(timeout=LOAD_MS)
+    expect(page.get_by_text(re.compile("vgg-weights|does not fit|missing", re.I)).first).to_be_visible(
+        timeout=LOAD_MS
+    )
     wait_idle(page)
     no_exception(page)
-    assert "vgg-weights.pt does not fit this architecture" in page.locator(
-        '[data-testid="stAlertContentError"]').first.inner_text()
+    assert (
+        "vgg-weights.pt does not fit this architecture"
+        in page.locator('[data-testid="stAlertContentError"]').first.inner_text()
+    )
     page.screenshot(path=str(artifacts / "09-upload-refused.png"), full_page=True)
-    assert "/uploads/" not in page.locator('[data-testid="stAlertContentError"]').first.inner_text()  # no server path
+    assert (
+        "/uploads/" not in page.locator('[data-testid="stAlertContentError"]').first.inner_text()
+    )  # no server path
 
     # the refused file never reached the other pages: Topology draws the shipped baseline, with no error
     open_page(page, "Topology")
@@ -148,7 +162,9 @@ def test_upload_weights_checked_and_used(page, app_url, artifacts, tmp_path):
     page.get_by_text("Upload weights", exact=True).click()
     wait_idle(page)
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(good))
-    expect(page.get_by_text(re.compile(r"Baseline: weights from resnet20-weights\.pt"))).to_be_visible(timeout=LOAD_MS)
+    expect(page.get_by_text(re.compile(r"Baseline: weights from resnet20-weights\.pt"))).to_be_visible(
+        timeout=LOAD_MS
+    )
     wait_idle(page)
     no_exception(page)
     page.screenshot(path=str(artifacts / "10-upload-used.png"), full_page=True)
