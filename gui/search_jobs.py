@@ -318,6 +318,7 @@ def start_search(
             "val_acc": float(result.val_acc),
             "macs_ratio": float(result.macs_ratio),
             "seconds": float(result.seconds),
+            "source": _source(driver.best),
         }
 
     return job.start(work, steps=steps)
@@ -344,6 +345,18 @@ def _record_best(
         run_id=run_id,
     )
     job.report(info={"candidate_id": cid})
+
+
+def _source(best: Any) -> str | None:
+    """Where the winning plan came from when it is not an episode (the Agent page says so beside the figure)."""
+    meta = getattr(best, "meta", {}) or {}
+    if meta.get("rescored"):
+        return f"the re-score of the top plans (search val {meta.get('search_val_acc', float('nan')):.2f}%)"
+    if meta.get("policy_mean"):
+        return "the policy-mean plan scored after the last episode (not one of the episodes below)"
+    if meta.get("final"):
+        return "the method's final plan (not one of the episodes below)"
+    return None
 
 
 def _digest(model: Any) -> str | None:

@@ -345,6 +345,7 @@ with components.engine_errors("agent"):
             r = snap.result
             st.success(
                 f"Search finished: best val top-1 {r['val_acc']:.2f}% at {r['macs_ratio']:.1%} of the MACs"
+                + (f", from {r['source']}" if r.get("source") else "")
                 + (
                     f" (run {snap.info['run_id']}; candidate on the Compare page)"
                     if "run_id" in snap.info
