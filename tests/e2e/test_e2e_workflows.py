@@ -83,7 +83,7 @@ def episodes_shown(page) -> str:
 def test_agent_step_three_times_resume_stop_and_reopen(page, app_url, artifacts):
     from playwright.sync_api import expect
 
-    page.goto(app_url)
+    page.goto(app_url, timeout=LOAD_MS)
     page.get_by_role("heading", name="Model & data").wait_for(timeout=LOAD_MS)
     open_page(page, "Agent")
     small_search_settings(page, episodes=20)
@@ -143,7 +143,7 @@ def test_jobs_finish_while_another_context_opens_other_models(browser, app_url, 
     ctx_b = browser.new_context(viewport={"width": 1400, "height": 2400})
     try:
         a, b = ctx_a.new_page(), ctx_b.new_page()
-        a.goto(app_url)
+        a.goto(app_url, timeout=LOAD_MS)
         a.get_by_role("heading", name="Model & data").wait_for(timeout=LOAD_MS)
 
         # A: a small sensitivity analysis (2 groups x 3 ratios on 128 val images), then a 2-episode search
@@ -162,7 +162,7 @@ def test_jobs_finish_while_another_context_opens_other_models(browser, app_url, 
         a.get_by_role("button", name="Launch").click()
 
         # B: open other models (each is traced) and their Topology while A's jobs run
-        b.goto(app_url)
+        b.goto(app_url, timeout=LOAD_MS)
         b.get_by_role("heading", name="Model & data").wait_for(timeout=LOAD_MS)
         wait_idle(b)
         for arch in ("cifar_resnet44", "cifar_mobilenet_v2"):
