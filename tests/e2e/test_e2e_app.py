@@ -42,7 +42,7 @@ def no_exception(page) -> None:
 def test_every_page_and_a_gnnrl_search(page, app_url, artifacts):
     from playwright.sync_api import expect
 
-    page.goto(app_url)
+    page.goto(app_url, timeout=LOAD_MS)
     page.get_by_role("heading", name="Model & data").wait_for(timeout=LOAD_MS)
     wait_idle(page)
     expect(page.get_by_text("MACs").first).to_be_visible(timeout=LOAD_MS)
@@ -132,7 +132,7 @@ def test_upload_weights_checked_and_used(page, app_url, artifacts, tmp_path):
     bad = tmp_path / "vgg-weights.pt"
     torch.save({"features.0.weight": torch.zeros(4, 3, 3, 3)}, bad)
 
-    page.goto(app_url)
+    page.goto(app_url, timeout=LOAD_MS)
     page.get_by_role("heading", name="Model & data").wait_for(timeout=LOAD_MS)
     wait_idle(page)
     page.get_by_text("Upload weights", exact=True).click()
