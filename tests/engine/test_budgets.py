@@ -306,13 +306,19 @@ def test_a_measured_table_lands_a_real_plan(monkeypatch, tmp_path):
         and table.threads == torch.get_num_threads()
     )
     assert all(r > 0 for r in table.fitted_rate_per_mac) and len(table.saving_se) == len(table.groups)
-    plan = plan_for_budget(topology, Budget("latency", 0.7))
+    # a quarter-width model is overhead-bound: its latency floor is measured (0.6-0.75 here), so aim between it
+    # and 1 rather than at a fixed fraction that a noisy table may put below the floor
+    from engine.pruning import plan_from_ratios
+
+    smallest = plan_from_ratios(topology, {g.name: 0.05 for g in topology.prunable_groups})
+    target = round((1 + Budget("latency", 1.0).ratio(topology, smallest)) / 2, 3)
+    plan = plan_for_budget(topology, Budget("latency", target))
     tries = plan.meta["latency_landing"]
     assert 1 <= len(tries) <= 3 and plan.meta["latency_measured_ratio"] in [
         t["measured_ratio"] for t in tries
     ]
     assert plan.meta["latency_measured_ratio"] == min(
-        (t["measured_ratio"] for t in tries), key=lambda r: abs(r / 0.7 - 1)
+        (t["measured_ratio"] for t in tries), key=lambda r: abs(r / target - 1)
     )
 
 
