@@ -378,12 +378,7 @@ class AjpqSearch(SearchMethod):
                 continue
             reward = -(100.0 - s.val_acc) / 100.0  # -val error as AMC; HAQ's 0.1*(acc - acc_fp) differs by an
             rewards.append(reward)  # affine map, which the agent's moving-average baseline absorbs
-            shaped = self.agent.baseline_reward(reward)
-            for state, action, next_state, done in transitions:
-                self.agent.observe(state, action, shaped, next_state, done)
-            if not s.proposal.meta["warmup"]:
-                for _ in range(len(transitions)):
-                    self.agent.update()
+            self.agent.learn_episode(transitions, reward, update=not s.proposal.meta["warmup"])
         return rewards
 
     def state_dict(self) -> dict[str, Any]:

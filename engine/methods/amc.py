@@ -262,12 +262,7 @@ class AmcSearch(SearchMethod):
                 continue
             reward = _reward(s.val_acc)
             rewards.append(reward)
-            shaped = self.agent.baseline_reward(reward)
-            for state, action, next_state, done in transitions:
-                self.agent.observe(state, action, shaped, next_state, done)
-            if not s.proposal.meta["warmup"]:
-                for _ in range(len(transitions)):
-                    self.agent.update()
+            self.agent.learn_episode(transitions, reward, update=not s.proposal.meta["warmup"])
         return rewards
 
     def state_dict(self) -> dict[str, Any]:

@@ -132,6 +132,16 @@ class DDPGAgent:
         soft_update(self.critic_target, self.critic, cfg.tau)
         return float(critic_loss.detach()), float(actor_loss.detach())
 
+    def learn_episode(self, transitions: list, reward: float, *, update: bool) -> None:
+        """AMC's episode learning: every (state, action, next_state, done) of the episode gets the baselined
+        final reward; after warm-up (`update`), one gradient step per transition."""
+        shaped = self.baseline_reward(reward)
+        for state, action, next_state, done in transitions:
+            self.observe(state, action, shaped, next_state, done)
+        if update:
+            for _ in range(len(transitions)):
+                self.update()
+
     def state_dict(self) -> dict:
         """Everything needed to continue: networks, optimisers, replay memory, baseline and sampling RNG."""
         memory = {}
