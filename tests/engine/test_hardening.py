@@ -572,4 +572,7 @@ def test_search_killed_with_sigkill_then_resumed_loses_no_episode(home, tmp_path
         after = [(e.index, e.reward, e.plan, e.val_acc, e.created_at) for e in store.episodes(run.id)]
         assert store.get_run(run.id).status == "completed"
     assert [a[0] for a in after] == list(range(episodes))
-    assert after[: len(before)] == before  # every episode recorded before the kill is still there, unchanged
+    # every episode recorded before the kill is still there, unchanged; the last one may have been written just
+    # before the kill and its saved state not yet: it is replayed with identical values (a new created_at)
+    assert after[: len(before) - 1] == before[:-1]
+    assert after[len(before) - 1][:4] == before[-1][:4]
